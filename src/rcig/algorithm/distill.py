@@ -1,0 +1,246 @@
+"""The RCIG outer loop, top to bottom: init, tune, then meta-steps with a model pool.
+
+    support = seeded real images per class, centred one-hot labels, log_temp = 0
+    inner_lr, hvp_lr = tuned on one fresh network (grow x1.2 while stable, then x0.7)
+    repeat `steps` times:
+        theta0  = a random network of the pool
+        X_t     = 1,024 real training images
+        grad    = direct + implicit meta-gradient        (rcig.algorithm.meta)
+        support = AdaBelief step;  ema = EMA(support)
+        theta0 += randint(1, 16) Adam steps of MSE to the support's labels
+        every 50 steps: adapt inner_lr from how the inner solves went
+    save the EMA support
+
+Everything random flows from one seeded generator (plus the pool's own), and everything
+that changes is in :class:`RunState`, which a checkpoint stores whole: a run killed at any
+point and resumed ends with the same support as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from rcig.algorithm.inner import make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
+from rcig.algorithm.meta import (
+    LEAVES, MetaResult, direct_gradient, expand_support, l2_strength, meta_gradient,
+)
+from rcig.algorithm.optim import EMA, AdaBelief
+from rcig.algorithm.pool import ModelPool, draw_pool_steps
+from rcig.config import Config
+from rcig.errors import RcigError
+
+
+# ------------------------------------------------------------------------- the support
+
+def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """one_hot(labels) - 1/C, the label encoding of the paper (N, C) float32."""
+    return torch.nn.functional.one_hot(labels, num_classes).float() - 1.0 / num_classes
+
+
+def init_support(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
+                 init: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``ipc`` seeded real images per class (class-ordered), or 0.3 N(0, 1) noise."""
+    chosen = []
+    for c in range(num_classes):
+        members = (y_train == c).nonzero().squeeze(1)
+        if len(members) < ipc:
+            raise RcigError(f"class {c} has only {len(members)} training images, fewer than ipc={ipc}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
+    index = torch.cat(chosen)
+    x = x_train[index].clone().float()
+    if init == "noise":
+        x = 0.3 * torch.randn(x.shape, generator=generator)
+    y = centred_one_hot(y_train[index], num_classes)
+    return {"x": x, "y": y, "log_temp": torch.zeros(())}
+
+
+# ---------------------------------------------------------------- learning-rate control
+
+def solve_outcome(values: list[float]) -> int:
+    """+1 if the recorded values fell at every step, -1 if the last ended above the first
+    (diverged), else 0 — the reference's statistic for inner losses and H^-1 g residuals."""
+    if len(values) < 2:
+        return 0
+    if all(a > b for a, b in zip(values[:-1], values[1:])):
+        return 1
+    return -1 if values[-1] > values[0] else 0
+
+
+def adapt_lr(lr: float, outcomes: list[int]) -> float:
+    """Every `lr_adapt_every` steps: x0.9 if >= 29% diverged, else x1.05 if >= 70% monotonic."""
+    if not outcomes:
+        return lr
+    n = len(outcomes)
+    if sum(o == -1 for o in outcomes) / n >= 0.29:
+        return lr * 0.9
+    if sum(o == 1 for o in outcomes) / n >= 0.7:
+        return lr * 1.05
+    return lr
+
+
+def grow_while_stable(lr: float, is_stable: Callable[[float], bool], max_trials: int = 200) -> float:
+    """lr *= 1.2 while a trial at lr is stable; then the last lr * 0.7 (as the reference)."""
+    for _ in range(max_trials):
+        if not is_stable(lr):
+            break
+        lr *= 1.2
+    return lr * 0.7
+
+
+def tune_learning_rates(f, body0, support, x_t, y_t, cfg: Config, progress: bool) -> tuple[float, float]:
+    """Tune the inner and H^-1 g learning rates on one fresh network and one target batch.
+
+    A trial is one outer step's solve; it is "stable" when the recorded values decrease at
+    every step. The hvp trials share one inner solve and one g_t (they depend only on the
+    tuned inner lr), so each costs only the support's H v products.
+    """
+    x_s, y_s = expand_support(support["x"], support["y"], cfg.flip)
+    l2 = l2_strength(cfg, support["x"].shape[0])
+    problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
+    inner_lr = cfg.inner_lr or grow_while_stable(
+        cfg.inner_lr_start, lambda lr: solve_outcome(solve_inner(problem, lr, cfg.n_inner_steps)[1]) == 1)
+    if cfg.hvp_lr is not None:
+        return inner_lr, cfg.hvp_lr
+    delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
+    options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
+    *_, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options)
+    hvp_lr = grow_while_stable(
+        cfg.hvp_lr_start, lambda lr: solve_outcome(solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps)[1]) == 1)
+    return inner_lr, hvp_lr
+
+
+# ------------------------------------------------------------------------- run state
+
+@dataclass
+class RunState:
+    """Everything that changes during a run; a checkpoint stores all of it."""
+
+    iteration: int
+    support: dict[str, torch.Tensor]
+    optimiser: dict[str, Any]
+    ema: dict[str, Any]
+    pool: ModelPool
+    inner_lr: float
+    hvp_lr: float
+    generator: torch.Generator
+    inner_outcomes: list[int] = field(default_factory=list)
+    hvp_outcomes: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"iteration": self.iteration, "support": self.support, "optimiser": self.optimiser,
+                "ema": self.ema, "pool": self.pool.state_dict(), "inner_lr": self.inner_lr,
+                "hvp_lr": self.hvp_lr, "generator": self.generator.get_state(),
+                "inner_outcomes": list(self.inner_outcomes), "hvp_outcomes": list(self.hvp_outcomes)}
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        self.iteration = int(d["iteration"])
+        self.support, self.optimiser, self.ema = d["support"], d["optimiser"], d["ema"]
+        self.pool.load_state_dict(d["pool"])
+        self.inner_lr, self.hvp_lr = float(d["inner_lr"]), float(d["hvp_lr"])
+        self.generator.set_state(d["generator"])
+        self.inner_outcomes, self.hvp_outcomes = list(d["inner_outcomes"]), list(d["hvp_outcomes"])
+
+
+# ---------------------------------------------------------------------- the main loop
+
+class Distiller:
+    """Holds the fixed parts of a run (data, config, model factory) and steps a RunState."""
+
+    def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
+                 cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module]):
+        if cfg.norm != "none":
+            raise RcigError("norm='batch'/'instance' during distillation is not supported yet; use norm=none")
+        self.x_train, self.y_train = x_train, y_train
+        self.num_classes, self.ipc, self.cfg, self.seed = num_classes, ipc, cfg, seed
+        self.make_model = make_model
+        self.model = make_model()  # a template: functional_call swaps its parameters
+        self.adabelief = AdaBelief({"x": cfg.proto_lr, "y": cfg.proto_lr, "log_temp": cfg.temp_lr})
+        self.ema = EMA(cfg.ema_decay)
+
+    def new_state(self) -> RunState:
+        generator = torch.Generator().manual_seed(self.seed)
+        support = init_support(self.x_train, self.y_train, self.num_classes, self.ipc, self.cfg.init, generator)
+        pool = ModelPool(self.make_model, self.cfg.pool_size, self.cfg.pool_lr, self.cfg.max_online_steps,
+                         torch.Generator().manual_seed(self.seed + 1))
+        return RunState(0, support, self.adabelief.init(support), self.ema.init(support), pool,
+                        self.cfg.inner_lr or self.cfg.inner_lr_start, self.cfg.hvp_lr or self.cfg.hvp_lr_start,
+                        generator)
+
+    def base_network(self, params: dict[str, torch.Tensor]):
+        body0, head0 = split_params({k: v.detach() for k, v in params.items()})
+        return network(self.model, head0), body0
+
+    def target_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        n = min(self.cfg.target_batch_size, len(self.x_train))
+        index = torch.randperm(len(self.x_train), generator=generator)[:n]
+        return self.x_train[index], self.y_train[index]
+
+    def tune(self, state: RunState, progress: bool = True) -> None:
+        """Tune the learning rates on a fresh network (not one of the pool's)."""
+        torch.manual_seed(self.seed + 2)
+        f, body0 = self.base_network(dict(self.make_model().named_parameters()))
+        x_t, y_t = self.target_batch(torch.Generator().manual_seed(self.seed + 3))
+        state.inner_lr, state.hvp_lr = tune_learning_rates(f, body0, state.support, x_t, y_t, self.cfg, progress)
+
+    def step(self, state: RunState) -> dict[str, Any]:
+        """One outer iteration; mutates ``state`` only at the end (so it stays consistent)."""
+        cfg, started = self.cfg, time.perf_counter()
+        index = state.pool.pick(state.generator)
+        x_t, y_t = self.target_batch(state.generator)
+        f, body0 = self.base_network(state.pool.params(index))
+        result = meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr)
+        check_finite(result, state.iteration + 1)
+
+        support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser)
+        if not cfg.learn_labels:
+            support["y"] = state.support["y"]
+        ema = self.ema.update(state.ema, support)
+
+        pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
+        x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
+        state.pool.train(index, lambda params: pool_loss(self.model, params, x_s, y_s), pool_steps)
+
+        state.inner_outcomes.append(solve_outcome(result.inner_losses))
+        state.hvp_outcomes.append(solve_outcome(result.residuals))
+        state.iteration += 1
+        state.support, state.optimiser, state.ema = support, optimiser, ema
+        if state.iteration % cfg.lr_adapt_every == 0:
+            state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
+            state.inner_outcomes, state.hvp_outcomes = [], []
+        return log_record(state, result, index, pool_steps, time.perf_counter() - started)
+
+
+def pool_loss(model, params, x_s, y_s) -> torch.Tensor:
+    """The pool networks' training loss: sum 0.5 (f(x) - y)^2 / (n C) on the support."""
+    logits = torch.func.functional_call(model, params, (x_s,))
+    return 0.5 * ((logits - y_s) ** 2).sum() / y_s.numel()
+
+
+def check_finite(result: MetaResult, iteration: int) -> None:
+    values = [torch.tensor(result.outer_loss)] + [g for g in result.grads.values()]
+    if not all(torch.isfinite(v).all() for v in values):
+        raise RcigError(f"diverged at iteration {iteration}: the outer loss or meta-gradient is not finite "
+                        f"(outer loss {result.outer_loss})")
+
+
+def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float) -> dict[str, Any]:
+    norms = lambda tree: {k: float(tree[k].norm()) for k in LEAVES}  # noqa: E731
+    return {
+        "iter": state.iteration, "outer_loss": r.outer_loss, "outer_acc": r.outer_acc,
+        "inner_loss_first": r.inner_losses[0] if r.inner_losses else None,
+        "inner_loss_last": r.inner_losses[-1] if r.inner_losses else None,
+        "residual_first": r.residuals[0] if r.residuals else None,
+        "residual_last": r.residuals[-1] if r.residuals else None,
+        "inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
+        "grad_norm": norms(r.grads), "direct_norm": norms(r.direct), "implicit_norm": norms(r.implicit),
+        "delta_norm": float(tree_norm(r.delta)), "log_temp": float(state.support["log_temp"]),
+        "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3),
+    }
+
+
+__all__ = ["Distiller", "RunState", "adapt_lr", "centred_one_hot", "grow_while_stable", "init_support",
+           "solve_outcome", "tune_learning_rates"]

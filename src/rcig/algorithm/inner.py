@@ -1,0 +1,223 @@
+r"""The convexified inner problem of RCIG, its gradient, its Hessian, and the two solvers.
+
+Notation (shapes for a support of n rows, C classes, D features, P body parameters):
+
+* ``theta0``: a pool network's weights, split into the *body* (every conv weight and bias
+  plus the final-layer bias; a dict of tensors) and the final-layer weight ``W0`` (C, D),
+  which is never a variable: the kernel ridge regression below solves for it.
+* ``phi0(x)`` (n, D): penultimate features of the base network.
+* ``u(x) = J(x) delta`` (n, C): the linearised change of the logits along a body tangent
+  ``delta`` (one forward-mode JVP). With ``linearize=False`` it is instead the real change
+  ``f(x; theta0 + delta) - f(x; theta0)``.
+* ``K_ss = phi0(X_s) phi0(X_s)^T`` (n, n), ``A = K_ss + l2 I``.
+
+Inner prediction on targets and the inner loss (RCIG.md, "Convexified inner model")::
+
+    alpha     = A^-1 (Y_s - u(X_s))                                      (n, C)
+    pred(X_t) = u(X_t) + phi0(X_t) phi0(X_s)^T alpha                      (m, C)
+    L_in      = l2/(2 n C) [ tr(r^T A^-1 r) + ||delta||^2 ],  r = Y_s - u(X_s)
+
+the last line being the collapsed ridge form of
+``[0.5 ||Y_s - pred_s||^2 + 0.5 l2 (tr(alpha^T K alpha) + ||delta||^2)] / (n C)``
+(because ``Y_s - pred_s = l2 alpha``). For the linearised model, with ``c = l2/(n C)``::
+
+    grad L_in = c (-J^T A^-1 r + delta)          one JVP + one VJP
+    H v       = c ( J^T A^-1 J v + v)            one JVP + one VJP, no second derivatives
+
+:class:`LinearizedInner` implements exactly these; :class:`NonlinearInner` (the paper's
+non-linearised ablation) gets them from autograd. Both expose the same three methods,
+which is all the solvers need.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, jvp, vjp
+
+Params = dict[str, Tensor]
+HEAD_WEIGHT = "classifier.weight"
+
+
+# ---------------------------------------------------------------------- small tree helpers
+
+def tree_dot(a: Params, b: Params) -> Tensor:
+    """sum_k <a_k, b_k> over two dicts with the same keys."""
+    return sum((a[k] * b[k]).sum() for k in a)
+
+
+def tree_zeros_like(a: Params) -> Params:
+    return {k: torch.zeros_like(v) for k, v in a.items()}
+
+
+def tree_norm(a: Params) -> Tensor:
+    return torch.sqrt(tree_dot(a, a))
+
+
+def split_params(params: Params) -> tuple[Params, Tensor]:
+    """Split a network's parameters into (body, final-layer weight)."""
+    body = {k: v for k, v in params.items() if k != HEAD_WEIGHT}
+    return body, params[HEAD_WEIGHT]
+
+
+def network(model: torch.nn.Module, head_weight: Tensor) -> Callable[[Params, Tensor], tuple[Tensor, Tensor]]:
+    """``f(body, x) -> (logits (N, C), features (N, D))`` with the final-layer weight fixed."""
+
+    def f(body: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        return functional_call(model, {**body, HEAD_WEIGHT: head_weight}, (x,), {"return_features": True})
+
+    return f
+
+
+def features_and_change(f, body0: Params, x: Tensor, delta: Params, linearize: bool) -> tuple[Tensor, Tensor]:
+    """``(phi0(x), u(x))`` differentiable in ``x`` and ``delta`` (see module docstring).
+
+    Linearised: one JVP gives both the base features and ``J(x) delta``.
+    Non-linearised: two forwards, ``f(x; theta0 + delta) - f(x; theta0)``.
+    """
+    if linearize:
+        (_, phi), (u, _) = jvp(lambda b: f(b, x), (body0,), (delta,))
+        return phi, u
+    logits0, phi = f(body0, x)
+    moved = {k: body0[k] + delta[k] for k in body0}
+    return phi, f(moved, x)[0] - logits0
+
+
+def ridge_matrix(phi: Tensor, l2: float) -> Tensor:
+    """``A = phi phi^T + l2 I`` (n, n)."""
+    return phi @ phi.T + l2 * torch.eye(phi.shape[0], dtype=phi.dtype, device=phi.device)
+
+
+# ------------------------------------------------------------------------ inner problems
+
+class LinearizedInner:
+    """The inner problem on a fixed support, linearised model (the default, convex).
+
+    Everything here is detached from the support: it is what the inner solve and the
+    H^-1 g solve iterate on. Built once per outer step: one forward of the support for
+    ``phi0`` and the Cholesky factor of ``A``, and one stored VJP closure so each ``J^T z``
+    is a backward pass only.
+    """
+
+    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+        self.body0 = {k: v.detach() for k, v in body0.items()}
+        self.x_s, self.y_s, self.l2 = x_s.detach(), y_s.detach(), float(l2)
+        self._f = f
+        n, c = self.y_s.shape
+        self.scale = self.l2 / (n * c)
+        (_, phi), self._vjp = vjp(lambda b: f(b, self.x_s), self.body0)
+        self.phi = phi.detach()
+        self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))
+
+    def jvp(self, delta: Params) -> Tensor:
+        """``J_s delta`` (n, C)."""
+        return jvp(lambda b: self._f(b, self.x_s)[0], (self.body0,), (delta,))[1]
+
+    def vjp(self, z: Tensor) -> Params:
+        """``J_s^T z`` for z (n, C)."""
+        return self._vjp((z, torch.zeros_like(self.phi)))[0]
+
+    def solve_a(self, r: Tensor) -> Tensor:
+        """``A^-1 r``."""
+        return torch.cholesky_solve(r, self.chol)
+
+    def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
+        r = self.y_s - self.jvp(delta)
+        a_inv_r = self.solve_a(r)
+        loss = 0.5 * self.scale * (float((r * a_inv_r).sum()) + float(tree_dot(delta, delta)))
+        back = self.vjp(a_inv_r)
+        return loss, {k: self.scale * (delta[k] - back[k]) for k in delta}
+
+    def hvp(self, delta: Params, v: Params) -> Params:
+        """``H v = c (J^T A^-1 J v + v)``; independent of delta (the problem is quadratic)."""
+        back = self.vjp(self.solve_a(self.jvp(v)))
+        return {k: self.scale * (back[k] + v[k]) for k in v}
+
+
+class NonlinearInner:
+    """The same loss without linearisation: ``u = f(x; theta0 + delta) - f(x; theta0)``.
+
+    Not convex; gradient and Hessian-vector products come from autograd (double backward).
+    """
+
+    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+        self.body0 = {k: v.detach() for k, v in body0.items()}
+        self.x_s, self.y_s, self.l2 = x_s.detach(), y_s.detach(), float(l2)
+        self._f = f
+        n, c = self.y_s.shape
+        self.scale = self.l2 / (n * c)
+        with torch.no_grad():
+            self.logits0, self.phi = f(self.body0, self.x_s)
+        self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))
+
+    def loss(self, delta: Params) -> Tensor:
+        moved = {k: self.body0[k] + delta[k] for k in delta}
+        r = self.y_s - (self._f(moved, self.x_s)[0] - self.logits0)
+        return 0.5 * self.scale * ((r * torch.cholesky_solve(r, self.chol)).sum() + tree_dot(delta, delta))
+
+    def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
+        with torch.enable_grad():
+            leaves = {k: v.detach().requires_grad_() for k, v in delta.items()}
+            loss = self.loss(leaves)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+        return float(loss.detach()), dict(zip(leaves, grads))
+
+    def hvp(self, delta: Params, v: Params) -> Params:
+        with torch.enable_grad():
+            leaves = {k: t.detach().requires_grad_() for k, t in delta.items()}
+            grads = torch.autograd.grad(self.loss(leaves), list(leaves.values()), create_graph=True)
+            hv = torch.autograd.grad(sum((g * v[k]).sum() for g, k in zip(grads, leaves)), list(leaves.values()))
+        return dict(zip(leaves, hv))
+
+
+def make_inner(f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool):
+    return (LinearizedInner if linearize else NonlinearInner)(f, body0, x_s, y_s, l2)
+
+
+# ----------------------------------------------------------------------------- solvers
+
+def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Params, lr: float,
+                  steps: int, betas=(0.9, 0.999), eps: float = 1e-8) -> tuple[Params, list[float]]:
+    """``steps`` Adam steps from ``start`` using ``grad_fn(x) -> (value, grad)``.
+
+    Returns the final point and the value recorded *before* each step (as the reference
+    logs them), which the learning-rate tuning and adaptation read.
+    """
+    b1, b2 = betas
+    x = {k: v.clone() for k, v in start.items()}
+    m = tree_zeros_like(x)
+    s = tree_zeros_like(x)
+    values = []
+    for t in range(1, steps + 1):
+        value, g = grad_fn(x)
+        values.append(value)
+        for k in x:
+            m[k].mul_(b1).add_(g[k], alpha=1 - b1)
+            s[k].mul_(b2).addcmul_(g[k], g[k], value=1 - b2)
+            m_hat = m[k] / (1 - b1 ** t)
+            s_hat = s[k] / (1 - b2 ** t)
+            x[k] = x[k] - lr * m_hat / (s_hat.sqrt() + eps)
+    return x, values
+
+
+@torch.no_grad()
+def solve_inner(problem, lr: float, steps: int) -> tuple[Params, list[float]]:
+    """delta* by ``steps`` Adam steps on L_in from delta = 0 (RCIG.md: 20 steps)."""
+    return adam_minimise(problem.loss_and_grad, tree_zeros_like(problem.body0), lr, steps)
+
+
+@torch.no_grad()
+def solve_hinv(problem, delta: Params, g: Params, lr: float, steps: int) -> tuple[Params, list[float]]:
+    """v ~= H^-1 g by Adam on ``0.5 v^T H v - v^T g`` from v = 0.
+
+    Records the residual ``v^T (H v - 2 g)`` (twice the objective) before each step.
+    """
+
+    def objective(v: Params) -> tuple[float, Params]:
+        hv = problem.hvp(delta, v)
+        residual = float(sum((v[k] * (hv[k] - 2 * g[k])).sum() for k in v))
+        return residual, {k: hv[k] - g[k] for k in v}
+
+    return adam_minimise(objective, tree_zeros_like(g), lr, steps)

@@ -1,0 +1,225 @@
+"""``rcig.distill``: a whole distillation run with its files, checkpoints and resume.
+
+Output directory layout::
+
+    DIR/distilled.safetensors   the EMA support (rcig.io format), written at the end
+    DIR/grid.png                the distilled images, one row per class
+    DIR/log.jsonl               one JSON record per iteration (+ "eval" records)
+    DIR/run.json                dataset, ipc, seed, config: what --resume checks against
+    DIR/checkpoints/latest.pt   the whole RunState, every `checkpoint_every` iterations
+    DIR/checkpoints/iter_N.safetensors   the EMA support at the config's checkpoint_iters
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
+from rcig.algorithm.distill import Distiller, RunState
+from rcig.config import Config, default_preset_name, from_dict, load_preset
+from rcig.errors import RcigError
+
+# Short default runs where a dataset is cheap enough to distil in minutes on a CPU.
+QUICK_STEPS = {"digits": 100}
+
+
+def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None, steps: int | None) -> Config:
+    """The preset (the dataset's default if None) with overrides and the step count applied."""
+    name = preset or default_preset_name(dataset.image_size, dataset.channels)
+    cfg = load_preset(name)
+    changes = dict(overrides or {})
+    if steps is not None:
+        changes["steps"] = steps
+    elif dataset.spec in QUICK_STEPS and "steps" not in changes:
+        changes["steps"] = QUICK_STEPS[dataset.spec]
+    if cfg.flip and dataset.channels == 1 and "flip" not in changes:
+        changes["flip"] = False  # the flip trick is for natural RGB images only
+    return cfg.replace(**changes) if changes else cfg
+
+
+def make_model_factory(cfg: Config, channels: int, num_classes: int, image_size: int):
+    from rcig.models import build_model
+
+    activation = "softplus" if cfg.softplus_beta > 0 else "relu"
+
+    def make_model() -> torch.nn.Module:
+        return build_model("conv", in_channels=channels, num_classes=num_classes, image_size=image_size,
+                           depth=cfg.depth, width=cfg.width, activation=activation,
+                           beta=cfg.softplus_beta or 60.0, norm=cfg.norm)
+
+    return make_model
+
+
+def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int, average: bool = True):
+    """The (EMA) support as an :class:`rcig.io.DistilledSet`."""
+    from rcig import __version__
+    from rcig.io import DistilledSet
+
+    support = distiller.ema.average(state.ema) if average else state.support
+    meta_pre, arrays = prepared.preprocessor.state()
+    meta = {
+        "dataset": prepared.dataset.spec, "ipc": distiller.ipc, "num_classes": distiller.num_classes,
+        "class_names": list(prepared.dataset.class_names), "method": "rcig", "seed": seed,
+        "flip": cfg.flip, "iteration": state.iteration,
+        "protocol": {"arch": "conv", "depth": cfg.depth, "width": cfg.width,
+                     "augmentations": list(cfg.test_augmentations)},
+        "config": cfg.to_dict(), "preprocess": meta_pre, "log_temp": float(support["log_temp"]),
+        "rcig_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return DistilledSet(images=support["x"].detach().float().contiguous(),
+                        labels=support["y"].detach().float().contiguous(), meta=meta, preprocess_arrays=arrays)
+
+
+def _run_identity(dataset_spec: str, ipc: int, seed: int, cfg: Config) -> dict[str, Any]:
+    return {"dataset": dataset_spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict()}
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop log records past the resumed iteration, so the log matches the state."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+DEFAULTS = {"dataset": "digits", "ipc": 1, "seed": 0}
+
+
+def _stored_run(out_dir: Path | None, resume: bool) -> dict[str, Any] | None:
+    if not resume:
+        return None
+    if out_dir is None:
+        raise RcigError("--resume needs --out DIR, the directory of the run to continue")
+    run_file = out_dir / "run.json"
+    if not run_file.exists():
+        raise RcigError(f"nothing to resume: {run_file} does not exist")
+    return json.loads(run_file.read_text())
+
+
+def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str | None = None,
+            steps: int | None = None, seed: int | None = None, out: str | os.PathLike | None = None,
+            resume: bool = False, overrides: dict[str, Any] | None = None, data_dir: str | None = None,
+            checkpoint_every: int = 10, eval_every: int | None = None, eval_settings=None,
+            progress: bool = True):
+    """Distil ``dataset`` into ``ipc`` images per class with RCIG; returns a DistilledSet.
+
+    Defaults: the embedded ``digits`` set, 1 image per class, seed 0, the dataset's preset.
+    With ``out`` set, writes the files listed in the module docstring; with ``resume=True``
+    it continues the run found there exactly where its checkpoint left it (arguments left
+    as None are taken from that run; given ones must agree with it).
+    """
+    from tqdm import tqdm
+
+    from rcig.data import prepare
+
+    out_dir = Path(out) if out is not None else None
+    stored = _stored_run(out_dir, resume)
+    given = {"dataset": dataset, "ipc": ipc, "seed": seed}
+    chosen = {k: v if v is not None else (stored[k] if stored else DEFAULTS[k]) for k, v in given.items()}
+    dataset, ipc, seed = chosen["dataset"], chosen["ipc"], chosen["seed"]
+    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
+        raise RcigError(f"ipc must be a positive integer, got {ipc!r}")
+    prepared = prepare(dataset, data_dir)
+    ds = prepared.dataset
+    if stored and preset is None and not overrides and steps is None:
+        cfg = from_dict(stored["config"], where=f"{out_dir}/run.json")
+    else:
+        cfg = resolve_config(ds, preset, overrides, steps)
+    identity = _run_identity(ds.spec, ipc, seed, cfg)
+
+    distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
+                          make_model_factory(cfg, ds.channels, ds.num_classes, ds.image_size))
+    state = distiller.new_state()
+    ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir else None
+    log_path = out_dir / "log.jsonl" if out_dir else None
+
+    if out_dir is not None:
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        run_file = out_dir / "run.json"
+        if resume:
+            if not ckpt_path.exists():
+                raise RcigError(f"nothing to resume: no checkpoint at {ckpt_path}")
+            now = json.loads(json.dumps(identity))
+            diff = [k for k in now if k != "config" and stored.get(k) != now[k]]
+            diff += [f"config.{k}" for k in now["config"] if k != "steps" and stored["config"].get(k) != now["config"][k]]
+            if diff:
+                raise RcigError(f"cannot resume {out_dir}: the run there differs in {', '.join(diff)}")
+            state.load_dict(load_checkpoint(ckpt_path))
+            _truncate_log(log_path, state.iteration)
+        elif ckpt_path.exists():
+            raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        run_file.write_text(json.dumps(identity, indent=2) + "\n")
+
+    if state.iteration == 0 and (cfg.inner_lr is None or cfg.hvp_lr is None):
+        if progress:
+            tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
+        distiller.tune(state, progress)
+        if progress:
+            tqdm.write(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}")
+
+    def save_latest() -> None:
+        if ckpt_path is not None:
+            save_checkpoint(ckpt_path, state.to_dict())
+
+    bar = tqdm(total=cfg.steps, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while state.iteration < cfg.steps:
+            record = distiller.step(state)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['outer_loss']:.3f}", acc=f"{record['outer_acc']:.3f}",
+                            s=f"{record['seconds']:.1f}")
+            if log_path is not None:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            if out_dir is not None and state.iteration in cfg.checkpoint_iters:
+                _save_set(distilled_set(state, distiller, prepared, cfg, seed),
+                          out_dir / "checkpoints" / f"iter_{state.iteration}.safetensors")
+            if eval_every and state.iteration % eval_every == 0:
+                _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path)
+            if state.iteration % checkpoint_every == 0 or state.iteration == cfg.steps:
+                save_latest()
+    except KeyboardInterrupt:
+        save_latest()  # the state is consistent between iterations
+        raise
+    finally:
+        bar.close()
+
+    result = distilled_set(state, distiller, prepared, cfg, seed)
+    if out_dir is not None:
+        _save_set(result, out_dir / "distilled.safetensors")
+        from rcig.viz import save_grid
+
+        save_grid(result, out_dir / "grid.png")
+    return result
+
+
+def _save_set(ds, path: Path) -> None:
+    from rcig.io import save
+
+    save(ds, path)
+
+
+def _periodic_eval(state, distiller, prepared, cfg, seed, settings, log_path) -> None:
+    from tqdm import tqdm
+
+    from rcig.evaluation import ProtocolSettings, evaluate_support
+
+    settings = settings or ProtocolSettings(depth=cfg.depth, width=cfg.width, n_models=1,
+                                            augmentations=tuple(cfg.test_augmentations))
+    support = distiller.ema.average(state.ema)
+    started = time.perf_counter()
+    scores = evaluate_support(support["x"], support["y"], prepared.x_test, prepared.y_test, settings,
+                              flip=cfg.flip, progress=False)
+    record = {"iter": state.iteration, "eval": scores, "eval_seconds": round(time.perf_counter() - started, 1)}
+    tqdm.write(f"rcig: iteration {state.iteration}: " + ", ".join(
+        f"{k} {v['mean']:.4f}" for k, v in scores.items() if isinstance(v, dict) and "mean" in v))
+    if log_path is not None:
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")

@@ -1,0 +1,208 @@
+"""The distillation config: one validated, frozen dataclass, six presets from the paper.
+
+A preset is a JSON file in ``rcig/presets/`` holding a subset of :class:`Config`'s fields;
+everything it leaves out takes the defaults below (the paper's shared defaults). Any field
+can then be overridden by name (``--set inner_lr=1e-4`` on the command line), and an
+unknown or mistyped key is an error that names it and suggests the closest field.
+
+Presets (reference configs of the authors' release, with the misspelt ``pool_model_6count``
+key of the 64 px config read as ``pool_size``):
+
+=================  ==========================================================
+depth_3_no_flip    MNIST, Fashion-MNIST: 28 px gray, no flip
+depth_3            CIFAR-10/100, CUB-200: 32 px RGB, flip trick
+cifar100_50        CIFAR-100 at 50 ipc: subsampled support gradients (2,000)
+depth_4_200        Tiny-ImageNet 1 ipc: 64 px, ReLU, 400 target rows
+depth_4_big        Tiny-ImageNet 10 ipc: 64 px, subsampling 500/256
+depth_5            ImageNette/ImageWoof: 128 px, l2_rate 0.05
+=================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Any
+
+from rcig.errors import RcigError
+
+AUGMENTATIONS = ("flip", "color", "crop", "rotate", "translate", "cutout")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of an RCIG run. Defaults are the paper's shared settings."""
+
+    description: str = ""
+    image_size: int | None = None  # informational: the resolution the preset was made for
+
+    # -- the distillation network ("Conv", width * 2**i channels per block) --
+    depth: int = 3
+    width: int = 128
+    softplus_beta: float = 60.0  # softplus(beta z)/beta during distillation; 0 -> ReLU
+    norm: str = "none"  # "none" | "batch" | "instance"
+
+    # -- the learned support --
+    init: str = "real"  # "real": seeded real images per class | "noise": 0.3 * N(0, 1)
+    learn_labels: bool = True
+    flip: bool = False  # flip trick: the inner model sees [x, flip(x)] with labels [y, y]
+    proto_lr: float = 0.003  # AdaBelief lr for images and labels
+    temp_lr: float = 0.03  # AdaBelief lr for log_temp
+    ema_decay: float = 0.99
+
+    # -- the convexified inner problem --
+    linearize: bool = True  # False: u(x) = f(x; theta0 + delta) - f(x; theta0) (not convex)
+    l2_rate: float = 0.0005  # l2 = l2_rate * (number of classes * ipc)
+    n_inner_steps: int = 20
+    n_hinv_steps: int = 20
+    inner_lr: float | None = None  # None: tuned before distillation (start inner_lr_start)
+    hvp_lr: float | None = None  # None: tuned before distillation (start hvp_lr_start)
+    inner_lr_start: float = 1e-5
+    hvp_lr_start: float = 5e-5
+    lr_adapt_every: int = 50
+
+    # -- the outer problem --
+    target_batch_size: int = 1024
+
+    # -- the model pool --
+    pool_size: int = 30
+    pool_lr: float = 0.00005
+    max_online_steps: int = 100
+    n_max_steps_pool: int = 16  # a used network trains randint(1, n_max_steps_pool) steps
+
+    # -- large supports: rows that get gradients; the rest come from no-grad forwards --
+    direct_batch_sizes: tuple[int | None, int | None] = (None, None)  # (support, target)
+    implicit_batch_size: int | None = None
+    hinv_batch_size: int | None = None
+    inner_train_batch_size: int | None = None
+    pool_train_batch_size: int | None = None
+    max_forward_batch_size: int | None = None
+    normal_repeats: int = 1  # meta-gradients averaged over this many subsamples
+
+    # -- the run --
+    steps: int = 1000
+    checkpoint_iters: tuple[int, ...] = ()
+    test_augmentations: tuple[str, ...] = ("crop", "rotate", "translate", "cutout")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        """A copy with some fields changed (validated, unknown names rejected)."""
+        return from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(Config))
+
+
+def _check_known(keys, where: str) -> None:
+    for key in keys:
+        if key not in _FIELD_NAMES:
+            close = difflib.get_close_matches(key, _FIELD_NAMES, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RcigError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from plain values (JSON lists become tuples)."""
+    _check_known(values, where)
+    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return Config(**coerced)
+    except TypeError as exc:  # pragma: no cover - guarded by _check_known
+        raise RcigError(f"bad {where}: {exc}") from None
+
+
+def _validate(cfg: Config) -> None:
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            raise RcigError(f"bad config: {message}")
+
+    positive_ints = ("depth", "width", "n_max_steps_pool", "pool_size", "max_online_steps",
+                     "target_batch_size", "normal_repeats", "lr_adapt_every")
+    for name in positive_ints:
+        value = getattr(cfg, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+             f"{name} must be a positive integer, got {value!r}")
+    for name in ("n_inner_steps", "n_hinv_steps", "steps"):
+        value = getattr(cfg, name)
+        need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+             f"{name} must be a non-negative integer, got {value!r}")
+    for name in ("proto_lr", "temp_lr", "l2_rate", "pool_lr", "inner_lr_start", "hvp_lr_start"):
+        value = getattr(cfg, name)
+        need(isinstance(value, (int, float)) and value > 0, f"{name} must be > 0, got {value!r}")
+    for name in ("inner_lr", "hvp_lr"):
+        value = getattr(cfg, name)
+        need(value is None or (isinstance(value, (int, float)) and value > 0),
+             f"{name} must be > 0 or null (tune it), got {value!r}")
+    need(isinstance(cfg.softplus_beta, (int, float)) and cfg.softplus_beta >= 0,
+         f"softplus_beta must be >= 0 (0 means ReLU), got {cfg.softplus_beta!r}")
+    need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
+    need(cfg.norm in ("none", "batch", "instance"), f"norm must be none|batch|instance, got {cfg.norm!r}")
+    need(cfg.init in ("real", "noise"), f"init must be real|noise, got {cfg.init!r}")
+    for name in ("learn_labels", "flip", "linearize"):
+        need(isinstance(getattr(cfg, name), bool), f"{name} must be true or false")
+    need(len(cfg.direct_batch_sizes) == 2, "direct_batch_sizes must be [support_rows, target_rows]")
+    for name, value in [("direct_batch_sizes[0]", cfg.direct_batch_sizes[0]),
+                        ("direct_batch_sizes[1]", cfg.direct_batch_sizes[1]),
+                        *[(n, getattr(cfg, n)) for n in ("implicit_batch_size", "hinv_batch_size",
+                          "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size")]]:
+        need(value is None or (isinstance(value, int) and value > 0), f"{name} must be a positive integer or null")
+    need(all(isinstance(i, int) and i > 0 for i in cfg.checkpoint_iters),
+         "checkpoint_iters must be positive integers")
+    unknown = [a for a in cfg.test_augmentations if a not in AUGMENTATIONS]
+    need(not unknown, f"unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}")
+
+
+# ---------------------------------------------------------------------------- presets
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("rcig.presets").iterdir() if p.name.endswith(".json"))
+
+
+def load_preset(name: str) -> Config:
+    """The paper's config ``name`` (see module docstring), validated."""
+    if name not in preset_names():
+        raise RcigError(f"unknown preset '{name}'; choose from {', '.join(preset_names())}")
+    text = resources.files("rcig.presets").joinpath(f"{name}.json").read_text()
+    return from_dict(json.loads(text), where=f"preset {name}")
+
+
+def default_preset_name(image_size: int, channels: int) -> str:
+    """The paper's preset for a dataset shape: gray -> depth_3_no_flip, RGB 32 -> depth_3,
+    64 px -> depth_4_200, 128 px -> depth_5 (other small sizes use the depth-3 presets)."""
+    if image_size >= 128:
+        return "depth_5"
+    if image_size >= 64:
+        return "depth_4_200"
+    return "depth_3_no_flip" if channels == 1 else "depth_3"
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values as JSON, else strings) into a dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise RcigError(f"bad override '{item}': expected key=value")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[key] = value
+    _check_known(out, "overrides")
+    return out
+
+
+__all__ = ["AUGMENTATIONS", "Config", "default_preset_name", "from_dict", "load_preset",
+           "parse_overrides", "preset_names"]
