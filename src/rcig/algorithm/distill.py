@@ -200,9 +200,11 @@ class Distiller:
             support["y"] = state.support["y"]
         ema = self.ema.update(state.ema, support)
 
+        pool_started = time.perf_counter()
         pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
         state.pool.train(index, lambda params: pool_loss(self.model, params, x_s, y_s), pool_steps)
+        result.seconds["pool"] = round(time.perf_counter() - pool_started, 4)
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))
         state.hvp_outcomes.append(solve_outcome(result.residuals))
@@ -238,7 +240,7 @@ def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seco
         "inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
         "grad_norm": norms(r.grads), "direct_norm": norms(r.direct), "implicit_norm": norms(r.implicit),
         "delta_norm": float(tree_norm(r.delta)), "log_temp": float(state.support["log_temp"]),
-        "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3),
+        "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3), "parts": r.seconds,
     }
 
 

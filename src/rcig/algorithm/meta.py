@@ -16,6 +16,7 @@ batch of real targets (X_t, Y_t):
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rcig.algorithm.inner import (
-    Params, features_and_change, make_inner, ridge_matrix, solve_hinv, solve_inner, tree_norm,
+    Params, features_and_change, make_inner, ridge_matrix, solve_hinv, solve_inner,
 )
 
 LEAVES = ("x", "y", "log_temp")
@@ -40,6 +41,7 @@ class MetaResult:
     residuals: list[float]  # v^T(Hv - 2 g) before each H^-1 g Adam step
     delta: Params
     v: Params
+    seconds: dict[str, float]  # inner_solve, direct (target forward/backward), hinv, implicit
 
 
 # ------------------------------------------------------------------ the support and losses
@@ -152,15 +154,33 @@ def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     l2 = l2_strength(cfg, support["x"].shape[0])
+    clock = Stopwatch()
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
     problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps)
+    clock.lap("inner_solve")
     loss, acc, direct, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options)
+    clock.lap("direct")
     v, residuals = solve_hinv(problem, delta, g_t, hvp_lr, cfg.n_hinv_steps)
+    clock.lap("hinv")
     implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options), direct)
+    clock.lap("implicit")
     grads = {k: direct[k] + implicit[k] for k in LEAVES}
-    return MetaResult(grads, direct, implicit, loss, acc, inner_losses, residuals, delta, v)
+    return MetaResult(grads, direct, implicit, loss, acc, inner_losses, residuals, delta, v, clock.laps)
+
+
+class Stopwatch:
+    """Named laps in seconds, for the per-part timings in the log and the benchmarks."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
 
 
 __all__ = ["LEAVES", "MetaResult", "clip_to", "direct_gradient", "expand_support", "implicit_gradient",
-           "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "outer_loss", "tree_norm"]
+           "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "outer_loss"]

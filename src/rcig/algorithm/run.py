@@ -12,8 +12,12 @@ Output directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -169,7 +173,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
     bar = tqdm(total=cfg.steps, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
                disable=not progress, dynamic_ncols=True)
-    try:
+    with deferred_interrupt() as interrupted, bar:
         while state.iteration < cfg.steps:
             record = distiller.step(state)
             bar.update(1)
@@ -185,11 +189,9 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
                 _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path)
             if state.iteration % checkpoint_every == 0 or state.iteration == cfg.steps:
                 save_latest()
-    except KeyboardInterrupt:
-        save_latest()  # the state is consistent between iterations
-        raise
-    finally:
-        bar.close()
+            if interrupted():
+                save_latest()  # between iterations the state is consistent
+                raise KeyboardInterrupt
 
     result = distilled_set(state, distiller, prepared, cfg, seed)
     if out_dir is not None:
@@ -198,6 +200,31 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
         save_grid(result, out_dir / "grid.png")
     return result
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Let a Ctrl-C finish the current iteration: yields a function telling whether one came.
+
+    A second Ctrl-C interrupts at once (the last periodic checkpoint then stands).
+    """
+    received = []
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        print("\nrcig: interrupted; finishing this iteration and saving a checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _save_set(ds, path: Path) -> None:

@@ -1,0 +1,144 @@
+"""Seconds per RCIG outer step, its breakdown, peak memory and the CPU's conv ceiling.
+
+Each (input shape, ipc) case runs in its own subprocess, so its peak RSS is its own:
+synthetic data (speed does not depend on pixel values), the paper's preset for the shape
+(28 px gray: depth_3_no_flip; 32 px RGB: depth_3 with the flip trick), the full pool of 30
+networks, fixed learning rates (tuning time is not part of a step). One warm-up step, then
+the mean of ``--steps`` timed steps. FLOPs of a step are counted by torch's FlopCounterMode
+(convolutions and matmuls in the forward, forward-mode and backward passes), and divided
+by the same CPU's measured ceiling: fwd+bwd GFLOP/s of the distillation ConvNet alone on a
+batch of 256 images.
+
+    python benchmarks/speed.py --out benchmarks/speed.json            # all cases
+    python benchmarks/speed.py --cases gray28:1 rgb32:1 --steps 1     # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPES = {"gray28": (1, 28, "depth_3_no_flip"), "rgb32": (3, 32, "depth_3")}
+DEFAULT_CASES = [f"{s}:{ipc}" for s in SHAPES for ipc in (1, 10, 50)]
+NUM_CLASSES = 10
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def conv_ceiling(channels: int, size: int, batch: int = 256, repeats: int = 3) -> dict:
+    """fwd+bwd GFLOP/s of the distillation ConvNet (ReLU, width 128, depth 3) in isolation."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rcig.models import build_model
+
+    model = build_model("conv", in_channels=channels, num_classes=NUM_CLASSES, image_size=size, depth=3, width=128)
+    x = torch.randn(batch, channels, size, size)
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+
+    fwd_bwd()
+    with FlopCounterMode(display=False) as counter:
+        fwd_bwd()
+    best = min(_timed(fwd_bwd) for _ in range(repeats))
+    flops = counter.get_total_flops()
+    return {"batch": batch, "gflop": flops / 1e9, "seconds": best, "gflops_per_s": flops / best / 1e9}
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def run_case(case: str, steps: int) -> dict:
+    """Time ``steps`` outer steps of one case (runs inside the child process)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from rcig.algorithm.distill import Distiller
+    from rcig.algorithm.run import make_model_factory
+    from rcig.config import load_preset
+
+    shape, ipc = case.split(":")
+    ipc = int(ipc)
+    channels, size, preset = SHAPES[shape]
+    g = torch.Generator().manual_seed(0)
+    n_train = 4096
+    x_train = torch.randn(n_train, channels, size, size, generator=g)
+    y_train = torch.arange(n_train) % NUM_CLASSES
+    cfg = load_preset(preset).replace(inner_lr=1e-4, hvp_lr=1e-4, steps=steps + 1)
+    distiller = Distiller(x_train, y_train, NUM_CLASSES, ipc, cfg, 0,
+                          make_model_factory(cfg, channels, NUM_CLASSES, size))
+    state = distiller.new_state()
+    distiller.step(state)  # warm-up
+    with FlopCounterMode(display=False) as counter:
+        records = [distiller.step(state) for _ in range(steps)]
+    parts = {k: sum(r["parts"][k] for r in records) / steps for k in records[0]["parts"]}
+    seconds = sum(r["seconds"] for r in records) / steps
+    flops = counter.get_total_flops() / steps
+    return {"case": case, "preset": preset, "ipc": ipc, "support_rows": ipc * NUM_CLASSES * (2 if cfg.flip else 1),
+            "target_batch": cfg.target_batch_size, "steps_timed": steps, "seconds_per_step": seconds,
+            "parts": parts, "gflop_per_step": flops / 1e9, "achieved_gflops_per_s": flops / seconds / 1e9,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="shape:ipc, e.g. gray28:1 rgb32:10")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per case (after one warm-up)")
+    parser.add_argument("--out", default=None, help="write the results JSON here")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:  # inside a subprocess: one case, JSON on stdout
+        print(json.dumps(run_case(args.child, args.steps)))
+        return
+
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+               "date": time.strftime("%Y-%m-%d"), "ceiling": {}, "cases": []}
+    for shape, (channels, size, _) in SHAPES.items():
+        results["ceiling"][shape] = conv_ceiling(channels, size)
+        print(f"ceiling {shape}: {results['ceiling'][shape]['gflops_per_s']:.1f} GFLOP/s", flush=True)
+    for case in args.cases:
+        out = subprocess.run([sys.executable, __file__, "--child", case, "--steps", str(args.steps)],
+                             capture_output=True, text=True, env=os.environ.copy())
+        if out.returncode != 0:
+            print(f"{case}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            continue
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        shape = case.split(":")[0]
+        row["fraction_of_ceiling"] = row["achieved_gflops_per_s"] / results["ceiling"][shape]["gflops_per_s"]
+        results["cases"].append(row)
+        print(f"{case:10s} {row['seconds_per_step']:7.2f} s/step  {row['peak_rss_mb']:7.0f} MB  "
+              f"{row['fraction_of_ceiling']:.0%} of ceiling  parts {row['parts']}", flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
