@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, jvp, linearize, vjp
 
+from rcig.algorithm.optim import adam_step
+
 Params = dict[str, Tensor]
 HEAD_WEIGHT = "classifier.weight"
 
@@ -185,26 +187,19 @@ def make_inner(f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize:
 # ----------------------------------------------------------------------------- solvers
 
 def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Params, lr: float,
-                  steps: int, betas=(0.9, 0.999), eps: float = 1e-8) -> tuple[Params, list[float]]:
+                  steps: int) -> tuple[Params, list[float]]:
     """``steps`` Adam steps from ``start`` using ``grad_fn(x) -> (value, grad)``.
 
     Returns the final point and the value recorded *before* each step (as the reference
     logs them), which the learning-rate tuning and adaptation read.
     """
-    b1, b2 = betas
     x = {k: v.clone() for k, v in start.items()}
-    m = tree_zeros_like(x)
-    s = tree_zeros_like(x)
+    state = {"m": tree_zeros_like(x), "v": tree_zeros_like(x), "t": 0}
     values = []
-    for t in range(1, steps + 1):
+    for _ in range(steps):
         value, g = grad_fn(x)
         values.append(value)
-        for k in x:
-            m[k].mul_(b1).add_(g[k], alpha=1 - b1)
-            s[k].mul_(b2).addcmul_(g[k], g[k], value=1 - b2)
-            m_hat = m[k] / (1 - b1 ** t)
-            s_hat = s[k] / (1 - b2 ** t)
-            x[k] = x[k] - lr * m_hat / (s_hat.sqrt() + eps)
+        x = adam_step(x, g, state, lr)
     return x, values
 
 

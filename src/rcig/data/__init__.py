@@ -1,0 +1,100 @@
+"""Datasets: one entry point, ``load(spec)``, giving uint8 NHWC arrays and class names.
+
+Specs::
+
+    digits               scikit-learn's embedded 8x8 digits (no download; the default)
+    fashion_mnist, mnist idx files from --data-dir, /usr/share/datasets/<name>, ~/.cache/rcig
+    cifar10, cifar100    binary or python release (folder or .tar.gz), pickles read safely
+    tiny_imagenet        the tiny-imagenet-200 folder (val/ is the test split)
+    imagefolder:PATH     one subfolder per class (PATH/train + PATH/test if present);
+                         imagefolder:PATH?size=32 resizes to 32x32
+    npz:PATH             keys x_train, y_train, x_test, y_test (+ class_names)
+    hf:NAME              a Hugging Face dataset (needs `pip install rcig[hf]`)
+
+``prepare(spec)`` adds the paper's preprocessing and returns model-space tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rcig.data import sources
+from rcig.errors import RcigError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    spec: str
+    x_train: np.ndarray  # (N, H, W, C) uint8
+    y_train: np.ndarray  # (N,) int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def _validate(spec: str, arrays: dict) -> Dataset:
+    x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    if x_train.shape[1] != x_train.shape[2]:
+        raise RcigError(f"{spec}: images must be square, got {x_train.shape[1]}x{x_train.shape[2]} "
+                        "(imagefolder:PATH?size=N resizes)")
+    labels = np.concatenate([y_train, y_test])
+    names = arrays.get("class_names")
+    num_classes = len(names) if names else int(labels.max()) + 1
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise RcigError(f"{spec}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+    if not names:
+        names = [str(i) for i in range(num_classes)]
+    return Dataset(spec, np.ascontiguousarray(x_train), y_train.astype(np.int64),
+                   np.ascontiguousarray(x_test), y_test.astype(np.int64), tuple(names))
+
+
+def load(spec: str = "digits", data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Dataset:
+    """Load a dataset by spec (see the module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind in sources.PATH_SPECS:
+        if not arg:
+            raise RcigError(f"spec '{kind}:' needs a path, e.g. {kind}:/data/my_images")
+        arrays = sources.PATH_SPECS[kind](arg)
+        path_part, _, query = arg.partition("?")
+        canonical = f"{kind}:{Path(path_part).expanduser().resolve()}" + (f"?{query}" if query else "")
+        if kind == "hf":
+            canonical = spec
+        return _validate(canonical, arrays)
+    if spec not in sources.NAMED:
+        known = ", ".join(list(sources.NAMED) + [f"{k}:PATH" for k in sources.PATH_SPECS])
+        raise RcigError(f"unknown dataset '{spec}'; known: {known}")
+    return _validate(spec, sources.NAMED[spec].load(Path(data_dir) if data_dir else None, download))
+
+
+def describe_specs(data_dir: str | os.PathLike | None = None) -> list[dict]:
+    """For `rcig datasets`: each spec, whether its files were found, and where."""
+    rows = []
+    for name, source in sources.NAMED.items():
+        where = source.locate(Path(data_dir) if data_dir else None)
+        rows.append({"spec": name, "description": source.description, "found": where is not None,
+                     "where": str(where) if where else "not found (" + source.hint + ")"})
+    for kind, description in sources.PATH_DESCRIPTIONS.items():
+        rows.append({"spec": f"{kind}:PATH" if kind != "hf" else "hf:NAME", "description": description,
+                     "found": None, "where": "given by the spec"})
+    return rows
+
+
+from rcig.data.preprocess import Prepared, Preprocessor, fit_preprocessor, prepare  # noqa: E402
+
+__all__ = ["Dataset", "Prepared", "Preprocessor", "describe_specs", "fit_preprocessor", "load", "prepare"]
