@@ -60,24 +60,33 @@ def make_model_factory(cfg: Config, channels: int, num_classes: int, image_size:
     return make_model
 
 
-def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int, average: bool = True):
-    """The (EMA) support as an :class:`rcig.io.DistilledSet`."""
-    from rcig import __version__
-    from rcig.io import DistilledSet
+def protocol_defaults(cfg: Config) -> dict[str, Any]:
+    """The evaluation protocol a set made with ``cfg`` is scored with by default."""
+    return {"arch": "conv", "depth": cfg.depth, "width": cfg.width, "augmentations": list(cfg.test_augmentations)}
 
-    support = distiller.ema.average(state.ema) if average else state.support
-    meta_pre, arrays = prepared.preprocessor.state()
-    meta = {
-        "dataset": prepared.dataset.spec, "ipc": distiller.ipc, "num_classes": distiller.num_classes,
-        "class_names": list(prepared.dataset.class_names), "method": "rcig", "seed": seed,
-        "flip": cfg.flip, "iteration": state.iteration,
-        "protocol": {"arch": "conv", "depth": cfg.depth, "width": cfg.width,
-                     "augmentations": list(cfg.test_augmentations)},
-        "config": cfg.to_dict(), "preprocess": meta_pre, "log_temp": float(support["log_temp"]),
-        "rcig_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return DistilledSet(images=support["x"].detach().float().contiguous(),
-                        labels=support["y"].detach().float().contiguous(), meta=meta, preprocess_arrays=arrays)
+
+def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int):
+    """The EMA support as an :class:`rcig.io.DistilledSet`."""
+    from rcig.io import make_set
+
+    support = distiller.ema.average(state.ema)
+    return make_set(prepared, support["x"], support["y"], ipc=distiller.ipc, method="rcig", seed=seed,
+                    flip=cfg.flip, protocol=protocol_defaults(cfg), config=cfg.to_dict(),
+                    iteration=state.iteration, log_temp=float(support["log_temp"]))
+
+
+def baseline_set(spec: str, ipc: int, method: str, seed: int, data_dir: str | None = None):
+    """A random-real or herding set of ``ipc`` images per class, with the dataset's protocol."""
+    from rcig.data import prepare
+    from rcig.evaluation import herding, random_real
+    from rcig.io import make_set
+
+    prepared = prepare(spec, data_dir)
+    cfg = resolve_config(prepared.dataset, None, None, None)
+    pick = {"random": random_real, "herding": herding}[method]
+    images, labels = pick(prepared, ipc, seed)
+    return make_set(prepared, images, labels, ipc=ipc, method=method, seed=seed, flip=False,
+                    protocol=protocol_defaults(cfg))
 
 
 def _run_identity(dataset_spec: str, ipc: int, seed: int, cfg: Config) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def load(spec: str = "digits", data_dir: str | os.PathLike | None = None, *, dow
             canonical = spec
         return _validate(canonical, arrays)
     if spec not in sources.NAMED:
-        known = ", ".join(list(sources.NAMED) + [f"{k}:PATH" for k in sources.PATH_SPECS])
+        known = ", ".join(list(sources.NAMED) + ["imagefolder:PATH", "npz:PATH", "hf:NAME"])
         raise RcigError(f"unknown dataset '{spec}'; known: {known}")
     return _validate(spec, sources.NAMED[spec].load(Path(data_dir) if data_dir else None, download))
 

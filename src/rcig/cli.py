@@ -1,0 +1,223 @@
+"""The ``rcig`` command line: datasets, distill, baseline, eval, show.
+
+Every user error ends with one line ``rcig: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rcig import __version__
+from rcig.errors import RcigError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
+    return value
+
+
+# ---------------------------------------------------------------------------- datasets
+
+def cmd_datasets(args) -> None:
+    from rcig.data import describe_specs
+
+    rows = describe_specs(args.data_dir)
+    width = max(len(r["spec"]) for r in rows)
+    for r in rows:
+        found = {True: "found", False: "missing", None: "-"}[r["found"]]
+        print(f"{r['spec']:<{width}}  {found:<7}  {r['where']}\n{'':<{width}}  {'':<7}  {r['description']}")
+
+
+# ----------------------------------------------------------------------------- distill
+
+def cmd_distill(args) -> None:
+    from rcig.algorithm.run import distill
+    from rcig.config import parse_overrides
+
+    out = Path(args.out) if args.out else Path("runs") / f"{args.dataset or 'digits'}_ipc{args.ipc or 1}"
+    started = time.perf_counter()
+    result = distill(args.dataset, args.ipc, preset=args.preset, steps=args.steps, seed=args.seed, out=out,
+                     resume=args.resume, overrides=parse_overrides(args.set), data_dir=args.data_dir,
+                     checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+                     progress=not args.quiet)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
+          f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
+    run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
+    if run_eval:
+        evaluate_file(out / "distilled.safetensors", args.models, None, None, args.test_limit, 0,
+                      out / "eval.json", args.data_dir, "both", quiet=args.quiet)
+    else:
+        print(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
+
+
+# ---------------------------------------------------------------------------- baseline
+
+def cmd_baseline(args) -> None:
+    from rcig.algorithm.run import baseline_set
+    from rcig.io import save
+
+    out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")
+    ds = baseline_set(args.dataset, args.ipc, args.method, args.seed, args.data_dir)
+    save(ds, out)
+    print(f"rcig: wrote {len(ds.images)} {args.method} images ({args.ipc} per class) to {out}")
+
+
+# -------------------------------------------------------------------------------- eval
+
+def evaluate_file(path, models, arch, steps, test_limit, seed, json_out, data_dir, which, quiet=False) -> dict:
+    from rcig.data import prepare
+    from rcig.evaluation import ProtocolSettings, evaluate_support
+    from rcig.io import load
+
+    ds = load(path)
+    meta = ds.meta
+    prepared = prepare(meta["dataset"], data_dir)
+    if list(prepared.dataset.class_names) != list(meta.get("class_names", prepared.dataset.class_names)):
+        raise RcigError(f"{path} was made for other classes than {meta['dataset']} has now")
+    if tuple(ds.images.shape[1:]) != tuple(prepared.x_test.shape[1:]):
+        raise RcigError(f"{path} holds {tuple(ds.images.shape[1:])} images, {meta['dataset']} has "
+                        f"{tuple(prepared.x_test.shape[1:])}")
+    if meta.get("preprocess", {}).get("mean") is not None:
+        stored, now = meta["preprocess"], prepared.preprocessor.state()[0]
+        if any(abs(a - b) > 1e-4 for a, b in zip(stored["mean"], now["mean"])):
+            raise RcigError(f"{path} was preprocessed with other statistics than {meta['dataset']} gives now")
+    protocol = meta.get("protocol", {})
+    settings = ProtocolSettings(arch=arch or protocol.get("arch", "conv"), depth=protocol.get("depth", 3),
+                                width=protocol.get("width", 128), n_models=models, steps=steps, seed=seed,
+                                augmentations=tuple(protocol.get("augmentations", ("crop", "rotate", "translate", "cutout"))),
+                                test_limit=test_limit,
+                                settings=("no_aug", "aug") if which == "both" else (which,))
+    started = time.perf_counter()
+    scores = evaluate_support(ds.images, ds.labels, prepared.x_test, prepared.y_test, settings,
+                              flip=bool(meta.get("flip")), progress=not quiet)
+    seconds = time.perf_counter() - started
+    report = {**scores, "dataset": meta["dataset"], "ipc": meta.get("ipc"), "method": meta.get("method"),
+              "models": models, "arch": settings.arch, "steps": steps or "default", "test_limit": test_limit,
+              "seconds": round(seconds, 1), "file": str(path)}
+    print(f"{meta['dataset']}  ipc={meta.get('ipc')}  method={meta.get('method')}  arch={settings.arch}  "
+          f"models={models}  ({seconds / 60:.1f} min)")
+    for name in ("no_aug", "aug"):
+        if name in scores:
+            s = scores[name]
+            accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
+            print(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def cmd_eval(args) -> None:
+    evaluate_file(args.file, args.models, args.arch, args.steps, args.test_limit, args.seed, args.json,
+                  args.data_dir, args.settings)
+
+
+# -------------------------------------------------------------------------------- show
+
+def cmd_show(args) -> None:
+    from rcig.io import load
+    from rcig.viz import save_grid
+
+    save_grid(load(args.file), args.out, max_per_class=args.max_per_class)
+    print(f"rcig: wrote {args.out}")
+
+
+# ------------------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from rcig.config import preset_names
+
+    parser = argparse.ArgumentParser(prog="rcig", description="Dataset distillation with Convexified Implicit "
+                                     "Gradients (RCIG, Loo et al., ICML 2023).")
+    parser.add_argument("--version", action="version", version=f"rcig {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("datasets", help="list dataset specs and whether their files were found")
+    p.add_argument("--data-dir", help="also look in this folder")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("distill", help="distil a dataset with RCIG (no arguments: a short run on digits + eval)")
+    p.add_argument("--dataset", help="dataset spec (default digits; see `rcig datasets`)")
+    p.add_argument("--ipc", type=positive_int, help="images per class (default 1)")
+    p.add_argument("--preset", choices=preset_names(), help="paper config (default: by image size/channels)")
+    p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 100 on digits, else the config's)")
+    p.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
+    p.add_argument("--out", help="run directory (default runs/<dataset>_ipc<N>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set inner_lr=1e-4 (repeatable)")
+    p.add_argument("--checkpoint-every", type=positive_int, default=10, help="iterations between checkpoints")
+    p.add_argument("--eval-every", type=positive_int, help="score the EMA support every N iterations (1 model)")
+    p.add_argument("--eval", dest="eval", action="store_true", default=None, help="evaluate when done")
+    p.add_argument("--no-eval", dest="eval", action="store_false", help="don't evaluate when done")
+    p.add_argument("--models", type=positive_int, default=5, help="models for the final evaluation")
+    p.add_argument("--test-limit", type=positive_int, help="evaluate on the first K test images only")
+    p.add_argument("--data-dir", help="folder with the dataset files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("baseline", help="make a random-real or herding baseline set")
+    p.add_argument("--dataset", default="digits", help="dataset spec (default digits)")
+    p.add_argument("--ipc", type=positive_int, default=10, help="images per class (default 10)")
+    p.add_argument("--method", choices=("random", "herding"), default="random")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--out", help="output file (.safetensors or .npz)")
+    p.add_argument("--data-dir", help="folder with the dataset files")
+    p.set_defaults(func=cmd_baseline)
+
+    p = sub.add_parser("eval", help="score a distilled set with the paper's protocol")
+    p.add_argument("file")
+    p.add_argument("--models", type=positive_int, default=5, help="networks per setting (default 5)")
+    p.add_argument("--arch", choices=("conv", "resnet18", "vgg11", "alexnet"), help="default: the file's")
+    p.add_argument("--steps", type=positive_int, help="training steps (default 1000 for <= 10 images, else 2000)")
+    p.add_argument("--test-limit", type=positive_int, help="first K test images only (quick checks)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
+    p.add_argument("--json", help="write the scores as JSON here")
+    p.add_argument("--data-dir", help="folder with the dataset files")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("show", help="draw a distilled set, one row per class")
+    p.add_argument("file")
+    p.add_argument("--out", default="grid.png")
+    p.add_argument("--max-per-class", type=positive_int)
+    p.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except RcigError as exc:
+        print(f"rcig: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rcig: interrupted" + ("; continue with --resume" if args.command == "distill" else ""), file=sys.stderr)
+        return 130
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"rcig: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

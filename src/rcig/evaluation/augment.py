@@ -1,0 +1,100 @@
+"""Batched, seeded data augmentation: each image gets ONE transform drawn from a list.
+
+Transforms (parameters as the DSA family commonly used to score distilled data):
+
+* ``flip``      horizontal flip
+* ``color``     brightness (+U(-0.5, 0.5)), saturation (x U(0, 2)), contrast (x U(0.5, 1.5))
+* ``crop``      random-resized crop: zoom in by a factor in [1, 1.33] at a random place
+* ``rotate``    rotation by U(-15, 15) degrees
+* ``translate`` shift by up to 12.5% of the side in x and y
+* ``cutout``    zero a square of half the side at a random centre
+
+Geometric transforms share one ``affine_grid`` / ``grid_sample`` call (bilinear, zero fill),
+so they only mix pixel values with each other and with 0: their output lies within
+``[min(x.min(), 0), max(x.max(), 0)]``. ``color`` deliberately changes the range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+TRANSFORMS = ("flip", "color", "crop", "rotate", "translate", "cutout")
+GEOMETRIC = ("crop", "rotate", "translate")
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=g)
+
+
+def affine_params(op: str, n: int, g: torch.Generator) -> torch.Tensor:
+    """(n, 2, 3) affine matrices in normalised coordinates for one geometric transform."""
+    theta = torch.zeros(n, 2, 3)
+    if op == "rotate":
+        angle = _uniform(n, -15.0, 15.0, g) * math.pi / 180
+        theta[:, 0, 0], theta[:, 0, 1] = angle.cos(), -angle.sin()
+        theta[:, 1, 0], theta[:, 1, 1] = angle.sin(), angle.cos()
+    elif op == "translate":
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta[:, :, 2] = _uniform(2 * n, -0.25, 0.25, g).view(n, 2)  # 2 * 12.5% in [-1, 1] units
+    elif op == "crop":
+        scale = 1.0 / _uniform(n, 1.0, 4.0 / 3.0, g)  # sample a window of side `scale`
+        theta[:, 0, 0] = theta[:, 1, 1] = scale
+        room = 1.0 - scale
+        theta[:, 0, 2] = (2 * torch.rand(n, generator=g) - 1) * room
+        theta[:, 1, 2] = (2 * torch.rand(n, generator=g) - 1) * room
+    return theta
+
+
+def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    x = x + _uniform(n, -0.5, 0.5, g).view(n, 1, 1, 1)
+    mean_c = x.mean(dim=1, keepdim=True)
+    x = (x - mean_c) * _uniform(n, 0.0, 2.0, g).view(n, 1, 1, 1) + mean_c
+    mean_all = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean_all) * _uniform(n, 0.5, 1.5, g).view(n, 1, 1, 1) + mean_all
+
+
+def cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    n, _, h, w = x.shape
+    half_h, half_w = max(1, h // 4), max(1, w // 4)
+    cy = torch.randint(0, h, (n,), generator=g).view(n, 1, 1)
+    cx = torch.randint(0, w, (n,), generator=g).view(n, 1, 1)
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    hole = ((rows - cy).abs() < half_h) & ((cols - cx).abs() < half_w)
+    return x * (~hole).unsqueeze(1).to(x.dtype)
+
+
+def augment_batch(x: torch.Tensor, names: tuple[str, ...] | list[str], generator: torch.Generator) -> torch.Tensor:
+    """Apply one transform per image, drawn uniformly from ``names``. x: (N, C, H, W)."""
+    unknown = [n for n in names if n not in TRANSFORMS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {TRANSFORMS}")
+    if not names or x.shape[0] == 0:
+        return x
+    choice = torch.randint(0, len(names), (x.shape[0],), generator=generator)
+    out = x.clone()
+    theta = torch.zeros(x.shape[0], 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    geometric = torch.zeros(x.shape[0], dtype=torch.bool)
+    for i, name in enumerate(names):
+        rows = (choice == i).nonzero().squeeze(1)
+        if len(rows) == 0:
+            continue
+        if name in GEOMETRIC:
+            theta[rows] = affine_params(name, len(rows), generator)
+            geometric[rows] = True
+        elif name == "flip":
+            out[rows] = x[rows].flip(-1)
+        elif name == "color":
+            out[rows] = color(x[rows], generator)
+        elif name == "cutout":
+            out[rows] = cutout(x[rows], generator)
+    if geometric.any():
+        rows = geometric.nonzero().squeeze(1)
+        grid = F.affine_grid(theta[rows].to(x.dtype), list(x[rows].shape), align_corners=False)
+        out[rows] = F.grid_sample(x[rows], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out

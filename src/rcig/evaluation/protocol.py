@@ -1,0 +1,154 @@
+"""The paper's evaluation protocol: train fresh networks on the support alone, then test.
+
+For each of ``n_models`` seeds: a fresh network (ReLU ConvNet of the distillation depth by
+default), MSE to the support's labels, Adam at 1e-4 with a linear warm-up over 500 steps and
+a cosine decay to 1% of the peak at ``steps`` (1,000 for a support of at most 10 images,
+2,000 otherwise); full-support batches (random batches of 256 above 256 images). Two
+settings: without augmentation (which, as the reference, goes on at the floor rate to
+``no_aug_extension * steps``) and with one random transform per image per step.
+
+Test accuracy is measured in batches of 1,024 under inference mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from rcig.evaluation.augment import augment_batch
+from rcig.models import build_model
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    arch: str = "conv"
+    depth: int = 3
+    width: int = 128
+    norm: str = "none"
+    lr: float = 1e-4
+    warmup: int = 500
+    steps: int | None = None  # None: 1000 for <= 10 support images, else 2000
+    no_aug_extension: float = 2.5
+    batch_size: int = 256
+    n_models: int = 5
+    augmentations: tuple[str, ...] = ("crop", "rotate", "translate", "cutout")
+    seed: int = 0
+    test_limit: int | None = None
+    settings: tuple[str, ...] = ("no_aug", "aug")  # which of the two settings to run
+
+
+def default_steps(n_images: int) -> int:
+    return 1000 if n_images <= 10 else 2000
+
+
+def learning_rate(step: int, peak: float, warmup: int, decay_steps: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, cosine to 1% of it at ``decay_steps``,
+    then constant at 1%."""
+    floor = 0.01 * peak
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step >= decay_steps:
+        return floor
+    progress = (step - warmup) / max(1, decay_steps - warmup)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_models(settings: ProtocolSettings, in_channels: int, num_classes: int, image_size: int, seeds) -> list:
+    models = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models.append(build_model(settings.arch, in_channels=in_channels, num_classes=num_classes,
+                                      image_size=image_size, depth=settings.depth, width=settings.width,
+                                      norm=settings.norm))
+    return models
+
+
+def train_models(images: torch.Tensor, labels: torch.Tensor, settings: ProtocolSettings, *, augment: bool,
+                 total_steps: int, decay_steps: int, seeds, progress=None) -> list[torch.nn.Module]:
+    """Train one network per seed on (images, labels); returns them in eval mode.
+
+    Networks train one after another in channels-last layout: measured here against a
+    ``vmap`` over stacked parameters, that was 1.8x faster for 100 digits (8 px) and 1.1x
+    faster for 10 Fashion-MNIST images (2026-11-24, 2-core CPU).
+    """
+    n, c, h, _ = images.shape
+    models = make_models(settings, c, labels.shape[1], h, seeds)
+    images = images.contiguous(memory_format=torch.channels_last)
+    for model, seed in zip(models, seeds):
+        model.to(memory_format=torch.channels_last)
+        _train_one(model, images, labels, settings, augment, total_steps, decay_steps,
+                   torch.Generator().manual_seed(10_000 + seed), progress)
+    return models
+
+
+def _batch(images, labels, settings, augment, g):
+    if len(images) > settings.batch_size:
+        idx = torch.randperm(len(images), generator=g)[:settings.batch_size]
+        images, labels = images[idx], labels[idx]
+    if augment:
+        images = augment_batch(images, settings.augmentations, g)
+    return images, labels
+
+
+def _mse(logits, labels):
+    return 0.5 * ((logits - labels) ** 2).mean()
+
+
+def _train_one(model, images, labels, settings, augment, total_steps, decay_steps, g, progress):
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    for step in range(total_steps):
+        x, y = _batch(images, labels, settings, augment, g)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, settings.lr, settings.warmup, decay_steps)
+        opt.zero_grad(set_to_none=True)
+        _mse(model(x), y).backward()
+        opt.step()
+        if progress is not None:
+            progress.update(1)
+    model.eval()
+
+
+@torch.inference_mode()
+def accuracy(models, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> list[float]:
+    """Test accuracy of each model, in large batches."""
+    correct = torch.zeros(len(models))
+    for i in range(0, len(x), batch):
+        xb, yb = x[i:i + batch], y[i:i + batch]
+        for j, model in enumerate(models):
+            correct[j] += (model(xb).argmax(1) == yb).sum()
+    return (correct / len(x)).tolist()
+
+
+def _summary(accs: list[float]) -> dict:
+    t = torch.tensor(accs, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(accs) > 1 else 0.0, "accs": accs}
+
+
+def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                     settings: ProtocolSettings, *, flip: bool = False, progress: bool = True) -> dict:
+    """Score a support set: {"no_aug": {"mean", "std", "accs"}, "aug": {...}} (fractions)."""
+    from tqdm import tqdm
+
+    images, labels = images.detach().float(), labels.detach().float()
+    n_unique = len(images)
+    if flip:
+        images, labels = torch.cat([images, images.flip(-1)]), torch.cat([labels, labels])
+    steps = settings.steps or default_steps(n_unique)
+    if settings.test_limit:
+        test_x, test_y = test_x[:settings.test_limit], test_y[:settings.test_limit]
+    seeds = [settings.seed + i for i in range(settings.n_models)]
+    plan = {"no_aug": (False, max(steps, int(round(steps * settings.no_aug_extension)))), "aug": (True, steps)}
+    plan = {k: v for k, v in plan.items() if k in settings.settings}
+    total = sum(s for _, s in plan.values()) * len(seeds)
+    results = {}
+    with tqdm(total=total, desc="evaluate", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        for name, (augment, total_steps) in plan.items():
+            warm = replace(settings, warmup=min(settings.warmup, max(1, steps // 2)))
+            models = train_models(images, labels, warm, augment=augment, total_steps=total_steps,
+                                  decay_steps=steps, seeds=seeds, progress=bar)
+            results[name] = _summary(accuracy(models, test_x, test_y))
+    return results

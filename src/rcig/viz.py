@@ -1,0 +1,45 @@
+"""A picture of a distilled set: one row per class, images mapped back to pixels."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def grid_array(pixels: np.ndarray, classes: np.ndarray, num_classes: int, scale: int, pad: int = 2) -> np.ndarray:
+    """uint8 (N, H, W, C) images -> one RGB canvas, row c holding the images of class c."""
+    n, h, w, c = pixels.shape
+    per_row = max(1, max(int((classes == k).sum()) for k in range(num_classes)))
+    cell_h, cell_w = h * scale + pad, w * scale + pad
+    canvas = np.full((num_classes * cell_h + pad, per_row * cell_w + pad, 3), 255, np.uint8)
+    filled = [0] * num_classes
+    for img, k in zip(pixels, classes):
+        big = img.repeat(scale, 0).repeat(scale, 1)
+        big = np.repeat(big, 3, axis=2) if c == 1 else big
+        top, left = pad + k * cell_h, pad + filled[k] * cell_w
+        canvas[top:top + h * scale, left:left + w * scale] = big
+        filled[k] += 1
+    return canvas
+
+
+def save_grid(ds, path: str | os.PathLike, *, max_per_class: int | None = None) -> None:
+    """PNG of ``ds`` (a DistilledSet): class names at the left, nearest-neighbour upscaling."""
+    from PIL import Image, ImageDraw
+
+    pixels = ds.preprocessor().to_pixels(ds.images)
+    classes = ds.labels.argmax(1).numpy()
+    names = ds.meta.get("class_names") or [str(i) for i in range(ds.labels.shape[1])]
+    if max_per_class:
+        keep = np.concatenate([np.nonzero(classes == k)[0][:max_per_class] for k in range(len(names))])
+        pixels, classes = pixels[keep], classes[keep]
+    scale = max(1, 64 // pixels.shape[1])
+    canvas = grid_array(pixels, classes, len(names), scale)
+    label_w = 8 + 7 * max(len(str(n)) for n in names)
+    image = Image.new("RGB", (canvas.shape[1] + label_w, canvas.shape[0]), "white")
+    image.paste(Image.fromarray(canvas), (label_w, 0))
+    draw = ImageDraw.Draw(image)
+    cell_h = pixels.shape[1] * scale + 2
+    for k, name in enumerate(names):
+        draw.text((4, 2 + k * cell_h + cell_h // 2 - 6), str(name), fill="black")
+    image.save(os.fspath(path))

@@ -1,0 +1,108 @@
+"""The RCIG outer loop on the embedded digits set: learning, exact resume, divergence."""
+
+import json
+
+import pytest
+import torch
+
+import rcig.algorithm.distill as distill_module
+from rcig.algorithm.distill import adapt_lr, grow_while_stable, solve_outcome
+from rcig.algorithm.run import distill
+from rcig.errors import RcigError
+
+# A small but complete configuration: every part of the algorithm runs, at toy sizes.
+TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6,
+        "inner_lr": 3e-3, "hvp_lr": 3e-3, "checkpoint_iters": [2]}
+
+
+def test_solve_outcome_and_adaptation_rules():
+    assert solve_outcome([3.0, 2.0, 1.0]) == 1
+    assert solve_outcome([3.0, 2.0, 2.5, 3.5]) == -1  # ended above where it started
+    assert solve_outcome([3.0, 2.0, 2.5, 1.0]) == 0
+    assert adapt_lr(1.0, [-1] * 3 + [1] * 7) == pytest.approx(0.9)
+    assert adapt_lr(1.0, [1] * 7 + [0] * 3) == pytest.approx(1.05)
+    assert adapt_lr(1.0, [1] * 6 + [0] * 4) == 1.0
+    # grows by 1.2 while stable, then takes 0.7 of the first unstable rate
+    assert grow_while_stable(1.0, lambda lr: lr < 2.0) == pytest.approx(1.2 ** 4 * 0.7)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
+    whole = distill("digits", 1, steps=5, seed=3, out=tmp_path / "a", overrides=TINY,
+                    checkpoint_every=1, progress=False)
+
+    # Kill the second run in the middle of its 4th iteration (after the meta-gradient): the
+    # checkpoint of iteration 2 stands, and the resumed run redoes iterations 3 to 5.
+    real_meta = distill_module.meta_gradient
+    calls = {"n": 0}
+
+    def dying_meta(*args, **kwargs):
+        calls["n"] += 1
+        result = real_meta(*args, **kwargs)
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(distill_module, "meta_gradient", dying_meta)
+    with pytest.raises(KeyboardInterrupt):
+        distill("digits", 1, steps=5, seed=3, out=tmp_path / "b", overrides=TINY, checkpoint_every=2,
+                progress=False)
+    monkeypatch.setattr(distill_module, "meta_gradient", real_meta)
+    resumed = distill(out=tmp_path / "b", resume=True, progress=False)
+
+    assert torch.equal(resumed.images, whole.images)
+    assert torch.equal(resumed.labels, whole.labels)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [1, 2, 3, 4, 5]
+    for name in ("distilled.safetensors", "grid.png", "checkpoints/iter_2.safetensors"):
+        assert (tmp_path / "b" / name).exists(), name
+
+
+def test_refuses_to_overwrite_or_resume_a_different_run(tmp_path):
+    distill("digits", 1, steps=1, out=tmp_path, overrides=TINY, progress=False)
+    with pytest.raises(RcigError, match="already holds a run"):
+        distill("digits", 1, steps=1, out=tmp_path, overrides=TINY, progress=False)
+    with pytest.raises(RcigError, match="differs in ipc"):
+        distill("digits", 2, out=tmp_path, resume=True, progress=False)
+    with pytest.raises(RcigError, match="nothing to resume"):
+        distill(out=tmp_path / "empty", resume=True, progress=False)
+
+
+def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    real_meta = distill_module.meta_gradient
+    calls = {"n": 0}
+
+    def exploding_meta(*args, **kwargs):
+        calls["n"] += 1
+        result = real_meta(*args, **kwargs)
+        if calls["n"] == 3:
+            result.grads["x"] = result.grads["x"] * float("nan")
+        return result
+
+    monkeypatch.setattr(distill_module, "meta_gradient", exploding_meta)
+    with pytest.raises(RcigError, match="diverged at iteration 3"):
+        distill("digits", 1, steps=5, out=tmp_path, overrides=TINY, checkpoint_every=1, progress=False)
+    state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["iteration"] == 2
+    assert torch.isfinite(state["support"]["x"]).all()
+
+
+@pytest.mark.slow
+def test_short_distillation_learns():
+    """(g) A short run on digits lowers the outer loss and beats its own initialisation."""
+    from rcig.algorithm.distill import centred_one_hot, init_support
+    from rcig.data import prepare
+    from rcig.evaluation import ProtocolSettings, evaluate_support
+
+    overrides = {"width": 32, "pool_size": 5, "target_batch_size": 256, "max_online_steps": 30}
+    prepared = prepare("digits")
+    result = distill("digits", 1, steps=40, seed=0, overrides=overrides, progress=False)
+    init = init_support(prepared.x_train, prepared.y_train, 10, 1, "real", torch.Generator().manual_seed(0))
+    assert not torch.equal(result.images, init["x"])
+
+    settings = ProtocolSettings(depth=3, width=32, n_models=2, steps=300, warmup=50, no_aug_extension=1.0,
+                                augmentations=("translate",))
+    before = evaluate_support(init["x"], centred_one_hot(prepared.y_train[:0].new_tensor(list(range(10))), 10),
+                              prepared.x_test, prepared.y_test, settings, progress=False)
+    after = evaluate_support(result.images, result.labels, prepared.x_test, prepared.y_test, settings,
+                             progress=False)
+    assert after["no_aug"]["mean"] > before["no_aug"]["mean"] + 0.05
