@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset spec (default digits; see `rcig datasets`)")
     p.add_argument("--ipc", type=positive_int, help="images per class (default 1)")
     p.add_argument("--preset", choices=preset_names(), help="paper config (default: by image size/channels)")
-    p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 100 on digits, else the config's)")
+    p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 50 on digits, else the config's)")
     p.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
     p.add_argument("--out", help="run directory (default runs/<dataset>_ipc<N>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -30,7 +30,7 @@ from rcig.config import Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError
 
 # Short default runs where a dataset is cheap enough to distil in minutes on a CPU.
-QUICK_STEPS = {"digits": 100}
+QUICK_STEPS = {"digits": 50}
 
 
 def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None, steps: int | None) -> Config:

@@ -11,17 +11,6 @@ import torch
 from torch import nn
 
 
-class ScaledSoftplus(nn.Module):
-    """softplus(beta z) / beta: a smooth ReLU (beta = 60 during distillation)."""
-
-    def __init__(self, beta: float):
-        super().__init__()
-        self.beta = float(beta)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return nn.functional.softplus(self.beta * z) / self.beta
-
-
 def make_norm(norm: str, channels: int) -> nn.Module:
     if norm == "none":
         return nn.Identity()
@@ -36,7 +25,8 @@ def make_activation(activation: str, beta: float) -> nn.Module:
     if activation == "relu":
         return nn.ReLU()
     if activation == "softplus":
-        return ScaledSoftplus(beta)
+        # softplus(beta z) / beta in one kernel (linear above beta z = 20, exact in float32)
+        return nn.Softplus(beta=beta, threshold=20.0)
     raise ValueError(f"unknown activation {activation!r}")
 
 

@@ -1,0 +1,108 @@
+"""The command line end to end on digits, the file format, and every bad input's one-liner."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rcig.cli import main
+from rcig.errors import RcigError
+from rcig.io import DistilledSet, load, save
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_baseline_eval_show_on_digits(tmp_path, capsys):
+    f = tmp_path / "d.safetensors"
+    assert run(["baseline", "--dataset", "digits", "--ipc", "2", "--out", str(f)], capsys)[0] == 0
+    code, out, _ = run(["eval", str(f), "--models", "1", "--steps", "30", "--test-limit", "100",
+                        "--json", str(tmp_path / "e.json")], capsys)
+    assert code == 0 and "no_aug" in out
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report) >= {"no_aug", "aug", "dataset", "ipc"} and report["ipc"] == 2
+    for name in ("no_aug", "aug"):
+        assert set(report[name]) == {"mean", "std", "accs"} and 0 <= report[name]["mean"] <= 1
+    assert run(["show", str(f), "--out", str(tmp_path / "g.png")], capsys)[0] == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size[1] > 10 * 8
+
+
+def test_file_round_trip_is_exact_and_atomic(tmp_path):
+    ds = DistilledSet(torch.randn(4, 3, 5, 5), torch.randn(4, 2),
+                      {"dataset": "x", "preprocess": {"kind": "zca", "mean": [0, 0, 0], "std": [1, 1, 1]}},
+                      {"whiten": np.eye(75, dtype=np.float32), "unwhiten": np.eye(75, dtype=np.float32)})
+    for name in ("a.safetensors", "a.npz"):
+        save(ds, tmp_path / name)
+        back = load(tmp_path / name)
+        assert torch.equal(back.images, ds.images) and torch.equal(back.labels, ds.labels)
+        assert back.meta["dataset"] == "x" and np.array_equal(back.preprocess_arrays["whiten"], np.eye(75))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "a.safetensors"]  # no temp files
+
+
+def test_foreign_or_corrupt_files_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(RcigError, match="not an rcig distilled set"):
+        load(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(RcigError, match="not a readable"):
+        load(tmp_path / "junk.safetensors")
+
+
+def bad_npz(path, **override):
+    arrays = {"x_train": np.zeros((20, 8, 8), np.uint8), "y_train": np.arange(20) % 2,
+              "x_test": np.zeros((4, 8, 8), np.uint8), "y_test": np.arange(4) % 2}
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("argv_of,message", [
+    (lambda t: ["eval", str(t / "missing.safetensors")], "no such file"),
+    (lambda t: ["baseline", "--dataset", "imagenet9"], "unknown dataset"),
+    (lambda t: ["baseline", "--dataset", f"npz:{t / 'none.npz'}"], "no such file"),
+    (lambda t: ["baseline", "--dataset", bad_npz(t / "k.npz", y_test=None)], "lacks the key"),
+    (lambda t: ["baseline", "--dataset", bad_npz(t / "s.npz", x_train=np.zeros((20, 8), np.uint8))], "shape"),
+    (lambda t: ["baseline", "--dataset", bad_npz(t / "r.npz", y_train=np.arange(20) - 3)], "labels must lie"),
+    (lambda t: ["baseline", "--dataset", "digits", "--ipc", "500"], "larger than class"),
+    (lambda t: ["distill", "--set", "pool_model_6count=3", "--out", str(t / "r")], "unknown config key"),
+    (lambda t: ["distill", "--out", str(t / "nothing"), "--resume"], "nothing to resume"),
+])
+def test_bad_inputs_end_in_one_line(tmp_path, capsys, argv_of, message):
+    code, _, err = run(argv_of(tmp_path), capsys)
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rcig: error:") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["baseline", "--ipc", "-2"], ["eval", "x", "--models", "0"],
+                                  ["distill", "--steps", "ten"]])
+def test_bad_numbers_are_rejected_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
+
+def test_installed_entry_point_and_datasets_listing():
+    out = subprocess.run([str(Path(sys.executable).with_name("rcig")), "datasets"], capture_output=True, text=True)
+    assert out.returncode == 0 and "digits" in out.stdout and "found" in out.stdout
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_command = next(line.strip() for line in readme.splitlines() if "pytest" in line and line.strip().startswith("python3 -m venv"))
+    assert test_command in ci

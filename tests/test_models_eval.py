@@ -1,0 +1,110 @@
+"""Models per resolution, augmentations, the protocol's schedule and its score on digits."""
+
+import math
+
+import pytest
+import torch
+
+from rcig.data import prepare
+from rcig.errors import RcigError
+from rcig.evaluation import ProtocolSettings, augment_batch, evaluate_support, herding, learning_rate, random_real
+from rcig.models import build_model
+
+
+@pytest.mark.parametrize("arch", ["conv", "resnet18", "vgg11", "alexnet"])
+@pytest.mark.parametrize("size,channels", [(8, 1), (28, 1), (32, 3), (64, 3), (128, 3)])
+def test_model_output_shapes(arch, size, channels):
+    depth = {8: 3, 28: 3, 32: 3, 64: 4, 128: 5}[size]
+    model = build_model(arch, in_channels=channels, num_classes=7, image_size=size, depth=depth, width=8)
+    logits, features = model(torch.randn(2, channels, size, size), return_features=True)
+    assert logits.shape == (2, 7) and features.shape[0] == 2
+    assert model.classifier.out_features == 7
+
+
+def test_convnet_padding_rule_and_channel_plan():
+    model = build_model("conv", in_channels=1, num_classes=10, image_size=28)
+    assert model(torch.zeros(1, 1, 28, 28), return_features=True)[1].shape == (1, 512 * 4 * 4)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [128, 256, 512] and convs[0].padding == (3, 3)
+    rgb = build_model("conv", in_channels=3, num_classes=10, image_size=32)
+    assert [m for m in rgb.modules() if isinstance(m, torch.nn.Conv2d)][0].padding == (1, 1)
+
+
+def test_softplus_approaches_relu():
+    torch.manual_seed(0)
+    relu = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4)
+    soft = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4, activation="softplus", beta=1e4)
+    soft.load_state_dict(relu.state_dict())
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(soft(x), relu(x), atol=1e-3, rtol=1e-3)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(RcigError, match="unknown architecture"):
+        build_model("transformer", in_channels=1, num_classes=2, image_size=8)
+
+
+def test_augmentations_seeded_one_per_image_and_range_preserving():
+    x = torch.randn(64, 3, 16, 16)
+    names = ("crop", "rotate", "translate", "cutout")
+    a = augment_batch(x, names, torch.Generator().manual_seed(1))
+    b = augment_batch(x, names, torch.Generator().manual_seed(1))
+    c = augment_batch(x, names, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert a.min() >= min(x.min(), 0) - 1e-6 and a.max() <= max(x.max(), 0) + 1e-6
+    flipped = augment_batch(x, ("flip",), torch.Generator().manual_seed(0))
+    assert torch.equal(flipped, x.flip(-1))  # every image got the (only) transform
+    # with two transforms, each image gets exactly one: flip or cutout, never both
+    mixed = augment_batch(x, ("flip", "cutout"), torch.Generator().manual_seed(3))
+    is_flip = (mixed == x.flip(-1)).flatten(1).all(1)
+    has_hole = (mixed == 0).flatten(1).any(1)
+    assert is_flip.any() and has_hole.any() and not (is_flip & has_hole).any()
+
+
+def test_learning_rate_schedule_shape():
+    peak, warm, decay = 1e-4, 500, 2000
+    assert learning_rate(0, peak, warm, decay) == pytest.approx(peak / warm)
+    assert learning_rate(warm - 1, peak, warm, decay) == pytest.approx(peak)
+    mid = learning_rate((warm + decay) // 2, peak, warm, decay)
+    assert mid == pytest.approx(0.01 * peak + 0.99 * peak * 0.5 * (1 + math.cos(math.pi * 0.5)), rel=1e-3)
+    assert learning_rate(decay, peak, warm, decay) == pytest.approx(0.01 * peak)
+    assert learning_rate(5000, peak, warm, decay) == pytest.approx(0.01 * peak)  # the no-aug tail
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return prepare("digits")
+
+
+def test_baselines_are_class_balanced_and_seeded(digits):
+    x, y = random_real(digits, 3, seed=0)
+    assert x.shape == (30, 1, 8, 8) and torch.equal(y.argmax(1), torch.arange(10).repeat_interleave(3))
+    assert torch.equal(random_real(digits, 3, 0)[0], x) and not torch.equal(random_real(digits, 3, 1)[0], x)
+    assert y.sum(1).abs().max() < 1e-6  # centred one-hot
+    with pytest.raises(RcigError, match="larger than class"):
+        random_real(digits, 10_000, 0)
+
+
+def test_herding_tracks_the_class_mean_better_than_random(digits):
+    from rcig.evaluation.baselines import embed
+
+    xh, _ = herding(digits, 5, seed=0)
+    gaps = {"herding": [], "random": []}
+    for c in range(10):
+        members = digits.x_train[digits.y_train == c]
+        mu = embed(members, 0, 3).mean(0)
+        gaps["herding"].append(float((embed(xh[c * 5:(c + 1) * 5], 0, 3).mean(0) - mu).norm()))
+        xr, _ = random_real(digits, 5, seed=c)
+        gaps["random"].append(float((embed(xr[c * 5:(c + 1) * 5], 0, 3).mean(0) - mu).norm()))
+    assert sum(gaps["herding"]) < 0.7 * sum(gaps["random"])
+
+
+def test_protocol_scores_random_real_digits_well_above_chance(digits):
+    x, y = random_real(digits, 10, seed=0)
+    settings = ProtocolSettings(n_models=2, steps=200, warmup=50, lr=1e-3, no_aug_extension=1.0, width=32, test_limit=200,
+                                augmentations=("translate", "cutout"))
+    scores = evaluate_support(x, y, digits.x_test, digits.y_test, settings, progress=False)
+    for name in ("no_aug", "aug"):
+        assert scores[name]["mean"] > 0.6, scores  # chance is 0.1
+        assert len(scores[name]["accs"]) == 2 and 0 <= scores[name]["std"] < 0.2
