@@ -106,3 +106,35 @@ def test_short_distillation_learns():
     after = evaluate_support(result.images, result.labels, prepared.x_test, prepared.y_test, settings,
                              progress=False)
     assert after["no_aug"]["mean"] > before["no_aug"]["mean"] + 0.05
+
+
+def test_non_linearised_and_subsampled_variants_run(tmp_path):
+    for extra in ({"linearize": False}, {"direct_batch_sizes": [4, 32], "max_forward_batch_size": 16}):
+        result = distill("digits", 1, steps=2, overrides={**TINY, **extra}, progress=False)
+        assert torch.isfinite(result.images).all() and torch.isfinite(result.labels).all()
+
+
+def test_subsampled_direct_gradient_only_moves_selected_rows():
+    from rcig.algorithm.inner import network, split_params
+    from rcig.algorithm.meta import direct_gradient
+    from rcig.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4, activation="softplus")
+    body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
+    f = network(model, head0)
+    support = {"x": torch.randn(6, 1, 8, 8), "y": torch.eye(3).repeat(2, 1) - 1 / 3, "log_temp": torch.tensor(0.0)}
+    delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
+    x_t, y_t = torch.randn(12, 1, 8, 8), torch.arange(12) % 3
+    opts = dict(l2=0.1, flip=False, linearize=True, learn_labels=True)
+    full = direct_gradient(f, body0, support, delta, x_t, y_t, **opts)
+    # every row selected, in another order: the same loss and gradients
+    same = direct_gradient(f, body0, support, delta, x_t, y_t, **opts, support_rows=torch.randperm(6),
+                           target_rows=torch.randperm(12))
+    assert same[0] == pytest.approx(full[0], rel=1e-5)
+    torch.testing.assert_close(same[2]["x"], full[2]["x"], rtol=1e-4, atol=1e-7)
+    # a subset: unselected support rows get no image gradient, the loss is unchanged
+    part = direct_gradient(f, body0, support, delta, x_t, y_t, **opts, support_rows=torch.tensor([0, 2]),
+                           target_rows=torch.arange(5), chunk=3)
+    assert part[0] == pytest.approx(full[0], rel=1e-5)
+    assert part[2]["x"][[1, 3, 4, 5]].abs().max() == 0 and part[2]["x"][[0, 2]].abs().max() > 0

@@ -192,7 +192,7 @@ class Distiller:
         index = state.pool.pick(state.generator)
         x_t, y_t = self.target_batch(state.generator)
         f, body0 = self.base_network(state.pool.params(index))
-        result = meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr)
+        result = meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr, state.generator)
         check_finite(result, state.iteration + 1)
 
         support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser)

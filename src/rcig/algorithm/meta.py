@@ -79,19 +79,56 @@ def l2_strength(cfg, n_unique_rows: int) -> float:
     return cfg.l2_rate * n_unique_rows
 
 
+# ------------------------------------------------------------- large supports and targets
+
+def grad_rows(n: int, k: int | None, generator: torch.Generator | None) -> torch.Tensor | None:
+    """A random subset of ``k`` of ``n`` rows to backpropagate through (None: all rows)."""
+    if k is None or k >= n:
+        return None
+    return torch.randperm(n, generator=generator)[:k]
+
+
+def partial_features(f, body0: Params, x: Tensor, delta: Params, linearize: bool, rows: Tensor | None,
+                     chunk: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(phi0, u, order)``: rows ``order[:k]`` carry gradients, the rest come from forwards
+    without a graph in chunks of ``chunk`` (the reference's "subsampling trick" for memory).
+    Without ``rows``, every row has gradients and ``order`` is the identity."""
+    n = x.shape[0]
+    if rows is None:
+        phi, u = features_and_change(f, body0, x, delta, linearize)
+        return phi, u, torch.arange(n)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[rows] = False
+    rest = rest.nonzero().squeeze(1)
+    phi_g, u_g = features_and_change(f, body0, x[rows], delta, linearize)
+    with torch.no_grad():
+        step = chunk or len(rest) or 1
+        parts = [features_and_change(f, body0, x[rest[i:i + step]].detach(), {k: v.detach() for k, v in delta.items()},
+                                     linearize) for i in range(0, len(rest), step)]
+    phi = torch.cat([phi_g] + [p[0] for p in parts])
+    u = torch.cat([u_g] + [p[1] for p in parts])
+    return phi, u, torch.cat([rows, rest])
+
+
 # -------------------------------------------------------------------- the two gradients
 
 def direct_gradient(f, body0: Params, support: dict[str, Tensor], delta: Params, x_t: Tensor, y_t: Tensor,
-                    *, l2: float, flip: bool, linearize: bool, learn_labels: bool):
-    """(loss, acc, direct grads per leaf, g_t = dL_out/d delta), delta held at delta*."""
+                    *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
+                    support_rows: Tensor | None = None, target_rows: Tensor | None = None,
+                    chunk: int | None = None):
+    """(loss, acc, direct grads per leaf, g_t = dL_out/d delta), delta held at delta*.
+
+    ``support_rows`` / ``target_rows``: backpropagate through these rows only (large sets).
+    """
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
         y = support["y"].detach().requires_grad_(learn_labels)
         log_temp = support["log_temp"].detach().requires_grad_()
         d = {k: v.detach().requires_grad_() for k, v in delta.items()}
         x_s, y_s = expand_support(x, y, flip)
-        phi_s, u_s = features_and_change(f, body0, x_s, d, linearize)
-        phi_t, u_t = features_and_change(f, body0, x_t, d, linearize)
+        phi_s, u_s, order_s = partial_features(f, body0, x_s, d, linearize, support_rows, chunk)
+        phi_t, u_t, order_t = partial_features(f, body0, x_t, d, linearize, target_rows, chunk)
+        y_s, y_t = y_s[order_s], y_t[order_t]
         pred = inner_prediction(phi_s, u_s, y_s, phi_t, u_t, l2)
         loss = outer_loss(pred, y_t, log_temp, y_s)
         wrt = [x, log_temp, *d.values()] + ([y] if learn_labels else [])
@@ -146,11 +183,12 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
 # ---------------------------------------------------------------------------- one step
 
 def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg,
-                  inner_lr: float, hvp_lr: float) -> MetaResult:
+                  inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None) -> MetaResult:
     """The full RCIG meta-gradient for one base network and one target batch.
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
     ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors; ``cfg``: a :class:`rcig.config.Config`.
+    ``generator`` draws the rows that carry gradients when ``cfg.direct_batch_sizes`` subsamples.
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     l2 = l2_strength(cfg, support["x"].shape[0])
@@ -159,7 +197,10 @@ def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t
     problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps)
     clock.lap("inner_solve")
-    loss, acc, direct, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options)
+    support_k, target_k = cfg.direct_batch_sizes
+    rows = dict(support_rows=grad_rows(len(x_s), support_k, generator),
+                target_rows=grad_rows(len(x_t), target_k, generator), chunk=cfg.max_forward_batch_size)
+    loss, acc, direct, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows)
     clock.lap("direct")
     v, residuals = solve_hinv(problem, delta, g_t, hvp_lr, cfg.n_hinv_steps)
     clock.lap("hinv")
