@@ -69,7 +69,7 @@ def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, 
     """The EMA support as an :class:`rcig.io.DistilledSet`."""
     from rcig.io import make_set
 
-    support = distiller.ema.average(state.ema)
+    support = distiller.ema.average(state.ema) if state.ema["count"] else state.support
     return make_set(prepared, support["x"], support["y"], ipc=distiller.ipc, method="rcig", seed=seed,
                     flip=cfg.flip, protocol=protocol_defaults(cfg), config=cfg.to_dict(),
                     iteration=state.iteration, log_temp=float(support["log_temp"]))
@@ -247,7 +247,8 @@ def _periodic_eval(state, distiller, prepared, cfg, seed, settings, log_path) ->
 
     from rcig.evaluation import ProtocolSettings, evaluate_support
 
-    settings = settings or ProtocolSettings(depth=cfg.depth, width=cfg.width, n_models=1,
+    # one network, with augmentation only: a cheap trend line, not the full protocol
+    settings = settings or ProtocolSettings(depth=cfg.depth, width=cfg.width, n_models=1, settings=("aug",),
                                             augmentations=tuple(cfg.test_augmentations))
     support = distiller.ema.average(state.ema)
     started = time.perf_counter()
