@@ -55,7 +55,7 @@ def cmd_distill(args) -> None:
     result = distill(args.dataset, args.ipc, preset=args.preset, steps=args.steps, seed=args.seed, out=out,
                      resume=args.resume, overrides=parse_overrides(args.set), data_dir=args.data_dir,
                      checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                     progress=not args.quiet)
+                     max_minutes=args.max_minutes, progress=not args.quiet)
     minutes = (time.perf_counter() - started) / 60
     print(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
           f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set inner_lr=1e-4 (repeatable)")
     p.add_argument("--checkpoint-every", type=positive_int, default=10, help="iterations between checkpoints")
     p.add_argument("--eval-every", type=positive_int, help="score the EMA support every N iterations (1 model)")
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes (resumable with --resume)")
     p.add_argument("--eval", dest="eval", action="store_true", default=None, help="evaluate when done")
     p.add_argument("--no-eval", dest="eval", action="store_false", help="don't evaluate when done")
     p.add_argument("--models", type=positive_int, default=5, help="models for the final evaluation")

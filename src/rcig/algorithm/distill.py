@@ -196,8 +196,9 @@ class Distiller:
 
     def tune(self, state: RunState, progress: bool = True) -> None:
         """Tune the learning rates on a fresh network (not one of the pool's)."""
-        torch.manual_seed(self.seed + 2)
-        f, body0 = self.base_network(dict(self.make_model().named_parameters()))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 2)
+            f, body0 = self.base_network(dict(self.make_model().named_parameters()))
         x_t, y_t = self.target_batch(torch.Generator().manual_seed(self.seed + 3))
         state.inner_lr, state.hvp_lr = tune_learning_rates(f, body0, state.support, x_t, y_t, self.cfg, progress)
 

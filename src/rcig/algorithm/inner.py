@@ -95,13 +95,11 @@ def ridge_matrix(phi: Tensor, l2: float) -> Tensor:
 
 # ------------------------------------------------------------------------ inner problems
 
-class LinearizedInner:
-    """The inner problem on a fixed support, linearised model (the default, convex).
+class _InnerProblem:
+    """What both inner problems hold: the base network and the (detached) support.
 
     Everything here is detached from the support: it is what the inner solve and the
-    H^-1 g solve iterate on. Built once per outer step: one forward of the support for
-    ``phi0`` and the Cholesky factor of ``A``, and one stored VJP closure so each ``J^T z``
-    is a backward pass only.
+    H^-1 g solve iterate on, built once per outer step.
     """
 
     def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
@@ -109,7 +107,18 @@ class LinearizedInner:
         self.x_s, self.y_s, self.l2 = x_s.detach(), y_s.detach(), float(l2)
         self._f = f
         n, c = self.y_s.shape
-        self.scale = self.l2 / (n * c)
+        self.scale = self.l2 / (n * c)  # c = l2 / (n C)
+
+
+class LinearizedInner(_InnerProblem):
+    """The inner problem of the linearised model (the default, convex).
+
+    Setup: one forward of the support for ``phi0`` and the Cholesky factor of ``A``, one
+    stored VJP closure so each ``J^T z`` is a backward pass only, one traced JVP.
+    """
+
+    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+        super().__init__(f, body0, x_s, y_s, l2)
         (_, phi), self._vjp = vjp(lambda b: f(b, self.x_s), self.body0)
         self.phi = phi.detach()
         self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))
@@ -144,18 +153,14 @@ class LinearizedInner:
         return {k: self.scale * (back[k] + v[k]) for k in v}
 
 
-class NonlinearInner:
+class NonlinearInner(_InnerProblem):
     """The same loss without linearisation: ``u = f(x; theta0 + delta) - f(x; theta0)``.
 
     Not convex; gradient and Hessian-vector products come from autograd (double backward).
     """
 
     def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
-        self.body0 = {k: v.detach() for k, v in body0.items()}
-        self.x_s, self.y_s, self.l2 = x_s.detach(), y_s.detach(), float(l2)
-        self._f = f
-        n, c = self.y_s.shape
-        self.scale = self.l2 / (n * c)
+        super().__init__(f, body0, x_s, y_s, l2)
         with torch.no_grad():
             self.logits0, self.phi = f(self.body0, self.x_s)
         self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))

@@ -119,13 +119,14 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             steps: int | None = None, seed: int | None = None, out: str | os.PathLike | None = None,
             resume: bool = False, overrides: dict[str, Any] | None = None, data_dir: str | None = None,
             checkpoint_every: int = 10, eval_every: int | None = None, eval_settings=None,
-            progress: bool = True):
+            max_minutes: float | None = None, progress: bool = True):
     """Distil ``dataset`` into ``ipc`` images per class with RCIG; returns a DistilledSet.
 
     Defaults: the embedded ``digits`` set, 1 image per class, seed 0, the dataset's preset.
     With ``out`` set, writes the files listed in the module docstring; with ``resume=True``
     it continues the run found there exactly where its checkpoint left it (arguments left
-    as None are taken from that run; given ones must agree with it).
+    as None are taken from that run; given ones must agree with it). ``max_minutes`` stops
+    early (after a whole iteration, checkpointed) and writes the outputs of the run so far.
     """
     from tqdm import tqdm
 
@@ -180,6 +181,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, state.to_dict())
 
+    started = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
                disable=not progress, dynamic_ncols=True)
     with deferred_interrupt() as interrupted, bar:
@@ -201,6 +203,9 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             if interrupted():
                 save_latest()  # between iterations the state is consistent
                 raise KeyboardInterrupt
+            if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+                save_latest()
+                break
 
     result = distilled_set(state, distiller, prepared, cfg, seed)
     if out_dir is not None:
