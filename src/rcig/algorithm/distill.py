@@ -113,18 +113,30 @@ def tune_learning_rates(f, body0, support, x_t, y_t, cfg: Config, progress: bool
     every step. The hvp trials share one inner solve and one g_t (they depend only on the
     tuned inner lr), so each costs only the support's H v products.
     """
+    from tqdm import tqdm
+
     x_s, y_s = expand_support(support["x"], support["y"], cfg.flip)
     l2 = l2_strength(cfg, support["x"].shape[0])
     problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
-    inner_lr = cfg.inner_lr or grow_while_stable(
-        cfg.inner_lr_start, lambda lr: solve_outcome(solve_inner(problem, lr, cfg.n_inner_steps)[1]) == 1)
-    if cfg.hvp_lr is not None:
-        return inner_lr, cfg.hvp_lr
-    delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
-    options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
-    *_, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options)
-    hvp_lr = grow_while_stable(
-        cfg.hvp_lr_start, lambda lr: solve_outcome(solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps)[1]) == 1)
+    bar = tqdm(desc="tune learning rates", unit="trial", disable=not progress, leave=False)
+
+    def trial(solve) -> Callable[[float], bool]:
+        def is_stable(lr: float) -> bool:
+            bar.update(1)
+            bar.set_postfix(lr=f"{lr:.3g}")
+            return solve_outcome(solve(lr)) == 1
+        return is_stable
+
+    with bar:
+        inner_lr = cfg.inner_lr or grow_while_stable(
+            cfg.inner_lr_start, trial(lambda lr: solve_inner(problem, lr, cfg.n_inner_steps)[1]))
+        if cfg.hvp_lr is not None:
+            return inner_lr, cfg.hvp_lr
+        delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
+        options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
+        *_, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options)
+        hvp_lr = grow_while_stable(
+            cfg.hvp_lr_start, trial(lambda lr: solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps)[1]))
     return inner_lr, hvp_lr
 
 

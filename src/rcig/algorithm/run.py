@@ -141,8 +141,9 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         raise RcigError(f"ipc must be a positive integer, got {ipc!r}")
     prepared = prepare(dataset, data_dir)
     ds = prepared.dataset
-    if stored and preset is None and not overrides and steps is None:
+    if stored and preset is None and not overrides:
         cfg = from_dict(stored["config"], where=f"{out_dir}/run.json")
+        cfg = cfg.replace(steps=steps) if steps is not None else cfg  # a resumed run may be extended
     else:
         cfg = resolve_config(ds, preset, overrides, steps)
     identity = _run_identity(ds.spec, ipc, seed, cfg)
