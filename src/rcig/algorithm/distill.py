@@ -32,14 +32,10 @@ from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
 from rcig.config import Config
 from rcig.errors import RcigError
+from rcig.evaluation.baselines import centred_one_hot
 
 
 # ------------------------------------------------------------------------- the support
-
-def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """one_hot(labels) - 1/C, the label encoding of the paper (N, C) float32."""
-    return torch.nn.functional.one_hot(labels, num_classes).float() - 1.0 / num_classes
-
 
 def init_support(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
                  init: str, generator: torch.Generator) -> dict[str, torch.Tensor]:

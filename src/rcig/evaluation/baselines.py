@@ -15,6 +15,7 @@ from rcig.errors import RcigError
 
 
 def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """one_hot(labels) - 1/C, the paper's label encoding (N, C) float32 (also the support's init)."""
     return torch.nn.functional.one_hot(labels, num_classes).float() - 1.0 / num_classes
 
 
