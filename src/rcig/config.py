@@ -72,14 +72,15 @@ class Config:
     max_online_steps: int = 100
     n_max_steps_pool: int = 16  # a used network trains randint(1, n_max_steps_pool) steps
 
-    # -- large supports: rows that get gradients; the rest come from no-grad forwards --
+    # -- large supports (None: every row). Rows that get gradients; the rest come from
+    # no-grad forwards in chunks of max_forward_batch_size --
     direct_batch_sizes: tuple[int | None, int | None] = (None, None)  # (support, target)
-    implicit_batch_size: int | None = None
-    hinv_batch_size: int | None = None
-    inner_train_batch_size: int | None = None
-    pool_train_batch_size: int | None = None
+    implicit_batch_size: int | None = None  # support rows the implicit gradient flows through
+    hinv_batch_size: int | None = None  # random support rows behind each H v of the H^-1 g solve
+    inner_train_batch_size: int | None = None  # random support rows per inner Adam step
+    pool_train_batch_size: int | None = None  # random support rows per pool-network step
     max_forward_batch_size: int | None = None
-    normal_repeats: int = 1  # meta-gradients averaged over this many subsamples
+    normal_repeats: int = 1  # meta-gradients (fresh target batch each) averaged per step
 
     # -- the run --
     steps: int = 1000

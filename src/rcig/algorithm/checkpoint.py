@@ -1,8 +1,12 @@
 """Checkpoints that a crash cannot corrupt and that load without running code.
 
-``save_checkpoint`` writes to a temporary file in the same directory, fsyncs it and renames
-it over the old one, so a kill at any moment leaves either the old or the new checkpoint.
-``load_checkpoint`` uses ``torch.load(weights_only=True)``: tensors and plain containers only.
+``save_checkpoint`` writes to a temporary file in the same directory, flushes and fsyncs it,
+then renames it over the old one (``os.replace`` is atomic on one filesystem), so a kill at
+any moment leaves either the old or the new checkpoint, never half of one.
+``load_checkpoint`` uses ``torch.load(weights_only=True)``: tensors and plain containers only,
+no pickled code. A state is a nested dict of tensors, ints, floats, bools, strings, None,
+lists/tuples/dicts of those, and RNG states (``torch.Generator.get_state()`` ByteTensors,
+``random.getstate()``, numpy ``bit_generator.state`` dicts); numpy arrays are stored as tensors.
 """
 
 from __future__ import annotations
@@ -12,13 +16,53 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from rcig.errors import RcigError
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def storable(obj: Any, where: str = "state") -> Any:
+    """``obj`` with numpy arrays/scalars turned into tensors/Python scalars; a TypeError naming
+    the offending key for anything ``torch.load(weights_only=True)`` could not read back."""
+    if isinstance(obj, (torch.Tensor, *_SCALARS)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        for key in obj:
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"checkpoint key {key!r} in {where} must be a str or int")
+        return {k: storable(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [storable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    hint = " (store generator.get_state())" if isinstance(obj, torch.Generator) else ""
+    raise TypeError(f"cannot checkpoint {where} of type {type(obj).__name__}{hint}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Make the rename itself durable; not possible on every platform, harmless to skip there.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace)."""
     path = Path(path)
+    state = storable(state)  # fail before touching the disk
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -31,13 +75,22 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The state saved at ``path``; RcigError if it is missing or unreadable."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise RcigError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable file
-        raise RcigError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        raise RcigError(f"cannot read checkpoint {path}: {lines[0]}") from None
+    if not isinstance(state, dict):
+        raise RcigError(f"cannot read checkpoint {path}: not a checkpoint (a {type(state).__name__})")
+    return state
+
+
+__all__ = ["load_checkpoint", "save_checkpoint", "storable"]

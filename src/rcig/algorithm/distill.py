@@ -26,7 +26,7 @@ import torch
 
 from rcig.algorithm.inner import make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
 from rcig.algorithm.meta import (
-    LEAVES, MetaResult, direct_gradient, expand_support, l2_strength, meta_gradient,
+    LEAVES, MetaResult, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
 )
 from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
@@ -214,9 +214,14 @@ class Distiller:
         """One outer iteration; mutates ``state`` only at the end (so it stays consistent)."""
         cfg, started = self.cfg, time.perf_counter()
         index = state.pool.pick(state.generator)
-        x_t, y_t = self.target_batch(state.generator)
         f, body0 = self.base_network(state.pool.params(index))
-        result = meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr, state.generator)
+        # normal_repeats > 1: average meta-gradients of fresh target batches (and row subsets)
+        results = []
+        for _ in range(cfg.normal_repeats):
+            x_t, y_t = self.target_batch(state.generator)
+            results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
+                                         state.generator))
+        result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 
         support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser)
@@ -227,7 +232,13 @@ class Distiller:
         pool_started = time.perf_counter()
         pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-        state.pool.train(index, lambda params: pool_loss(self.model, params, x_s, y_s), pool_steps)
+
+        def loss(params):  # on pool_train_batch_size random support rows per step, if set
+            rows = grad_rows(len(x_s), cfg.pool_train_batch_size, state.generator)
+            return pool_loss(self.model, params, x_s, y_s) if rows is None else \
+                pool_loss(self.model, params, x_s[rows], y_s[rows])
+
+        state.pool.train(index, loss, pool_steps)
         result.seconds["pool"] = round(time.perf_counter() - pool_started, 4)
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))
@@ -238,6 +249,19 @@ class Distiller:
             state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes, state.hvp_outcomes = [], []
         return log_record(state, result, index, pool_steps, time.perf_counter() - started)
+
+
+def average_results(results: list[MetaResult]) -> MetaResult:
+    """The mean meta-gradient (and outer loss/accuracy) of several; solver traces of the first."""
+    def mean(trees):
+        return {k: torch.stack([t[k] for t in trees]).mean(0) for k in trees[0]}
+
+    first, n = results[0], len(results)
+    seconds = {k: sum(r.seconds[k] for r in results) for k in first.seconds}
+    return MetaResult(mean([r.grads for r in results]), mean([r.direct for r in results]),
+                      mean([r.implicit for r in results]), sum(r.outer_loss for r in results) / n,
+                      sum(r.outer_acc for r in results) / n, first.inner_losses, first.residuals,
+                      first.delta, first.v, seconds)
 
 
 def pool_loss(model, params, x_s, y_s) -> torch.Tensor:

@@ -88,26 +88,69 @@ def grad_rows(n: int, k: int | None, generator: torch.Generator | None) -> torch
     return torch.randperm(n, generator=generator)[:k]
 
 
-def partial_features(f, body0: Params, x: Tensor, delta: Params, linearize: bool, rows: Tensor | None,
-                     chunk: int | None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(phi0, u, order)``: rows ``order[:k]`` carry gradients, the rest come from forwards
-    without a graph in chunks of ``chunk`` (the reference's "subsampling trick" for memory).
-    Without ``rows``, every row has gradients and ``order`` is the identity."""
+def rows_with_grad(fn, x: Tensor, rows: Tensor | None, chunk: int | None,
+                   keep_graph: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
+    """``(outputs, order)`` of ``fn(x) -> tuple of (n, ...) tensors`` where only the rows
+    ``rows`` carry gradients to ``x`` (the reference's "subsampling trick" for memory).
+
+    The other rows go through ``fn`` in chunks of ``chunk`` with ``x`` detached and, unless
+    ``keep_graph``, without any graph at all. Outputs come in the order ``order``
+    (``rows`` first, then the rest); without ``rows`` every row has gradients and ``order``
+    is the identity.
+    """
     n = x.shape[0]
     if rows is None:
-        phi, u = features_and_change(f, body0, x, delta, linearize)
-        return phi, u, torch.arange(n)
+        return tuple(fn(x)), torch.arange(n)
     rest = torch.ones(n, dtype=torch.bool)
     rest[rows] = False
     rest = rest.nonzero().squeeze(1)
-    phi_g, u_g = features_and_change(f, body0, x[rows], delta, linearize)
-    with torch.no_grad():
-        step = chunk or len(rest) or 1
-        parts = [features_and_change(f, body0, x[rest[i:i + step]].detach(), {k: v.detach() for k, v in delta.items()},
-                                     linearize) for i in range(0, len(rest), step)]
-    phi = torch.cat([phi_g] + [p[0] for p in parts])
-    u = torch.cat([u_g] + [p[1] for p in parts])
-    return phi, u, torch.cat([rows, rest])
+    with_grad = fn(x[rows])
+    step = chunk or len(rest) or 1
+    with torch.enable_grad() if keep_graph else torch.no_grad():
+        parts = [fn(x[rest[i:i + step]].detach()) for i in range(0, len(rest), step)]
+    outputs = tuple(torch.cat([g] + [p[j] for p in parts]) for j, g in enumerate(with_grad))
+    return outputs, torch.cat([rows, rest])
+
+
+def partial_features(f, body0: Params, x: Tensor, delta: Params, linearize: bool, rows: Tensor | None,
+                     chunk: int | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(phi0, u, order)`` with gradients through the rows ``rows`` only (see :func:`rows_with_grad`)."""
+    (phi, u), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, delta, linearize), x, rows, chunk)
+    return phi, u, order
+
+
+class RowSampledInner:
+    """An inner problem whose every gradient and H v uses ``k`` fresh random support rows.
+
+    For supports too large to differentiate whole (the presets' ``inner_train_batch_size``
+    and ``hinv_batch_size``): each call builds the ridge problem of a random subset
+    (same l2) and returns its gradient or H v, so the solvers see unbiased-in-spirit,
+    cheaper, noisier estimates.
+    """
+
+    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int,
+                 generator: torch.Generator | None):
+        self.args, self.k, self.generator = (f, body0, x_s, y_s, l2, linearize), k, generator
+        self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
+
+    def _subset(self):
+        f, body0, x_s, y_s, l2, linearize = self.args
+        rows = torch.randperm(len(x_s), generator=self.generator)[:self.k]
+        return make_inner(f, body0, x_s[rows], y_s[rows], l2, linearize)
+
+    def loss_and_grad(self, delta: Params):
+        return self._subset().loss_and_grad(delta)
+
+    def hvp(self, delta: Params, v: Params) -> Params:
+        return self._subset().hvp(delta, v)
+
+
+def inner_problem(f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int | None,
+                  generator: torch.Generator | None, full=None):
+    """The whole-support problem ``full`` (built if None), or a :class:`RowSampledInner` of k rows."""
+    if k is not None and k < len(x_s):
+        return RowSampledInner(f, body0, x_s, y_s, l2, linearize, k, generator)
+    return full if full is not None else make_inner(f, body0, x_s, y_s, l2, linearize)
 
 
 # -------------------------------------------------------------------- the two gradients
@@ -142,8 +185,12 @@ def direct_gradient(f, body0: Params, support: dict[str, Tensor], delta: Params,
 
 
 def implicit_gradient(f, body0: Params, support: dict[str, Tensor], delta: Params, v: Params,
-                      *, l2: float, flip: bool, linearize: bool, learn_labels: bool) -> dict[str, Tensor]:
-    """``- d/dS [ v . grad_delta L_in(delta*, S) ]`` per leaf (log_temp's is zero)."""
+                      *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
+                      rows: Tensor | None = None, chunk: int | None = None) -> dict[str, Tensor]:
+    """``- d/dS [ v . grad_delta L_in(delta*, S) ]`` per leaf (log_temp's is zero).
+
+    ``rows``: differentiate through these support rows only (``implicit_batch_size``).
+    """
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
         y = support["y"].detach().requires_grad_(learn_labels)
@@ -153,14 +200,19 @@ def implicit_gradient(f, body0: Params, support: dict[str, Tensor], delta: Param
         if linearize:
             # v . grad L_in = c(-<J v, A^-1 (Y - J delta)> + <v, delta>); the last term is
             # constant in S. Two JVPs of the support, differentiable in x.
-            phi_s, j_delta = features_and_change(f, body0, x_s, delta, True)
-            _, j_v = features_and_change(f, body0, x_s, v, True)
-            a_inv_r = torch.linalg.solve(ridge_matrix(phi_s, l2), y_s - j_delta)
+            def parts(xx):
+                phi, j_delta = features_and_change(f, body0, xx, delta, True)
+                return phi, j_delta, features_and_change(f, body0, xx, v, True)[1]
+
+            (phi_s, j_delta, j_v), order = rows_with_grad(parts, x_s, rows, chunk)
+            a_inv_r = torch.linalg.solve(ridge_matrix(phi_s, l2), y_s[order] - j_delta)
             v_dot_grad = -scale * (j_v * a_inv_r).sum()
         else:
             d = {k: t.detach().requires_grad_() for k, t in delta.items()}
-            phi_s, u_s = features_and_change(f, body0, x_s, d, False)
-            r = y_s - u_s
+            # the other rows keep their graph to delta (x detached): g needs every row
+            (phi_s, u_s), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, d, False),
+                                                 x_s, rows, chunk, keep_graph=True)
+            r = y_s[order] - u_s
             l_in = 0.5 * scale * ((r * torch.linalg.solve(ridge_matrix(phi_s, l2), r)).sum()
                                   + sum((t * t).sum() for t in d.values()))
             g = torch.autograd.grad(l_in, list(d.values()), create_graph=True)
@@ -188,13 +240,17 @@ def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
     ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors; ``cfg``: a :class:`rcig.config.Config`.
-    ``generator`` draws the rows that carry gradients when ``cfg.direct_batch_sizes`` subsamples.
+    ``generator`` draws the support/target rows when the config subsamples them for large
+    supports (``direct_batch_sizes``, ``inner_train_batch_size``, ``hinv_batch_size``,
+    ``implicit_batch_size``); with none of them set it is not used.
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     l2 = l2_strength(cfg, support["x"].shape[0])
     clock = Stopwatch()
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-    problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
+    problem_args = (f, body0, x_s, y_s, l2, cfg.linearize)
+    full = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else make_inner(*problem_args)
+    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full)
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps)
     clock.lap("inner_solve")
     support_k, target_k = cfg.direct_batch_sizes
@@ -202,9 +258,12 @@ def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t
                 target_rows=grad_rows(len(x_t), target_k, generator), chunk=cfg.max_forward_batch_size)
     loss, acc, direct, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows)
     clock.lap("direct")
+    problem = inner_problem(*problem_args, cfg.hinv_batch_size, generator, full)
     v, residuals = solve_hinv(problem, delta, g_t, hvp_lr, cfg.n_hinv_steps)
     clock.lap("hinv")
-    implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options), direct)
+    implicit_rows = grad_rows(len(x_s), cfg.implicit_batch_size, generator)
+    implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options, rows=implicit_rows,
+                                         chunk=cfg.max_forward_batch_size), direct)
     clock.lap("implicit")
     grads = {k: direct[k] + implicit[k] for k in LEAVES}
     return MetaResult(grads, direct, implicit, loss, acc, inner_losses, residuals, delta, v, clock.laps)
@@ -223,5 +282,5 @@ class Stopwatch:
         self._last = now
 
 
-__all__ = ["LEAVES", "MetaResult", "clip_to", "direct_gradient", "expand_support", "implicit_gradient",
+__all__ = ["LEAVES", "MetaResult", "RowSampledInner", "clip_to", "direct_gradient", "expand_support", "implicit_gradient",
            "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "outer_loss"]

@@ -1,0 +1,322 @@
+"""The benchmark: distilled vs random-real vs herding vs the full training set, and speed.
+
+One entry command runs every piece that is not done yet and then rewrites the report::
+
+    python benchmarks/run.py                        # everything (many hours on 2 CPU cores)
+    python benchmarks/run.py --only distill eval    # some pieces
+    python benchmarks/run.py --only report          # rebuild results.json / BENCHMARKS.md
+
+Pieces (each one's result is cached in ``--work``/pieces/<name>.json, so an interrupted
+benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it again):
+
+* ``distill_<ipc>``: ``rcig distill`` of Fashion-MNIST with the paper's preset
+  depth_3_no_flip for a CPU budget of ``--minutes`` per ipc (resumable: a killed run goes
+  on from its checkpoint with the budget that is left), scored every ``--eval-every`` steps
+  by one protocol network with augmentation (the accuracy-vs-step curve).
+* ``eval_<ipc>_<method>`` for distilled, random and herding: ``rcig eval --json`` with
+  ``--models`` networks per setting, with and without augmentation.
+* ``full_train``: the same ConvNet and protocol trained on all 60,000 training images
+  (batch 256, ``--full-train-steps`` steps): the ceiling.
+* ``speed``: ``benchmarks/speed.py`` (seconds per outer step, its parts, peak RSS, the
+  CPU's conv ceiling and the step's fraction of it).
+* ``report``: ``benchmarks/results.json``, ``benchmarks/accuracy_vs_step.png`` and the
+  tables of ``BENCHMARKS.md`` (between its ``<!-- results -->`` markers); the distilled
+  sets and their scores are copied to ``distilled/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET = "fashion_mnist"
+PRESET = "depth_3_no_flip"
+METHODS = ("distilled", "random", "herding")
+MARKERS = ("<!-- results -->", "<!-- /results -->")
+
+
+def rcig(*args: str) -> None:
+    """Run the ``rcig`` command line in a child process (its output goes to ours)."""
+    command = [sys.executable, "-m", "rcig.cli", *args]
+    print("$ rcig " + " ".join(args), flush=True)
+    subprocess.run(command, check=True)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work)
+        self.pieces = self.work / "pieces"
+        self.pieces.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ piece bookkeeping
+
+    def done(self, name: str) -> dict | None:
+        path = self.pieces / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def record(self, name: str, result: dict) -> dict:
+        tmp = self.pieces / f".{name}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, self.pieces / f"{name}.json")
+        return result
+
+    def run_piece(self, name: str, fn) -> dict:
+        if name not in self.args.redo and (cached := self.done(name)) is not None:
+            print(f"[{name}] done before; cached in {self.pieces / (name + '.json')}")
+            return cached
+        print(f"[{name}] running ...", flush=True)
+        started = time.perf_counter()
+        result = fn()
+        print(f"[{name}] finished in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+        return self.record(name, result)
+
+    # -------------------------------------------------------------------------- pieces
+
+    def run_dir(self, ipc: int) -> Path:
+        return self.work / f"{DATASET}_ipc{ipc}"
+
+    def distill(self, ipc: int) -> dict:
+        out = self.run_dir(ipc)
+        steps_so_far, seconds_so_far = read_progress(out / "log.jsonl")
+        budget = self.args.minutes - seconds_so_far / 60
+        if budget > 0:
+            resume = ["--resume"] if (out / "checkpoints" / "latest.pt").exists() else \
+                ["--preset", PRESET, "--seed", str(self.args.seed)]
+            rcig("distill", "--dataset", DATASET, "--ipc", str(ipc), "--steps", str(self.args.max_steps),
+                 "--max-minutes", f"{budget:.2f}", "--eval-every", str(self.args.eval_every), "--no-eval",
+                 "--out", str(out), *resume)
+        steps, seconds = read_progress(out / "log.jsonl")
+        return {"ipc": ipc, "steps": steps, "wall_s": round(seconds, 1), "budget_minutes": self.args.minutes,
+                "run_dir": str(out), "curve": read_curve(out / "log.jsonl")}
+
+    def set_file(self, ipc: int, method: str) -> Path:
+        if method == "distilled":
+            return self.run_dir(ipc) / "distilled.safetensors"
+        path = self.work / f"{DATASET}_{method}_ipc{ipc}.safetensors"
+        if not path.exists():
+            rcig("baseline", "--dataset", DATASET, "--ipc", str(ipc), "--method", method,
+                 "--seed", str(self.args.seed), "--out", str(path))
+        return path
+
+    def evaluate(self, ipc: int, method: str) -> dict:
+        path = self.set_file(ipc, method)
+        if not path.exists():
+            raise SystemExit(f"benchmarks: {path} is missing; run the distill_{ipc} piece first")
+        json_out = self.work / f"eval_{ipc}_{method}.json"
+        rcig("eval", str(path), "--models", str(self.args.models), "--json", str(json_out))
+        return json.loads(json_out.read_text())
+
+    def full_train(self) -> dict:
+        # every training image is a "support" of 6,000 per class; the protocol then uses
+        # batches of 256 and this many steps
+        path = self.work / f"{DATASET}_full_train.safetensors"
+        if not path.exists():
+            rcig("baseline", "--dataset", DATASET, "--ipc", "6000", "--method", "random", "--out", str(path))
+        json_out = self.work / "eval_full_train.json"
+        rcig("eval", str(path), "--models", str(self.args.full_train_models), "--steps",
+             str(self.args.full_train_steps), "--json", str(json_out))
+        return json.loads(json_out.read_text())
+
+    def speed(self) -> dict:
+        out = self.work / "speed.json"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--out", str(out),
+                        "--cases", *self.args.speed_cases], check=True)
+        return json.loads(out.read_text())
+
+    # -------------------------------------------------------------------------- report
+
+    def results(self) -> dict:
+        out: dict = {DATASET: {}}
+        for ipc in self.args.ipcs:
+            row = {}
+            for method in METHODS:
+                row[method] = self.done(f"eval_{ipc}_{method}")
+            run = self.done(f"distill_{ipc}") or {}
+            row.update(steps=run.get("steps"), wall_s=run.get("wall_s"), budget_minutes=run.get("budget_minutes"),
+                       curve=run.get("curve"))
+            out[DATASET][str(ipc)] = row
+        out["full_train"] = self.done("full_train")
+        out["speed"] = self.done("speed")
+        out["machine"] = machine()
+        return out
+
+    def report(self) -> dict:
+        results = self.results()
+        (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        plot_curves(results, ROOT / "benchmarks" / "accuracy_vs_step.png")
+        ship_sets(self, results)
+        write_markdown(results, ROOT / "BENCHMARKS.md", self.args)
+        print(f"wrote {ROOT / 'benchmarks' / 'results.json'} and {ROOT / 'BENCHMARKS.md'}")
+        return results
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def read_progress(log: Path) -> tuple[int, float]:
+    """(iterations done, seconds spent in them) from a run's log.jsonl."""
+    if not log.exists():
+        return 0, 0.0
+    steps, seconds = 0, 0.0
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if "outer_loss" in record:
+            steps, seconds = record["iter"], seconds + record["seconds"]
+    return steps, seconds
+
+
+def read_curve(log: Path) -> list[dict]:
+    """The periodic evaluations of a run: [{"iter", "seconds", "aug"}] (seconds of distillation)."""
+    curve, seconds = [], 0.0
+    if not log.exists():
+        return curve
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if "outer_loss" in record:
+            seconds += record["seconds"]
+        elif "eval" in record:
+            scores = record["eval"]
+            curve.append({"iter": record["iter"], "seconds": round(seconds, 1),
+                          **{k: v["mean"] for k, v in scores.items() if isinstance(v, dict) and "mean" in v}})
+    return curve
+
+
+def machine() -> dict:
+    import platform
+
+    import torch
+
+    cpu = "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    """Accuracy (1 network, with augmentation) against outer steps, one line per ipc."""
+    rows = {ipc: row for ipc, row in results[DATASET].items() if row.get("curve")}
+    if not rows:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for ipc, row in rows.items():
+        curve = row["curve"]
+        ax.plot([p["iter"] for p in curve], [100 * p["aug"] for p in curve], "o-", label=f"distilled, {ipc} ipc")
+        if row.get("random"):
+            ax.axhline(100 * row["random"]["aug"]["mean"], ls="--", lw=1, color=ax.lines[-1].get_color(),
+                       label=f"random real, {ipc} ipc")
+    ax.set_xlabel("outer steps")
+    ax.set_ylabel("test accuracy (%), 1 network, with aug")
+    ax.set_title("Fashion-MNIST, RCIG depth_3_no_flip, 2-core CPU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def ship_sets(bench: Bench, results: dict) -> None:
+    """Copy each evaluated distilled set and its scores to distilled/."""
+    target = ROOT / "distilled"
+    for ipc, row in results[DATASET].items():
+        source = bench.run_dir(int(ipc)) / "distilled.safetensors"
+        if row.get("distilled") and source.exists():
+            target.mkdir(exist_ok=True)
+            shutil.copyfile(source, target / f"{DATASET}_ipc{ipc}.safetensors")
+            (target / f"{DATASET}_ipc{ipc}.eval.json").write_text(json.dumps(row["distilled"], indent=2) + "\n")
+
+
+def fmt(score: dict | None, setting: str) -> str:
+    if not score or setting not in score:
+        return "not run"
+    s = score[setting]
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} ({len(s['accs'])})"
+
+
+def write_markdown(results: dict, path: Path, args) -> None:
+    lines = ["| ipc | setting | distilled (RCIG) | random real | herding | steps | distillation wall time |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for ipc, row in results[DATASET].items():
+        for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
+            wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
+            lines.append(f"| {ipc} | {label} | {fmt(row['distilled'], setting)} | {fmt(row['random'], setting)} | "
+                         f"{fmt(row['herding'], setting)} | {row.get('steps') or '-'} | {wall} |")
+    full = results.get("full_train")
+    lines += ["", f"Full training set (ceiling): no aug {fmt(full, 'no_aug')}, aug {fmt(full, 'aug')}"
+              + (f", {full['steps']} steps of batch 256" if full else "")]
+    speed = results.get("speed")
+    if speed:
+        lines += ["", "| case | s/step | inner solve | target fwd/bwd (direct) | H^-1 g | implicit | pool | "
+                      "peak RSS | GFLOP/step | of ceiling |", "| --- " * 10 + "|"]
+        for c in speed["cases"]:
+            p = c["parts"]
+            frac = f"{100 * c['fraction_of_ceiling']:.0f}%" if c.get("fraction_of_ceiling") else "-"
+            gflop = f"{c['gflop_per_step']:.0f}" if c.get("gflop_per_step") else "-"
+            lines.append(f"| {c['case']} | {c['seconds_per_step']:.1f} | {p.get('inner_solve', 0):.1f} | "
+                         f"{p.get('direct', 0):.1f} | {p.get('hinv', 0):.1f} | {p.get('implicit', 0):.1f} | "
+                         f"{p.get('pool', 0):.1f} | {c['peak_rss_mb'] / 1024:.1f} GB | {gflop} | {frac} |")
+        ceil = ", ".join(f"{k} {v['gflops_per_s']:.0f} GFLOP/s" for k, v in speed["ceiling"].items())
+        lines += ["", f"Conv ceiling (fwd+bwd of the same ConvNet alone, batch 256): {ceil}."]
+    m = results["machine"]
+    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['threads']} threads), "
+                  f"Python {m['python']}; report written {m['date']}."]
+    table = "\n".join(lines)
+    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
+    if MARKERS[0] not in text:
+        text += f"\n{MARKERS[0]}\n{MARKERS[1]}\n"
+    head, rest = text.split(MARKERS[0], 1)
+    _, tail = rest.split(MARKERS[1], 1)
+    path.write_text(f"{head}{MARKERS[0]}\n{table}\n{MARKERS[1]}{tail}")
+
+
+# --------------------------------------------------------------------------------- main
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--minutes", type=float, default=60.0, help="distillation budget per ipc (default 60)")
+    parser.add_argument("--max-steps", type=int, default=10000, help="outer steps if the budget allows")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between curve points")
+    parser.add_argument("--models", type=int, default=5, help="networks per setting in each eval (default 5)")
+    parser.add_argument("--full-train-steps", type=int, default=2000)
+    parser.add_argument("--full-train-models", type=int, default=1)
+    parser.add_argument("--speed-cases", nargs="+", default=["gray28:1", "gray28:10", "gray28:50",
+                                                             "rgb32:1", "rgb32:10", "rgb32:50"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="runs and cached pieces")
+    parser.add_argument("--only", nargs="+", choices=("distill", "eval", "full_train", "speed", "report"),
+                        help="run these kinds of piece only")
+    parser.add_argument("--redo", nargs="*", default=[], help="piece names to run again, e.g. eval_1_random")
+    args = parser.parse_args(argv)
+    bench = Bench(args)
+    kinds = set(args.only or ("distill", "eval", "full_train", "speed", "report"))
+    for ipc in args.ipcs:
+        if "distill" in kinds:
+            bench.run_piece(f"distill_{ipc}", lambda ipc=ipc: bench.distill(ipc))
+        if "eval" in kinds:
+            for method in METHODS:
+                bench.run_piece(f"eval_{ipc}_{method}", lambda ipc=ipc, method=method: bench.evaluate(ipc, method))
+    if "speed" in kinds:
+        bench.run_piece("speed", bench.speed)
+    if "full_train" in kinds:
+        bench.run_piece("full_train", bench.full_train)
+    if "report" in kinds:
+        bench.report()
+
+
+if __name__ == "__main__":
+    main()
