@@ -129,6 +129,7 @@ LARGE_SUPPORT_KNOBS = {"direct_batch_sizes": [4, 32], "max_forward_batch_size": 
 
 
 @pytest.mark.parametrize("extra", [{"linearize": False}, LARGE_SUPPORT_KNOBS, {"normal_repeats": 2},
+                                   {"norm": "batch"}, {"norm": "instance"},
                                    {**LARGE_SUPPORT_KNOBS, "linearize": False}])
 def test_variants_run_and_are_reproducible(extra):
     runs = [distill("digits", 2, steps=2, overrides={**TINY, **extra}, progress=False) for _ in range(2)]
@@ -216,3 +217,18 @@ def test_subsampled_direct_gradient_only_moves_selected_rows():
                            target_rows=torch.arange(5), chunk=3)
     assert part[0] == pytest.approx(full[0], rel=1e-5)
     assert part[2]["x"][[1, 3, 4, 5]].abs().max() == 0 and part[2]["x"][[0, 2]].abs().max() > 0
+
+
+@pytest.mark.parametrize("over_batch", [True, False])
+def test_plain_norms_equal_torch_norms_in_training_mode(over_batch):
+    from rcig.algorithm.run import PlainNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5)
+    ref = torch.nn.BatchNorm2d(3) if over_batch else torch.nn.GroupNorm(3, 3)
+    plain = PlainNorm(3, over_batch)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(3))
+        ref.bias.copy_(torch.randn(3))
+        plain.load_state_dict({"weight": ref.weight, "bias": ref.bias})
+    torch.testing.assert_close(plain(x), ref.train()(x), rtol=1e-5, atol=1e-5)

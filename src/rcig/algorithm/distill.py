@@ -175,8 +175,6 @@ class Distiller:
 
     def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
                  cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module]):
-        if cfg.norm != "none":
-            raise RcigError("norm='batch'/'instance' during distillation is not supported yet; use norm=none")
         self.x_train, self.y_train = x_train, y_train
         self.num_classes, self.ipc, self.cfg, self.seed = num_classes, ipc, cfg, seed
         self.make_model = make_model

@@ -53,11 +53,51 @@ def make_model_factory(cfg: Config, channels: int, num_classes: int, image_size:
     activation = "softplus" if cfg.softplus_beta > 0 else "relu"
 
     def make_model() -> torch.nn.Module:
-        return build_model("conv", in_channels=channels, num_classes=num_classes, image_size=image_size,
-                           depth=cfg.depth, width=cfg.width, activation=activation,
-                           beta=cfg.softplus_beta or 60.0, norm=cfg.norm)
+        model = build_model("conv", in_channels=channels, num_classes=num_classes, image_size=image_size,
+                            depth=cfg.depth, width=cfg.width, activation=activation,
+                            beta=cfg.softplus_beta or 60.0, norm=cfg.norm)
+        return plain_norms(model)
 
     return make_model
+
+
+class PlainNorm(torch.nn.Module):
+    """Batch or instance norm from plain tensor ops, so forward-mode AD and traced JVPs
+    follow it (torch's fused kernels give tangents that later views reject)::
+
+        (x - mean) / sqrt(var + eps) * weight + bias      per channel
+
+    with mean/var over (batch, height, width) for batch norm, (height, width) for
+    instance norm. Batch norm always uses the statistics of the batch it sees (no running
+    averages), as a network in training mode does.
+    """
+
+    def __init__(self, channels: int, over_batch: bool, eps: float = 1e-5):
+        super().__init__()
+        self.dims, self.eps = ((0, 2, 3) if over_batch else (2, 3)), eps
+        self.weight = torch.nn.Parameter(torch.ones(channels))
+        self.bias = torch.nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=self.dims, keepdim=True)
+        var = centred.square().mean(dim=self.dims, keepdim=True)
+        return centred * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def plain_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace the batch and instance norms of ``model`` by :class:`PlainNorm` (same parameter names).
+
+    During distillation a network is then a pure function of (parameters, images): the
+    support is normalised with its own statistics and a target batch with its own. Nothing
+    is mutated inside the JVPs and a checkpoint needs no buffers.
+    """
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(module, name, PlainNorm(child.num_features, True, child.eps))
+            elif isinstance(child, torch.nn.GroupNorm) and child.num_groups == child.num_channels:
+                setattr(module, name, PlainNorm(child.num_channels, False, child.eps))
+    return model
 
 
 def protocol_defaults(cfg: Config) -> dict[str, Any]:
