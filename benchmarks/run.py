@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
 PRESET = "depth_3_no_flip"
-METHODS = ("distilled", "random", "herding")
+METHODS = ("random", "herding", "distilled")  # evaluation order: baselines need no distillation
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
 

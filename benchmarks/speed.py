@@ -4,9 +4,9 @@ Each (input shape, ipc) case runs in its own subprocess, so its peak RSS is its 
 synthetic data (speed does not depend on pixel values), the paper's preset for the shape
 (28 px gray: depth_3_no_flip; 32 px RGB: depth_3 with the flip trick), the full pool of 30
 networks, fixed learning rates (tuning time is not part of a step). One warm-up step, then
-the mean of ``--steps`` timed steps. FLOPs of a step are counted by torch's FlopCounterMode
-(convolutions and matmuls in the forward, forward-mode and backward passes), and divided
-by the same CPU's measured ceiling: fwd+bwd GFLOP/s of the distillation ConvNet alone on a
+the mean of ``--steps`` timed steps. FLOPs of one more step are counted by torch's
+FlopCounterMode (convolutions and matmuls in the forward, forward-mode and backward passes),
+and the step's achieved GFLOP/s is divided by the same CPU's measured ceiling: fwd+bwd GFLOP/s of the distillation ConvNet alone on a
 batch of 256 images.
 
     python benchmarks/speed.py --out benchmarks/speed.json            # all cases
@@ -58,6 +58,30 @@ def conv_ceiling(channels: int, size: int, batch: int = 256, repeats: int = 3) -
     return {"batch": batch, "gflop": flops / 1e9, "seconds": best, "gflops_per_s": flops / best / 1e9}
 
 
+class _NoModuleTracking:
+    """Stands in for FlopCounterMode's module tracker, whose forward hooks fail inside
+    torch.func transforms (torch 2.13); every FLOP is then counted under "Global"."""
+
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
+def count_flops(fn) -> int:
+    """FLOPs of the convolutions and matrix products ``fn()`` runs (forward, JVP and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _NoModuleTracking()
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def _timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -66,8 +90,6 @@ def _timed(fn) -> float:
 
 def run_case(case: str, steps: int) -> dict:
     """Time ``steps`` outer steps of one case (runs inside the child process)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from rcig.algorithm.distill import Distiller
     from rcig.algorithm.run import make_model_factory
     from rcig.config import load_preset
@@ -88,14 +110,7 @@ def run_case(case: str, steps: int) -> dict:
     parts = {k: sum(r["parts"][k] for r in records) / steps for k in records[0]["parts"]}
     seconds = sum(r["seconds"] for r in records) / steps
     rss = peak_rss_mb()
-    # FLOPs of one more step; the counter does not follow every torch.func path (the pool's
-    # autograd under a traced JVP has failed with it), so a failure leaves the count empty.
-    try:
-        with FlopCounterMode(display=False) as counter:
-            distiller.step(state)
-        flops = counter.get_total_flops()
-    except Exception:  # noqa: BLE001
-        flops = None
+    flops = count_flops(lambda: distiller.step(state))  # one more step, counted
     return {"case": case, "preset": preset, "ipc": ipc, "support_rows": ipc * NUM_CLASSES * (2 if cfg.flip else 1),
             "target_batch": cfg.target_batch_size, "steps_timed": steps, "seconds_per_step": seconds,
             "parts": parts, "gflop_per_step": flops / 1e9 if flops else None,
