@@ -124,6 +124,17 @@ def test_short_distillation_learns():
     assert after["no_aug"]["mean"] > before["no_aug"]["mean"] + 0.05
 
 
+def tiny_network():
+    """``(f, body0)`` of a seeded width-4 softplus ConvNet on 8x8 gray images, 3 classes."""
+    from rcig.algorithm.inner import network, split_params
+    from rcig.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4, activation="softplus")
+    body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
+    return network(model, head0), body0
+
+
 LARGE_SUPPORT_KNOBS = {"direct_batch_sizes": [4, 32], "max_forward_batch_size": 16, "implicit_batch_size": 5,
                        "hinv_batch_size": 6, "inner_train_batch_size": 7, "pool_train_batch_size": 8}
 
@@ -148,14 +159,10 @@ def test_each_large_support_knob_changes_the_run():
 
 
 def test_row_sampled_inner_problem_is_the_subset_problem():
-    from rcig.algorithm.inner import make_inner, network, split_params
+    from rcig.algorithm.inner import make_inner
     from rcig.algorithm.meta import RowSampledInner
-    from rcig.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4, activation="softplus")
-    body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
-    f = network(model, head0)
+    f, body0 = tiny_network()
     x_s, y_s = torch.randn(6, 1, 8, 8), torch.eye(3).repeat(2, 1) - 1 / 3
     delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
     sampled = RowSampledInner(f, body0, x_s, y_s, 0.1, True, 4, torch.Generator().manual_seed(5))
@@ -171,14 +178,9 @@ def test_row_sampled_inner_problem_is_the_subset_problem():
 
 
 def test_subsampled_implicit_gradient_only_moves_selected_rows():
-    from rcig.algorithm.inner import network, split_params
     from rcig.algorithm.meta import implicit_gradient
-    from rcig.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4, activation="softplus")
-    body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
-    f = network(model, head0)
+    f, body0 = tiny_network()
     support = {"x": torch.randn(6, 1, 8, 8), "y": torch.eye(3).repeat(2, 1) - 1 / 3, "log_temp": torch.tensor(0.0)}
     delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
     v = {k: 1e-2 * torch.randn_like(t) for k, t in body0.items()}
@@ -194,14 +196,9 @@ def test_subsampled_implicit_gradient_only_moves_selected_rows():
 
 
 def test_subsampled_direct_gradient_only_moves_selected_rows():
-    from rcig.algorithm.inner import network, split_params
     from rcig.algorithm.meta import direct_gradient
-    from rcig.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model("conv", in_channels=1, num_classes=3, image_size=8, width=4, activation="softplus")
-    body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
-    f = network(model, head0)
+    f, body0 = tiny_network()
     support = {"x": torch.randn(6, 1, 8, 8), "y": torch.eye(3).repeat(2, 1) - 1 / 3, "log_temp": torch.tensor(0.0)}
     delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
     x_t, y_t = torch.randn(12, 1, 8, 8), torch.arange(12) % 3
