@@ -291,6 +291,8 @@ def main(argv=None) -> None:
     parser.add_argument("--minutes", type=float, default=60.0, help="distillation budget per ipc (default 60)")
     parser.add_argument("--max-steps", type=int, default=10000, help="outer steps if the budget allows")
     parser.add_argument("--eval-every", type=int, default=50, help="steps between curve points")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="which sets to evaluate (default all three)")
     parser.add_argument("--models", type=int, default=5, help="networks per setting in each eval (default 5)")
     parser.add_argument("--full-train-steps", type=int, default=2000)
     parser.add_argument("--full-train-models", type=int, default=1)
@@ -308,7 +310,7 @@ def main(argv=None) -> None:
         if "distill" in kinds:
             bench.run_piece(f"distill_{ipc}", lambda ipc=ipc: bench.distill(ipc))
         if "eval" in kinds:
-            for method in METHODS:
+            for method in args.methods:
                 bench.run_piece(f"eval_{ipc}_{method}", lambda ipc=ipc, method=method: bench.evaluate(ipc, method))
     if "speed" in kinds:
         bench.run_piece("speed", bench.speed)

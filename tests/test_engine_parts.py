@@ -309,3 +309,15 @@ def test_missing_corrupt_and_malicious_files_raise_one_line_rcig_errors(tmp_path
             load_checkpoint(path)
         assert "\n" not in str(info.value) and path.name in str(info.value)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_pool_reads_the_older_adam_state_names():
+    pool = ModelPool(lambda: nn.Linear(2, 1), 2, 0.01, 100, torch.Generator().manual_seed(0))
+    state = pool.state_dict()
+    for member in state["members"]:
+        adam = member["adam"]
+        member["adam"] = {"t": adam["count"], "m": adam["mu"], "v": adam["nu"]}
+    other = ModelPool(lambda: nn.Linear(2, 1), 2, 0.01, 100, torch.Generator().manual_seed(1))
+    other.load_state_dict(state)
+    assert other.members[0]["adam"]["count"] == 0
+    assert torch.equal(other.params(1)["weight"], pool.params(1)["weight"])
