@@ -193,12 +193,9 @@ def machine() -> dict:
 
     import torch
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    from speed import cpu_name  # benchmarks/ is on sys.path when this file runs as a script
+
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 

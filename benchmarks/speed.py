@@ -129,7 +129,7 @@ def main(argv=None) -> None:
         print(json.dumps(run_case(args.child, args.steps)))
         return
 
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
                "date": time.strftime("%Y-%m-%d"), "ceiling": {}, "cases": []}
     for shape, (channels, size, _) in SHAPES.items():
         results["ceiling"][shape] = conv_ceiling(channels, size)
@@ -153,7 +153,7 @@ def main(argv=None) -> None:
             json.dump(results, fh, indent=2)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, jvp, linearize, vjp
 
-from rcig.algorithm.optim import adam_step
+from rcig.algorithm.optim import Adam, tree_zeros_like
 
 Params = dict[str, Tensor]
 HEAD_WEIGHT = "classifier.weight"
@@ -49,10 +49,6 @@ HEAD_WEIGHT = "classifier.weight"
 def tree_dot(a: Params, b: Params) -> Tensor:
     """sum_k <a_k, b_k> over two dicts with the same keys."""
     return sum((a[k] * b[k]).sum() for k in a)
-
-
-def tree_zeros_like(a: Params) -> Params:
-    return {k: torch.zeros_like(v) for k, v in a.items()}
 
 
 def tree_norm(a: Params) -> Tensor:
@@ -198,13 +194,12 @@ def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Para
     Returns the final point and the value recorded *before* each step (as the reference
     logs them), which the learning-rate tuning and adaptation read.
     """
-    x = {k: v.clone() for k, v in start.items()}
-    state = {"m": tree_zeros_like(x), "v": tree_zeros_like(x), "t": 0}
-    values = []
+    adam = Adam()
+    x, state, values = start, adam.init(start), []
     for _ in range(steps):
         value, g = grad_fn(x)
         values.append(value)
-        x = adam_step(x, g, state, lr)
+        x, state = adam.step(x, g, state, lr=lr)
     return x, values
 
 

@@ -9,8 +9,6 @@ touches its inputs, and a state is a plain dict of tensors and ints (``torch.sav
 * :class:`Adam` (torch.optim.Adam semantics) for the inner solve, the H^-1 g solve and the pool
   networks; the learning rate is an argument of ``step`` so it can change between calls.
 * :class:`EMA`: the bias-corrected moving average of the support that is saved and scored.
-* :func:`adam_step`: the same Adam step on a ``{"m", "v", "t"}`` state updated in place, for
-  short-lived solver loops whose state is never stored.
 """
 
 from __future__ import annotations
@@ -118,20 +116,6 @@ class Adam:
         return new, {"count": t, "mu": mu, "nu": nu}
 
 
-@torch.no_grad()
-def adam_step(params: Tree, grads: Tree, state: dict, lr: float, b1: float = 0.9, b2: float = 0.999,
-              eps: float = 1e-8) -> Tree:
-    """One Adam step (as :class:`Adam`) on a ``{"m": Tree, "v": Tree, "t": int}`` state that is
-    updated *in place*; returns the new parameters. For solver loops whose state is thrown away."""
-    _check_keys(params, grads, "Adam gradients")
-    state["t"] += 1
-    out = {}
-    for k, x in params.items():
-        out[k], state["m"][k], state["v"][k] = _adam_leaf(x, grads[k], state["m"][k], state["v"][k],
-                                                          state["t"], lr, b1, b2, eps)
-    return out
-
-
 # ---------------------------------------------------------------------------- EMA
 
 class EMA:
@@ -166,4 +150,4 @@ class EMA:
         return {k: v / correction for k, v in state["hidden"].items()}
 
 
-__all__ = ["EMA", "Adam", "AdaBelief", "Tree", "adam_step", "tree_zeros_like"]
+__all__ = ["EMA", "Adam", "AdaBelief", "Tree", "tree_zeros_like"]
