@@ -111,7 +111,8 @@ class Bench:
         if not path.exists():
             raise SystemExit(f"benchmarks: {path} is missing; run the distill_{ipc} piece first")
         json_out = self.work / f"eval_{ipc}_{method}.json"
-        rcig("eval", str(path), "--models", str(self.args.models), "--json", str(json_out))
+        rcig("eval", str(path), "--models", str(self.args.models), "--settings", self.args.settings,
+             "--json", str(json_out))
         return json.loads(json_out.read_text())
 
     def full_train(self) -> dict:
@@ -122,13 +123,13 @@ class Bench:
             rcig("baseline", "--dataset", DATASET, "--ipc", "6000", "--method", "random", "--out", str(path))
         json_out = self.work / "eval_full_train.json"
         rcig("eval", str(path), "--models", str(self.args.full_train_models), "--steps",
-             str(self.args.full_train_steps), "--json", str(json_out))
+             str(self.args.full_train_steps), "--settings", self.args.settings, "--json", str(json_out))
         return json.loads(json_out.read_text())
 
     def speed(self) -> dict:
         out = self.work / "speed.json"
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--out", str(out),
-                        "--cases", *self.args.speed_cases], check=True)
+                        "--steps", str(self.args.speed_steps), "--cases", *self.args.speed_cases], check=True)
         return json.loads(out.read_text())
 
     # -------------------------------------------------------------------------- report
@@ -291,10 +292,13 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="which sets to evaluate (default all three)")
     parser.add_argument("--models", type=int, default=5, help="networks per setting in each eval (default 5)")
+    parser.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both",
+                        help="evaluation settings: with and without augmentation (default both)")
     parser.add_argument("--full-train-steps", type=int, default=2000)
     parser.add_argument("--full-train-models", type=int, default=1)
     parser.add_argument("--speed-cases", nargs="+", default=["gray28:1", "gray28:10", "gray28:50",
                                                              "rgb32:1", "rgb32:10", "rgb32:50"])
+    parser.add_argument("--speed-steps", type=int, default=2, help="timed outer steps per speed case (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="runs and cached pieces")
     parser.add_argument("--only", nargs="+", choices=("distill", "eval", "full_train", "speed", "report"),

@@ -4,7 +4,7 @@ Each (input shape, ipc) case runs in its own subprocess, so its peak RSS is its 
 synthetic data (speed does not depend on pixel values), the paper's preset for the shape
 (28 px gray: depth_3_no_flip; 32 px RGB: depth_3 with the flip trick), the full pool of 30
 networks, fixed learning rates (tuning time is not part of a step). One warm-up step, then
-the mean of ``--steps`` timed steps. FLOPs of one more step are counted by torch's
+the mean of ``--steps`` timed steps. The warm-up step's FLOPs are counted by torch's
 FlopCounterMode (convolutions and matmuls in the forward, forward-mode and backward passes),
 and the step's achieved GFLOP/s is divided by the same CPU's measured ceiling: fwd+bwd GFLOP/s of the distillation ConvNet alone on a
 batch of 256 images.
@@ -105,12 +105,13 @@ def run_case(case: str, steps: int) -> dict:
     distiller = Distiller(x_train, y_train, NUM_CLASSES, ipc, cfg, 0,
                           make_model_factory(cfg, channels, NUM_CLASSES, size))
     state = distiller.new_state()
-    distiller.step(state)  # warm-up
+    # the warm-up step (untimed) is the one whose FLOPs are counted: a step's shapes do not
+    # change, only the pool network's randint(1, 16) training steps do (a small share)
+    flops = count_flops(lambda: distiller.step(state))
     records = [distiller.step(state) for _ in range(steps)]
     parts = {k: sum(r["parts"][k] for r in records) / steps for k in records[0]["parts"]}
     seconds = sum(r["seconds"] for r in records) / steps
     rss = peak_rss_mb()
-    flops = count_flops(lambda: distiller.step(state))  # one more step, counted
     return {"case": case, "preset": preset, "ipc": ipc, "support_rows": ipc * NUM_CLASSES * (2 if cfg.flip else 1),
             "target_batch": cfg.target_batch_size, "steps_timed": steps, "seconds_per_step": seconds,
             "parts": parts, "gflop_per_step": flops / 1e9 if flops else None,

@@ -1,0 +1,68 @@
+"""The benchmark's report writer: tables between markers, honest "not run" cells."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def score(*accs):
+    return {"mean": sum(accs) / len(accs), "std": 0.01, "accs": list(accs)}
+
+
+def results(aug_only_10: dict) -> dict:
+    return {
+        "fashion_mnist": {
+            "1": {"distilled": {"no_aug": score(0.7, 0.72), "aug": score(0.6, 0.58)}, "random": None,
+                  "herding": None, "steps": 226, "wall_s": 5450.0},
+            "10": {"distilled": aug_only_10, "random": None, "herding": None, "steps": None, "wall_s": None},
+        },
+        "full_train": None,
+        "speed": {"ceiling": {"gray28": {"gflops_per_s": 107.0}},
+                  "cases": [{"case": "gray28:1", "seconds_per_step": 20.5, "peak_rss_mb": 4096.0,
+                             "gflop_per_step": 1500.0, "fraction_of_ceiling": 0.68,
+                             "parts": {"inner_solve": 2.4, "direct": 14.8, "hinv": 2.0, "implicit": 0.3,
+                                       "pool": 0.9}}]},
+        "machine": {"cpu": "cpu", "cores": 2, "torch": "2", "threads": 2, "python": "3", "date": "today"},
+    }
+
+
+def test_report_replaces_only_the_marked_block(bench, tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text(f"# title\n\nintro\n\n{bench.MARKERS[0]}\nold table\n{bench.MARKERS[1]}\n\nnotes stay\n")
+    bench.write_markdown(results({"aug": score(0.8)}), path, None)
+    text = path.read_text()
+    assert text.startswith("# title\n\nintro\n") and text.endswith("\nnotes stay\n")
+    assert "old table" not in text and text.count(bench.MARKERS[0]) == 1
+    rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 10 |")]
+    assert rows[0].startswith("| 1 | no aug | 71.00 ± 1.00 (2) | not run | not run | 226 | 91 min |")
+    assert rows[1].startswith("| 1 | aug | 59.00 ± 1.00 (2) |")
+    # a setting that was not evaluated says so rather than showing a number
+    assert rows[2].startswith("| 10 | no aug | not run |") and rows[3].startswith("| 10 | aug | 80.00 ± 1.00 (1) |")
+    assert "| gray28:1 | 20.5 | 2.4 | 14.8 | 2.0 | 0.3 | 0.9 | 4.0 GB | 1500 | 68% |" in text
+    assert "Full training set (ceiling): no aug not run, aug not run" in text
+
+
+def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"iter": 1, "outer_loss": 1.0, "seconds": 20.0}\n'
+                   '{"iter": 1, "eval": {"aug": {"mean": 0.5}}}\n'
+                   '{"iter": 2, "outer_loss": 0.9, "seconds": 22.5}\n')
+    assert bench.read_progress(log) == (2, 42.5)
+    assert bench.read_curve(log) == [{"iter": 1, "seconds": 20.0, "aug": 0.5}]
+    assert bench.read_progress(tmp_path / "missing.jsonl") == (0, 0.0)
