@@ -11,6 +11,9 @@ batch of 256 images.
 
     python benchmarks/speed.py --out benchmarks/speed.json            # all cases
     python benchmarks/speed.py --cases gray28:1 rgb32:1 --steps 1     # a subset
+
+With ``--out``, results are written after every case and a second call with the same
+``--out`` goes on with the cases not done yet (delete the file to measure afresh).
 """
 
 from __future__ import annotations
@@ -130,12 +133,20 @@ def main(argv=None) -> None:
         print(json.dumps(run_case(args.child, args.steps)))
         return
 
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
-               "date": time.strftime("%Y-%m-%d"), "ceiling": {}, "cases": []}
-    for shape, (channels, size, _) in SHAPES.items():
-        results["ceiling"][shape] = conv_ceiling(channels, size)
-        print(f"ceiling {shape}: {results['ceiling'][shape]['gflops_per_s']:.1f} GFLOP/s", flush=True)
-    for case in args.cases:
+    if args.out and os.path.exists(args.out):  # go on from a stopped run: keep its ceiling and cases
+        with open(args.out) as fh:
+            results = json.load(fh)
+        print(f"resuming {args.out}: {len(results['cases'])} case(s) done", flush=True)
+    else:
+        results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu_name(),
+                   "date": time.strftime("%Y-%m-%d"), "ceiling": {}, "cases": []}
+        for shape, (channels, size, _) in SHAPES.items():
+            results["ceiling"][shape] = conv_ceiling(channels, size)
+            print(f"ceiling {shape}: {results['ceiling'][shape]['gflops_per_s']:.1f} GFLOP/s", flush=True)
+        if args.out:
+            write_json(results, args.out)
+    done = {row["case"] for row in results["cases"]}
+    for case in (c for c in args.cases if c not in done):
         out = subprocess.run([sys.executable, __file__, "--child", case, "--steps", str(args.steps)],
                              capture_output=True, text=True, env=os.environ.copy())
         if out.returncode != 0:
@@ -149,9 +160,15 @@ def main(argv=None) -> None:
         fraction = f"{row['fraction_of_ceiling']:.0%}" if row["fraction_of_ceiling"] else "?"
         print(f"{case:10s} {row['seconds_per_step']:7.2f} s/step  {row['peak_rss_mb']:7.0f} MB  "
               f"{fraction} of ceiling  parts {row['parts']}", flush=True)
-    if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(results, fh, indent=2)
+        if args.out:  # after every case, so that a stopped run keeps the cases it finished
+            write_json(results, args.out)
+
+
+def write_json(results: dict, path: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(results, fh, indent=2)
+    os.replace(tmp, path)
 
 
 def cpu_name() -> str:
