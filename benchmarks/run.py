@@ -250,6 +250,8 @@ def fmt(score: dict | None, setting: str) -> str:
     if not score or setting not in score:
         return "not run"
     s = score[setting]
+    if len(s["accs"]) == 1:  # one network has no spread to show
+        return f"{100 * s['mean']:.2f} (1)"
     return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} ({len(s['accs'])})"
 
 
