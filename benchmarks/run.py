@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from speed import write_json  # benchmarks/ is on sys.path when this file runs as a script
+
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
 PRESET = "depth_3_no_flip"
@@ -63,9 +65,7 @@ class Bench:
         return json.loads(path.read_text()) if path.exists() else None
 
     def record(self, name: str, result: dict) -> dict:
-        tmp = self.pieces / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, self.pieces / f"{name}.json")
+        write_json(result, self.pieces / f"{name}.json")
         return result
 
     def run_piece(self, name: str, fn) -> dict:
@@ -128,6 +128,8 @@ class Bench:
 
     def speed(self) -> dict:
         out = self.work / "speed.json"
+        if "speed" in self.args.redo:  # speed.py goes on from a stopped run's file: start afresh
+            out.unlink(missing_ok=True)
         subprocess.run([sys.executable, str(ROOT / "benchmarks" / "speed.py"), "--out", str(out),
                         "--steps", str(self.args.speed_steps), "--cases", *self.args.speed_cases], check=True)
         return json.loads(out.read_text())

@@ -164,10 +164,11 @@ def main(argv=None) -> None:
             write_json(results, args.out)
 
 
-def write_json(results: dict, path: str) -> None:
+def write_json(results: dict, path) -> None:
+    """Write ``results`` as indented JSON atomically (a temporary file, then a rename)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as fh:
-        json.dump(results, fh, indent=2)
+        fh.write(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, path)
 
 
