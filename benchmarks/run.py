@@ -113,7 +113,14 @@ class Bench:
         json_out = self.work / f"eval_{ipc}_{method}.json"
         rcig("eval", str(path), "--models", str(self.args.models), "--settings", self.args.settings,
              "--json", str(json_out))
-        return json.loads(json_out.read_text())
+        return self.keep_other_setting(f"eval_{ipc}_{method}", json.loads(json_out.read_text()))
+
+    def keep_other_setting(self, name: str, fresh: dict) -> dict:
+        """An eval of one setting (``--settings aug``) replaces that setting only: the other
+        setting's scores stay from the piece's previous record, if it has them."""
+        previous = self.done(name) or {}
+        kept = {s: previous[s] for s in ("no_aug", "aug") if s not in fresh and s in previous}
+        return {**fresh, **kept}
 
     def full_train(self) -> dict:
         # every training image is a "support" of 6,000 per class; the protocol then uses
@@ -124,7 +131,7 @@ class Bench:
         json_out = self.work / "eval_full_train.json"
         rcig("eval", str(path), "--models", str(self.args.full_train_models), "--steps",
              str(self.args.full_train_steps), "--settings", self.args.settings, "--json", str(json_out))
-        return json.loads(json_out.read_text())
+        return self.keep_other_setting("full_train", json.loads(json_out.read_text()))
 
     def speed(self) -> dict:
         out = self.work / "speed.json"

@@ -66,3 +66,14 @@ def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
     assert bench.read_progress(log) == (2, 42.5)
     assert bench.read_curve(log) == [{"iter": 1, "seconds": 20.0, "aug": 0.5}]
     assert bench.read_progress(tmp_path / "missing.jsonl") == (0, 0.0)
+
+
+def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_path):
+    args = bench.argparse.Namespace(work=str(tmp_path), redo=[])
+    b = bench.Bench(args)
+    b.record("eval_1_random", {"no_aug": score(0.5), "aug": score(0.4), "models": 5})
+    merged = b.keep_other_setting("eval_1_random", {"aug": score(0.45), "models": 2})
+    assert merged["aug"] == score(0.45) and merged["no_aug"] == score(0.5) and merged["models"] == 2
+    both = b.keep_other_setting("eval_1_random", {"no_aug": score(0.6), "aug": score(0.7)})
+    assert both["no_aug"] == score(0.6)  # a setting that was run again is replaced
+    assert b.keep_other_setting("eval_10_random", {"aug": score(0.7)}) == {"aug": score(0.7)}

@@ -62,6 +62,21 @@ def test_augmentations_seeded_one_per_image_and_range_preserving():
     assert is_flip.any() and has_hole.any() and not (is_flip & has_hole).any()
 
 
+def test_cutout_and_crop_magnitudes_match_the_reference_evaluation():
+    x = torch.rand(200, 2, 28, 28) + 1.0  # no zeros of its own
+    holes = (augment_batch(x, ("cutout",), torch.Generator().manual_seed(0)) == 0).all(1)  # (N, H, W)
+    # every image: one 7 x 7 square (a quarter of the side), wholly inside the image
+    assert (holes.flatten(1).sum(1) == 49).all()
+    rows, cols = holes.any(2), holes.any(1)
+    assert (rows.sum(1) == 7).all() and (cols.sum(1) == 7).all()
+    # crop zooms in by a factor in [1, 1.25]: a horizontal ramp's slope (middle row, away from
+    # the zero-filled border) shrinks by that factor
+    ramp = torch.linspace(-1, 1, 28).view(1, 1, 1, 28).expand(200, 1, 28, 28).contiguous()
+    cropped = augment_batch(ramp, ("crop",), torch.Generator().manual_seed(1))[:, 0, 14]
+    slope = (cropped[:, 20] - cropped[:, 7]) / (ramp[0, 0, 14, 20] - ramp[0, 0, 14, 7])
+    assert slope.min() >= 1 / 1.25 - 1e-3 and slope.max() <= 1 + 1e-3 and slope.min() < 0.85
+
+
 def test_learning_rate_schedule_shape():
     peak, warm, decay = 1e-4, 500, 2000
     assert learning_rate(0, peak, warm, decay) == pytest.approx(peak / warm)
