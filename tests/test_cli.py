@@ -79,6 +79,8 @@ def bad_npz(path, **override):
     (lambda t: ["baseline", "--dataset", "digits", "--ipc", "500"], "larger than class"),
     (lambda t: ["distill", "--set", "pool_model_6count=3", "--out", str(t / "r")], "unknown config key"),
     (lambda t: ["distill", "--out", str(t / "nothing"), "--resume"], "nothing to resume"),
+    (lambda t: ["distill", "--set", "solver=cg", "--set", "linearize=false", "--out", str(t / "r")],
+     "solver cg needs linearize=true"),
 ])
 def test_bad_inputs_end_in_one_line(tmp_path, capsys, argv_of, message):
     code, _, err = run(argv_of(tmp_path), capsys)

@@ -139,7 +139,7 @@ LARGE_SUPPORT_KNOBS = {"direct_batch_sizes": [4, 32], "max_forward_batch_size": 
                        "hinv_batch_size": 6, "inner_train_batch_size": 7, "pool_train_batch_size": 8}
 
 
-@pytest.mark.parametrize("extra", [{"linearize": False}, LARGE_SUPPORT_KNOBS, {"normal_repeats": 2},
+@pytest.mark.parametrize("extra", [{"linearize": False}, {"solver": "cg"}, LARGE_SUPPORT_KNOBS, {"normal_repeats": 2},
                                    {"norm": "batch"}, {"norm": "instance"},
                                    {**LARGE_SUPPORT_KNOBS, "linearize": False}])
 def test_variants_run_and_are_reproducible(extra):

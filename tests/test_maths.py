@@ -5,7 +5,8 @@
 (c) the inner loss equals its collapsed ridge form and its Hessian is positive definite;
 (d) Hessian-vector products match finite differences of the gradient;
 (e) the iterative H^-1 g approaches an exact solve;
-(f) direct + implicit gradient equals differentiating through an exact inner solve.
+(f) direct + implicit gradient equals differentiating through an exact inner solve;
+(g) the CG solvers are exact after n C + 1 iterations (H = c I + rank n C).
 """
 
 import pytest
@@ -14,7 +15,7 @@ from torch.func import functional_call
 
 from rcig.algorithm.inner import (
     HEAD_WEIGHT, LinearizedInner, NonlinearInner, features_and_change, network, ridge_matrix,
-    solve_hinv, solve_inner, split_params, tree_dot,
+    solve_hinv, solve_hinv_cg, solve_inner, solve_inner_cg, split_params, tree_dot,
 )
 from rcig.algorithm.meta import direct_gradient, implicit_gradient, inner_prediction, outer_loss
 from rcig.models import build_model
@@ -211,3 +212,31 @@ def test_f_meta_gradient_matches_differentiating_through_exact_solve():
     torch.testing.assert_close(direct["y"] + implicit["y"], want_y, rtol=1e-5, atol=1e-9)
     # and the implicit part is not negligible, so this test would notice it missing
     assert implicit["x"].norm() > 0.05 * direct["x"].norm()
+
+
+def test_g_cg_inner_solve_is_exact_after_n_c_plus_one_iterations():
+    _, f, body0, _, x_s, y_s, _, _, _ = tiny_problem()
+    problem = LinearizedInner(f, body0, x_s, y_s, L2)
+    exact = exact_inner_solution(f, body0, x_s, y_s)
+    few, _ = solve_inner_cg(problem, lr=None, steps=3)
+    d_star, losses = solve_inner_cg(problem, lr=None, steps=N_S * C + 1)
+    torch.testing.assert_close(flat(d_star), flat(exact), rtol=1e-6, atol=1e-9)
+    assert float((flat(few) - flat(exact)).norm()) > 1e-3 * float(flat(exact).norm())  # not exact at once
+    # the recorded L_in is the true loss of each iterate, and it never rises
+    assert losses[0] == pytest.approx(problem.loss_and_grad({k: 0 * t for k, t in body0.items()})[0])
+    assert losses[0] > losses[1] > losses[2]
+    assert all(a >= b - 1e-14 for a, b in zip(losses[:-1], losses[1:]))
+    assert losses[-1] == pytest.approx(problem.loss_and_grad(exact)[0], rel=1e-8)
+
+
+def test_g_cg_hinv_is_exact_and_its_residual_falls():
+    _, f, body0, _, x_s, y_s, _, _, delta = tiny_problem()
+    problem = LinearizedInner(f, body0, x_s, y_s, L2)
+    g = {k: torch.randn(t.shape, generator=torch.Generator().manual_seed(9)) for k, t in delta.items()}
+    exact = torch.linalg.solve(full_hessian(problem, delta), flat(g))
+    v, residuals = solve_hinv_cg(problem, delta, g, lr=None, steps=N_S * C + 1)
+    torch.testing.assert_close(flat(v), exact, rtol=1e-6, atol=1e-9)
+    assert residuals[0] > residuals[1] > residuals[2]
+    assert all(a >= b - 1e-14 for a, b in zip(residuals[:-1], residuals[1:]))
+    want = float(exact @ (flat(problem.hvp(delta, unflat(exact, delta))) - 2 * flat(g)))
+    assert residuals[-1] == pytest.approx(want, rel=1e-6)

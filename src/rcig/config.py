@@ -57,6 +57,9 @@ class Config:
     l2_rate: float = 0.0005  # l2 = l2_rate * (number of classes * ipc)
     n_inner_steps: int = 20
     n_hinv_steps: int = 20
+    # "adam": the reference's solves at tuned learning rates; "cg": conjugate gradients,
+    # exact in fewer iterations, no learning rates (linearised model, full support only)
+    solver: str = "adam"
     inner_lr: float | None = None  # None: tuned before distillation (start inner_lr_start)
     hvp_lr: float | None = None  # None: tuned before distillation (start hvp_lr_start)
     inner_lr_start: float = 1e-5
@@ -150,6 +153,11 @@ def _validate(cfg: Config) -> None:
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
     need(cfg.norm in ("none", "batch", "instance"), f"norm must be none|batch|instance, got {cfg.norm!r}")
     need(cfg.init in ("real", "noise"), f"init must be real|noise, got {cfg.init!r}")
+    need(cfg.solver in ("adam", "cg"), f"solver must be adam|cg, got {cfg.solver!r}")
+    if cfg.solver == "cg":
+        need(cfg.linearize is True, "solver cg needs linearize=true (the non-linearised inner loss is not convex)")
+        need(cfg.inner_train_batch_size is None and cfg.hinv_batch_size is None,
+             "solver cg needs the full support: set inner_train_batch_size and hinv_batch_size to null")
     for name in ("learn_labels", "flip", "linearize"):
         need(isinstance(getattr(cfg, name), bool), f"{name} must be true or false")
     need(len(cfg.direct_batch_sizes) == 2, "direct_batch_sizes must be [support_rows, target_rows]")

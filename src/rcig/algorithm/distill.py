@@ -244,7 +244,8 @@ class Distiller:
         state.iteration += 1
         state.support, state.optimiser, state.ema = support, optimiser, ema
         if state.iteration % cfg.lr_adapt_every == 0:
-            state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
+            if cfg.solver == "adam":  # CG has no learning rate to adapt
+                state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes, state.hvp_outcomes = [], []
         return log_record(state, result, index, pool_steps, time.perf_counter() - started)
 

@@ -27,6 +27,15 @@ the last line being the collapsed ridge form of
 :class:`LinearizedInner` implements exactly these; :class:`NonlinearInner` (the paper's
 non-linearised ablation) gets them from autograd. Both expose the same three methods,
 which is all the solvers need.
+
+Two solvers (``Config.solver``), each one Hessian-vector product (one JVP + one VJP) per
+iteration:
+
+* ``adam`` (the reference): ``n_inner_steps`` Adam steps on L_in from delta = 0 and
+  ``n_hinv_steps`` Adam steps on ``0.5 v^T H v - v^T g``, at tuned learning rates.
+* ``cg``: conjugate gradients on the same two quadratics, no learning rates. ``H`` is
+  ``c I`` plus a matrix of rank at most n C, so CG is exact after n C + 1 iterations and
+  usually close long before (linearised model only).
 """
 
 from __future__ import annotations
@@ -222,3 +231,47 @@ def solve_hinv(problem, delta: Params, g: Params, lr: float, steps: int) -> tupl
         return residual, {k: hv[k] - g[k] for k in v}
 
     return adam_minimise(objective, tree_zeros_like(g), lr, steps)
+
+
+def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) -> tuple[Params, list[float]]:
+    """At most ``steps`` CG iterations on ``H x = b`` from x = 0 (H symmetric positive definite).
+
+    Returns x and ``q(x) = 0.5 x^T H x - b^T x`` before each iteration. From x = 0 every
+    iterate minimises q over its Krylov space, so ``x^T (H x - b) = 0`` and q = -0.5 b^T x
+    costs nothing. Stops early once the residual vanishes.
+    """
+    x, r = tree_zeros_like(b), dict(b)
+    p, rr = dict(b), tree_dot(b, b)
+    values = []
+    for _ in range(steps):
+        values.append(float(-0.5 * tree_dot(b, x)))
+        if rr <= 1e-30 * max(1.0, float(tree_dot(b, b))):
+            break
+        hp = hvp(p)
+        step = rr / tree_dot(p, hp)
+        x = {k: x[k] + step * p[k] for k in x}
+        r = {k: r[k] - step * hp[k] for k in r}
+        rr_next = tree_dot(r, r)
+        p = {k: r[k] + (rr_next / rr) * p[k] for k in p}
+        rr = rr_next
+    return x, values
+
+
+@torch.no_grad()
+def solve_inner_cg(problem, lr: float, steps: int) -> tuple[Params, list[float]]:
+    """delta* by CG on ``H delta = -grad L_in(0)``; L_in before each iteration (``lr`` unused)."""
+    zero = tree_zeros_like(problem.body0)
+    loss0, grad0 = problem.loss_and_grad(zero)
+    delta, q = conjugate_gradients(lambda v: problem.hvp(zero, v), {k: -t for k, t in grad0.items()}, steps)
+    return delta, [loss0 + value for value in q]
+
+
+@torch.no_grad()
+def solve_hinv_cg(problem, delta: Params, g: Params, lr: float, steps: int) -> tuple[Params, list[float]]:
+    """v = H^-1 g by CG; the residual ``v^T (H v - 2 g)`` before each iteration (``lr`` unused)."""
+    v, q = conjugate_gradients(lambda u: problem.hvp(delta, u), g, steps)
+    return v, [2 * value for value in q]
+
+
+# name -> (inner solve, H^-1 g solve); both take (problem, ..., lr, steps)
+SOLVERS = {"adam": (solve_inner, solve_hinv), "cg": (solve_inner_cg, solve_hinv_cg)}

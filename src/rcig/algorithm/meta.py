@@ -3,10 +3,10 @@ r"""One RCIG meta-gradient: inner solve, outer loss, direct + implicit gradient.
 Given a base network theta0 = (body0, W0), the learned support S = (x, y, log_temp) and a
 batch of real targets (X_t, Y_t):
 
-1. ``delta*``: Adam on the inner loss from 0 (:func:`rcig.algorithm.inner.solve_inner`).
+1. ``delta*``: Adam (or CG, ``cfg.solver``) on the inner loss from 0 (:mod:`rcig.algorithm.inner`).
 2. ``L_out = CE(softmax(pred(X_t) e^{log_temp}), Y_t) - margin(y)`` with delta* held fixed;
    one backward gives the *direct* gradient dL_out/dS and ``g_t = dL_out/d delta``.
-3. ``v ~= H^-1 g_t`` (:func:`rcig.algorithm.inner.solve_hinv`).
+3. ``v ~= H^-1 g_t`` by the same solver.
 4. *implicit* = ``- d/dS [ v . grad_delta L_in(delta*, S) ]`` (v fixed). For the linearised
    model ``v . grad L_in = c(-<J_s v, A^-1 (Y_s - J_s delta*)> + <v, delta*>)``, so this needs
    two JVPs of the support and first derivatives only.
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rcig.algorithm.inner import (
-    Params, features_and_change, make_inner, ridge_matrix, solve_hinv, solve_inner,
+    SOLVERS, Params, features_and_change, make_inner, ridge_matrix,
 )
 
 LEAVES = ("x", "y", "log_temp")
@@ -245,6 +245,7 @@ def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t
     ``implicit_batch_size``); with none of them set it is not used.
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
+    solve_inner, solve_hinv = SOLVERS[cfg.solver]
     l2 = l2_strength(cfg, support["x"].shape[0])
     clock = Stopwatch()
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
