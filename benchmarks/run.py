@@ -19,6 +19,8 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   (batch 256, ``--full-train-steps`` steps): the ceiling.
 * ``speed``: ``benchmarks/speed.py`` (seconds per outer step, its parts, peak RSS, the
   CPU's conv ceiling and the step's fraction of it).
+* ``solvers``: ``benchmarks/solvers.py`` (how close the reference's Adam solves and the
+  conjugate-gradient option get to the exact delta* and H^-1 g, and to the exact meta-gradient).
 * ``report``: ``benchmarks/results.json``, ``benchmarks/accuracy_vs_step.png`` and the
   tables of ``BENCHMARKS.md`` (between its ``<!-- results -->`` markers); the distilled
   sets and their scores are copied to ``distilled/``.
@@ -141,6 +143,12 @@ class Bench:
                         "--steps", str(self.args.speed_steps), "--cases", *self.args.speed_cases], check=True)
         return json.loads(out.read_text())
 
+    def solvers(self) -> dict:
+        out = self.work / "solvers.json"
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "solvers.py"), "--out", str(out),
+                        "--ipcs", *map(str, self.args.ipcs)], check=True)
+        return json.loads(out.read_text())
+
     # -------------------------------------------------------------------------- report
 
     def results(self) -> dict:
@@ -157,6 +165,7 @@ class Bench:
         # a stopped speed piece leaves the cases it finished in speed.json: report those
         partial = self.work / "speed.json"
         out["speed"] = self.done("speed") or (json.loads(partial.read_text()) if partial.exists() else None)
+        out["solvers"] = self.done("solvers")
         out["machine"] = machine()
         return out
 
@@ -288,6 +297,15 @@ def write_markdown(results: dict, path: Path, args) -> None:
                          f"{p.get('pool', 0):.1f} | {c['peak_rss_mb'] / 1024:.1f} GB | {gflop} | {frac} |")
         ceil = ", ".join(f"{k} {v['gflops_per_s']:.0f} GFLOP/s" for k, v in speed["ceiling"].items())
         lines += ["", f"Conv ceiling (fwd+bwd of the same ConvNet alone, batch 256): {ceil}."]
+    solvers = results.get("solvers")
+    if solvers:
+        lines += ["", "| ipc | solver | iterations | delta* error | H^-1 g error | cos, image gradient | "
+                      "cos, label gradient | networks |", "| --- " * 8 + "|"]
+        for r in solvers["summary"]:
+            lines.append(f"| {r['ipc']} | {r['solver']} | {r['iterations']} | {r['delta_err']:.2g} | "
+                         f"{r['v_err']:.2g} | {r['cos_x']:.4f} | {r['cos_y']:.5f} | {r['networks']} |")
+        lines += ["", "Errors relative to CG run to convergence; cos: cosine between the meta-gradient and "
+                      "the one from that converged solve."]
     m = results["machine"]
     lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
                   f"Python {m['python']}; report written {m['date']}."]
@@ -320,12 +338,12 @@ def main(argv=None) -> None:
     parser.add_argument("--speed-steps", type=int, default=2, help="timed outer steps per speed case (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="runs and cached pieces")
-    parser.add_argument("--only", nargs="+", choices=("distill", "eval", "full_train", "speed", "report"),
+    parser.add_argument("--only", nargs="+", choices=("distill", "eval", "full_train", "speed", "solvers", "report"),
                         help="run these kinds of piece only")
     parser.add_argument("--redo", nargs="*", default=[], help="piece names to run again, e.g. eval_1_random")
     args = parser.parse_args(argv)
     bench = Bench(args)
-    kinds = set(args.only or ("distill", "eval", "full_train", "speed", "report"))
+    kinds = set(args.only or ("distill", "eval", "full_train", "speed", "solvers", "report"))
     for ipc in args.ipcs:
         if "distill" in kinds:
             bench.run_piece(f"distill_{ipc}", lambda ipc=ipc: bench.distill(ipc))
@@ -336,6 +354,8 @@ def main(argv=None) -> None:
         bench.run_piece("speed", bench.speed)
     if "full_train" in kinds:
         bench.run_piece("full_train", bench.full_train)
+    if "solvers" in kinds:
+        bench.run_piece("solvers", bench.solvers)
     if "report" in kinds:
         bench.report()
 

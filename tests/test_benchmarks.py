@@ -77,3 +77,12 @@ def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_pa
     both = b.keep_other_setting("eval_1_random", {"no_aug": score(0.6), "aug": score(0.7)})
     assert both["no_aug"] == score(0.6)  # a setting that was run again is replaced
     assert b.keep_other_setting("eval_10_random", {"aug": score(0.7)}) == {"aug": score(0.7)}
+
+
+def test_report_shows_the_solver_comparison_when_it_was_run(bench, tmp_path):
+    path = tmp_path / "B.md"
+    res = results({"aug": score(0.8)})
+    res["solvers"] = {"summary": [{"ipc": 1, "solver": "cg", "iterations": 5, "networks": 2, "delta_err": 7.1e-05,
+                                   "v_err": 0.2, "cos_x": 0.99914, "cos_y": 0.999976}]}
+    bench.write_markdown(res, path, None)
+    assert "| 1 | cg | 5 | 7.1e-05 | 0.2 | 0.9991 | 0.99998 | 2 |" in path.read_text()
