@@ -242,10 +242,11 @@ def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) 
     """
     x, r = tree_zeros_like(b), dict(b)
     p, rr = dict(b), tree_dot(b, b)
+    converged = 1e-30 * max(1.0, float(rr))  # residual norm^2 at which to stop
     values = []
     for _ in range(steps):
         values.append(float(-0.5 * tree_dot(b, x)))
-        if rr <= 1e-30 * max(1.0, float(tree_dot(b, b))):
+        if rr <= converged:
             break
         hp = hvp(p)
         step = rr / tree_dot(p, hp)
