@@ -101,6 +101,8 @@ def test_bad_numbers_are_rejected_by_the_parser(argv, capsys):
 def test_installed_entry_point_and_datasets_listing():
     out = subprocess.run([str(Path(sys.executable).with_name("rcig")), "datasets"], capture_output=True, text=True)
     assert out.returncode == 0 and "digits" in out.stdout and "found" in out.stdout
+    module = subprocess.run([sys.executable, "-m", "rcig", "--version"], capture_output=True, text=True)
+    assert module.returncode == 0 and "rcig" in module.stdout
 
 
 def test_ci_runs_the_readme_test_command():

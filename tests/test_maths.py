@@ -142,6 +142,16 @@ def test_d_gradient_matches_finite_difference_of_loss():
     assert float(tree_dot(grad, v)) == pytest.approx(fd, rel=1e-6)
 
 
+def test_d_linearised_start_point_shortcut_matches_general_gradient():
+    # loss_and_grad_at_zero skips the JVP (u = 0 at delta = 0); it must equal the general path
+    _, f, body0, _, x_s, y_s, _, _, delta = tiny_problem()
+    problem = LinearizedInner(f, body0, x_s, y_s, L2)
+    loss, grad = problem.loss_and_grad_at_zero()
+    loss_ref, grad_ref = problem.loss_and_grad({k: torch.zeros_like(t) for k, t in delta.items()})
+    assert loss == pytest.approx(loss_ref, rel=1e-12)
+    torch.testing.assert_close(flat(grad), flat(grad_ref), rtol=1e-10, atol=1e-14)
+
+
 def test_e_iterative_hinv_approaches_exact_solve():
     _, f, body0, _, x_s, y_s, _, _, delta = tiny_problem()
     problem = LinearizedInner(f, body0, x_s, y_s, L2)

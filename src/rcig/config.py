@@ -93,6 +93,11 @@ class Config:
     def __post_init__(self) -> None:
         _validate(self)
 
+    @property
+    def tunes_learning_rates(self) -> bool:
+        """Whether the solves take learning rates to tune and adapt (Adam does, CG does not)."""
+        return self.solver == "adam"
+
     def replace(self, **overrides: Any) -> "Config":
         """A copy with some fields changed (validated, unknown names rejected)."""
         return from_dict({**self.to_dict(), **overrides})

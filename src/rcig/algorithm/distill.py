@@ -244,7 +244,7 @@ class Distiller:
         state.iteration += 1
         state.support, state.optimiser, state.ema = support, optimiser, ema
         if state.iteration % cfg.lr_adapt_every == 0:
-            if cfg.solver == "adam":  # CG has no learning rate to adapt
+            if cfg.tunes_learning_rates:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes, state.hvp_outcomes = [], []
         return log_record(state, result, index, pool_steps, time.perf_counter() - started)

@@ -114,6 +114,10 @@ class _InnerProblem:
         n, c = self.y_s.shape
         self.scale = self.l2 / (n * c)  # c = l2 / (n C)
 
+    def loss_and_grad_at_zero(self) -> tuple[float, Params]:
+        """``L_in(0)`` and ``grad L_in(0)``, where the solvers start."""
+        return self.loss_and_grad(tree_zeros_like(self.body0))
+
 
 class LinearizedInner(_InnerProblem):
     """The inner problem of the linearised model (the default, convex).
@@ -151,6 +155,15 @@ class LinearizedInner(_InnerProblem):
         loss = 0.5 * self.scale * (float((r * a_inv_r).sum()) + float(tree_dot(delta, delta)))
         back = self.vjp(a_inv_r)
         return loss, {k: self.scale * (delta[k] - back[k]) for k in delta}
+
+    def loss_and_grad_at_zero(self) -> tuple[float, Params]:
+        """At delta = 0, u = 0 and r = Y_s: ``L_in = c/2 Y_s^T A^-1 Y_s``, ``grad = -c J^T A^-1 Y_s``.
+
+        One VJP, no JVP (``loss_and_grad`` would spend one on a zero tangent).
+        """
+        a_inv_y = self.solve_a(self.y_s)
+        back = self.vjp(a_inv_y)
+        return 0.5 * self.scale * float((self.y_s * a_inv_y).sum()), {k: -self.scale * t for k, t in back.items()}
 
     def hvp(self, delta: Params, v: Params) -> Params:
         """``H v = c (J^T A^-1 J v + v)``; independent of delta (the problem is quadratic)."""
@@ -261,8 +274,8 @@ def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) 
 @torch.no_grad()
 def solve_inner_cg(problem, lr: float, steps: int) -> tuple[Params, list[float]]:
     """delta* by CG on ``H delta = -grad L_in(0)``; L_in before each iteration (``lr`` unused)."""
-    zero = tree_zeros_like(problem.body0)
-    loss0, grad0 = problem.loss_and_grad(zero)
+    loss0, grad0 = problem.loss_and_grad_at_zero()
+    zero = tree_zeros_like(grad0)
     delta, q = conjugate_gradients(lambda v: problem.hvp(zero, v), {k: -t for k, t in grad0.items()}, steps)
     return delta, [loss0 + value for value in q]
 

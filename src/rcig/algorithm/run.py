@@ -211,7 +211,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
         run_file.write_text(json.dumps(identity, indent=2) + "\n")
 
-    if state.iteration == 0 and cfg.solver == "adam" and (cfg.inner_lr is None or cfg.hvp_lr is None):
+    if state.iteration == 0 and cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
         if progress:
             tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
         distiller.tune(state, progress)
