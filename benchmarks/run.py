@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from speed import write_json  # benchmarks/ is on sys.path when this file runs as a script
+from speed import DEFAULT_CASES, write_json  # benchmarks/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
@@ -333,8 +333,9 @@ def main(argv=None) -> None:
                         help="evaluation settings: with and without augmentation (default both)")
     parser.add_argument("--full-train-steps", type=int, default=2000)
     parser.add_argument("--full-train-models", type=int, default=1)
-    parser.add_argument("--speed-cases", nargs="+", default=["gray28:1", "gray28:10", "gray28:50",
-                                                             "rgb32:1", "rgb32:10", "rgb32:50"])
+    parser.add_argument("--speed-cases", nargs="+", default=DEFAULT_CASES,
+                        help="shape:ipc[:variant] (benchmarks/speed.py; default: "
+                             + " ".join(DEFAULT_CASES) + ")")
     parser.add_argument("--speed-steps", type=int, default=2, help="timed outer steps per speed case (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="runs and cached pieces")

@@ -11,6 +11,11 @@ batch of 256 images.
 
     python benchmarks/speed.py --out benchmarks/speed.json            # all cases
     python benchmarks/speed.py --cases gray28:1 rgb32:1 --steps 1     # a subset
+    python benchmarks/speed.py --cases gray28:10 gray28:10:cg5        # the reference's Adam
+                                                                      # solves vs 5 CG iterations
+
+A case is ``shape:ipc`` or ``shape:ipc:variant``; a variant overrides config fields of the
+preset (``VARIANTS``).
 
 With ``--out``, results are written after every case and a second call with the same
 ``--out`` goes on with the cases not done yet (delete the file to measure afresh).
@@ -28,7 +33,9 @@ import time
 import torch
 
 SHAPES = {"gray28": (1, 28, "depth_3_no_flip"), "rgb32": (3, 32, "depth_3")}
-DEFAULT_CASES = [f"{s}:{ipc}" for s in SHAPES for ipc in (1, 10, 50)]
+# config overrides named by a case's third field
+VARIANTS = {"cg5": {"solver": "cg", "n_inner_steps": 5, "n_hinv_steps": 5}}
+DEFAULT_CASES = [f"{s}:{ipc}" for s in SHAPES for ipc in (1, 10, 50)] + ["gray28:1:cg5", "gray28:10:cg5"]
 NUM_CLASSES = 10
 
 
@@ -97,14 +104,15 @@ def run_case(case: str, steps: int) -> dict:
     from rcig.algorithm.run import make_model_factory
     from rcig.config import load_preset
 
-    shape, ipc = case.split(":")
+    shape, ipc, *variant = case.split(":")
     ipc = int(ipc)
     channels, size, preset = SHAPES[shape]
+    overrides = VARIANTS[variant[0]] if variant else {}
     g = torch.Generator().manual_seed(0)
     n_train = 4096
     x_train = torch.randn(n_train, channels, size, size, generator=g)
     y_train = torch.arange(n_train) % NUM_CLASSES
-    cfg = load_preset(preset).replace(inner_lr=1e-4, hvp_lr=1e-4, steps=steps + 1)
+    cfg = load_preset(preset).replace(inner_lr=1e-4, hvp_lr=1e-4, steps=steps + 1, **overrides)
     distiller = Distiller(x_train, y_train, NUM_CLASSES, ipc, cfg, 0,
                           make_model_factory(cfg, channels, NUM_CLASSES, size))
     state = distiller.new_state()
@@ -115,7 +123,7 @@ def run_case(case: str, steps: int) -> dict:
     parts = {k: sum(r["parts"][k] for r in records) / steps for k in records[0]["parts"]}
     seconds = sum(r["seconds"] for r in records) / steps
     rss = peak_rss_mb()
-    return {"case": case, "preset": preset, "ipc": ipc, "support_rows": ipc * NUM_CLASSES * (2 if cfg.flip else 1),
+    return {"case": case, "preset": preset, "overrides": overrides, "ipc": ipc, "support_rows": ipc * NUM_CLASSES * (2 if cfg.flip else 1),
             "target_batch": cfg.target_batch_size, "steps_timed": steps, "seconds_per_step": seconds,
             "parts": parts, "gflop_per_step": flops / 1e9 if flops else None,
             "achieved_gflops_per_s": flops / seconds / 1e9 if flops else None, "peak_rss_mb": rss}
@@ -128,6 +136,12 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for case in args.cases:
+        parts = case.split(":")
+        if not (2 <= len(parts) <= 3 and parts[0] in SHAPES and parts[1].isdigit() and int(parts[1]) > 0
+                and (len(parts) == 2 or parts[2] in VARIANTS)):
+            parser.error(f"bad case {case!r}: expected shape:ipc[:variant] with shape in {sorted(SHAPES)}, "
+                         f"variant in {sorted(VARIANTS)}")
 
     if args.child:  # inside a subprocess: one case, JSON on stdout
         print(json.dumps(run_case(args.child, args.steps)))

@@ -86,3 +86,16 @@ def test_report_shows_the_solver_comparison_when_it_was_run(bench, tmp_path):
                                    "v_err": 0.2, "cos_x": 0.99914, "cos_y": 0.999976}]}
     bench.write_markdown(res, path, None)
     assert "| 1 | cg | 5 | 7.1e-05 | 0.2 | 0.9991 | 0.99998 | 2 |" in path.read_text()
+
+
+def test_speed_cases_name_a_shape_an_ipc_and_a_valid_config_variant(bench):
+    import speed  # benchmarks/ is on sys.path inside the bench fixture
+    from rcig.config import load_preset
+
+    for _, _, preset in speed.SHAPES.values():
+        for overrides in speed.VARIANTS.values():
+            load_preset(preset).replace(**overrides)  # validated: raises on a bad variant
+    for bad in ("gray28", "gray28:0", "gray28:10:nope", "rgb64:1", "gray28:1:cg5:x"):
+        with pytest.raises(SystemExit) as stop:
+            speed.main(["--cases", bad])
+        assert stop.value.code == 2
