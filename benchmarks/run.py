@@ -216,7 +216,9 @@ def machine() -> dict:
 
     from speed import cpu_name  # benchmarks/ is on sys.path when this file runs as a script
 
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    # no thread count here: it would be this report process's; the speed piece records the
+    # threads its timings used, and each figure's notes in BENCHMARKS.md say how it was run
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
