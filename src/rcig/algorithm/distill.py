@@ -1,14 +1,15 @@
 """The RCIG outer loop, top to bottom: init, tune, then meta-steps with a model pool.
 
     support = seeded real images per class, centred one-hot labels, log_temp = 0
-    inner_lr, hvp_lr = tuned on one fresh network (grow x1.2 while stable, then x0.7)
+    inner_lr, hvp_lr = tuned on one fresh network (grow x1.2 while stable, then x0.7;
+                       solver=adam only: CG has no learning rates)
     repeat `steps` times:
         theta0  = a random network of the pool
         X_t     = 1,024 real training images
         grad    = direct + implicit meta-gradient        (rcig.algorithm.meta)
         support = AdaBelief step;  ema = EMA(support)
         theta0 += randint(1, 16) Adam steps of MSE to the support's labels
-        every 50 steps: adapt inner_lr from how the inner solves went
+        every 50 steps: adapt inner_lr from how the inner solves went (solver=adam)
     save the EMA support
 
 Everything random flows from one seeded generator (plus the pool's own), and everything
