@@ -14,7 +14,9 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   on from its checkpoint with the budget that is left), scored every ``--eval-every`` steps
   by one protocol network with augmentation (the accuracy-vs-step curve).
 * ``eval_<ipc>_<method>`` for distilled, random and herding: ``rcig eval --json`` with
-  ``--models`` networks per setting, with and without augmentation.
+  ``--models`` networks per setting, with and without augmentation. ``--more-networks``
+  adds ``--models`` networks to each cached eval (the next seeds) and pools the scores, so
+  a slow eval can be grown a network at a time.
 * ``full_train``: the same ConvNet and protocol trained on all 60,000 training images
   (batch 256, ``--full-train-steps`` steps): the ceiling.
 * ``speed``: ``benchmarks/speed.py`` (seconds per outer step, its parts, peak RSS, the
@@ -112,10 +114,20 @@ class Bench:
         path = self.set_file(ipc, method)
         if not path.exists():
             raise SystemExit(f"benchmarks: {path} is missing; run the distill_{ipc} piece first")
-        json_out = self.work / f"eval_{ipc}_{method}.json"
+        name = f"eval_{ipc}_{method}"
+        cached = self.done(name) or {}
+        settings = ("no_aug", "aug") if self.args.settings == "both" else (self.args.settings,)
+        # --more-networks: the new networks' seeds follow the cached ones (rcig eval trains
+        # networks seed, seed + 1, ...), so the merged scores are those of one larger eval
+        first_seed = networks_done(cached, settings) if self.args.more_networks else 0
+        json_out = self.work / f"{name}.json"
         rcig("eval", str(path), "--models", str(self.args.models), "--settings", self.args.settings,
-             "--json", str(json_out))
-        return self.keep_other_setting(f"eval_{ipc}_{method}", json.loads(json_out.read_text()))
+             "--seed", str(first_seed), "--json", str(json_out))
+        fresh = json.loads(json_out.read_text())
+        if self.args.more_networks:
+            fresh = {**fresh, **{s: pooled(cached[s], fresh[s]) for s in settings if s in cached},
+                     "models": first_seed + self.args.models}
+        return self.keep_other_setting(name, fresh)
 
     def keep_other_setting(self, name: str, fresh: dict) -> dict:
         """An eval of one setting (``--settings aug``) replaces that setting only: the other
@@ -266,6 +278,24 @@ def ship_sets(bench: Bench, results: dict) -> None:
             (target / f"{DATASET}_ipc{ipc}.eval.json").write_text(json.dumps(row["distilled"], indent=2) + "\n")
 
 
+def networks_done(cached: dict, settings) -> int:
+    """How many networks the cached eval scored in each of ``settings`` (they must agree)."""
+    counts = {len(cached[s]["accs"]) if s in cached else 0 for s in settings}
+    if len(counts) > 1:
+        raise SystemExit(f"benchmarks: --more-networks needs the same number of cached networks in "
+                         f"{' and '.join(settings)}; run one setting at a time (--settings)")
+    return counts.pop()
+
+
+def pooled(old: dict, new: dict) -> dict:
+    """One score from two evals' networks: mean and (population) std of all accuracies, as
+    ``rcig eval`` reports them."""
+    accs = old["accs"] + new["accs"]
+    mean = sum(accs) / len(accs)
+    std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5 if len(accs) > 1 else 0.0
+    return {"mean": mean, "std": std, "accs": accs}
+
+
 def fmt(score: dict | None, setting: str) -> str:
     if not score or setting not in score:
         return "not run"
@@ -344,7 +374,12 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="+", choices=("distill", "eval", "full_train", "speed", "solvers", "report"),
                         help="run these kinds of piece only")
     parser.add_argument("--redo", nargs="*", default=[], help="piece names to run again, e.g. eval_1_random")
+    parser.add_argument("--more-networks", action="store_true",
+                        help="eval pieces: train --models MORE networks and pool them with the cached "
+                             "ones (seeds continue after the cached networks'); implies re-running them")
     args = parser.parse_args(argv)
+    if args.more_networks:
+        args.redo = [*args.redo, *(f"eval_{ipc}_{m}" for ipc in args.ipcs for m in args.methods)]
     bench = Bench(args)
     kinds = set(args.only or ("distill", "eval", "full_train", "speed", "solvers", "report"))
     for ipc in args.ipcs:

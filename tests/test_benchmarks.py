@@ -99,3 +99,31 @@ def test_speed_cases_name_a_shape_an_ipc_and_a_valid_config_variant(bench):
         with pytest.raises(SystemExit) as stop:
             speed.main(["--cases", bad])
         assert stop.value.code == 2
+
+
+def test_more_networks_continues_the_seeds_and_pools_the_scores(bench, tmp_path, monkeypatch):
+    calls = []
+
+    def fake_rcig(*args):  # stands in for `rcig eval`: network `seed` scores 0.5 + seed / 100
+        calls.append(args)
+        seed, models = int(args[args.index("--seed") + 1]), int(args[args.index("--models") + 1])
+        accs = [0.5 + (seed + i) / 100 for i in range(models)]
+        out = {"aug": {"mean": sum(accs) / len(accs), "std": 0.0, "accs": accs}, "models": models}
+        Path(args[args.index("--json") + 1]).write_text(bench.json.dumps(out))
+
+    monkeypatch.setattr(bench, "rcig", fake_rcig)
+    (tmp_path / "fashion_mnist_random_ipc10.safetensors").write_bytes(b"")
+    args = bench.argparse.Namespace(work=str(tmp_path), redo=[], models=1, settings="aug", more_networks=True, seed=0)
+    b = bench.Bench(args)
+    b.record("eval_10_random", {"no_aug": score(0.9), "aug": score(0.5), "models": 1})
+    merged = b.evaluate(10, "random")
+    assert calls[-1][calls[-1].index("--seed") + 1] == "1"  # network 0 is cached: train network 1
+    assert merged["aug"]["accs"] == [0.5, 0.51] and merged["models"] == 2
+    assert merged["aug"]["mean"] == pytest.approx(0.505) and merged["aug"]["std"] == pytest.approx(0.005)
+    assert merged["no_aug"] == score(0.9)  # the other setting is kept
+    b.record("eval_10_random", merged)
+    assert b.evaluate(10, "random")["aug"]["accs"] == [0.5, 0.51, 0.52]
+    args.settings = "both"  # 1 no-aug network vs 2 aug ones: no common next seed
+    b.record("eval_10_random", {**merged, "aug": score(0.5, 0.51)})
+    with pytest.raises(SystemExit, match="same number of cached networks"):
+        b.evaluate(10, "random")
