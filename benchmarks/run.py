@@ -288,12 +288,10 @@ def networks_done(cached: dict, settings) -> int:
 
 
 def pooled(old: dict, new: dict) -> dict:
-    """One score from two evals' networks: mean and (population) std of all accuracies, as
-    ``rcig eval`` reports them."""
-    accs = old["accs"] + new["accs"]
-    mean = sum(accs) / len(accs)
-    std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5 if len(accs) > 1 else 0.0
-    return {"mean": mean, "std": std, "accs": accs}
+    """One score from two evals' networks, summarised as ``rcig eval`` summarises its own."""
+    from rcig.evaluation.protocol import summarise
+
+    return summarise(old["accs"] + new["accs"])
 
 
 def fmt(score: dict | None, setting: str) -> str:

@@ -123,7 +123,8 @@ def accuracy(models, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> lis
     return (correct / len(x)).tolist()
 
 
-def _summary(accs: list[float]) -> dict:
+def summarise(accs: list[float]) -> dict:
+    """``{"mean", "std" (population), "accs"}`` of the networks' test accuracies."""
     t = torch.tensor(accs, dtype=torch.float64)
     return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(accs) > 1 else 0.0, "accs": accs}
 
@@ -150,5 +151,5 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
             warm = replace(settings, warmup=min(settings.warmup, max(1, steps // 2)))
             models = train_models(images, labels, warm, augment=augment, total_steps=total_steps,
                                   decay_steps=steps, seeds=seeds, progress=bar)
-            results[name] = _summary(accuracy(models, test_x, test_y))
+            results[name] = summarise(accuracy(models, test_x, test_y))
     return results
