@@ -98,16 +98,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def parse_case(case: str) -> tuple[str, int, dict]:
+    """``shape:ipc[:variant]`` -> (shape, ipc, config overrides); ValueError if malformed."""
+    shape, _, rest = case.partition(":")
+    ipc, _, variant = rest.partition(":")
+    if shape not in SHAPES or not ipc.isdigit() or int(ipc) < 1 or (variant and variant not in VARIANTS):
+        raise ValueError(f"bad case {case!r}: expected shape:ipc[:variant] with shape in {sorted(SHAPES)}, "
+                         f"variant in {sorted(VARIANTS)}")
+    return shape, int(ipc), VARIANTS[variant] if variant else {}
+
+
 def run_case(case: str, steps: int) -> dict:
     """Time ``steps`` outer steps of one case (runs inside the child process)."""
     from rcig.algorithm.distill import Distiller
     from rcig.algorithm.run import make_model_factory
     from rcig.config import load_preset
 
-    shape, ipc, *variant = case.split(":")
-    ipc = int(ipc)
+    shape, ipc, overrides = parse_case(case)
     channels, size, preset = SHAPES[shape]
-    overrides = VARIANTS[variant[0]] if variant else {}
     g = torch.Generator().manual_seed(0)
     n_train = 4096
     x_train = torch.randn(n_train, channels, size, size, generator=g)
@@ -137,11 +145,10 @@ def main(argv=None) -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for case in args.cases:
-        parts = case.split(":")
-        if not (2 <= len(parts) <= 3 and parts[0] in SHAPES and parts[1].isdigit() and int(parts[1]) > 0
-                and (len(parts) == 2 or parts[2] in VARIANTS)):
-            parser.error(f"bad case {case!r}: expected shape:ipc[:variant] with shape in {sorted(SHAPES)}, "
-                         f"variant in {sorted(VARIANTS)}")
+        try:
+            parse_case(case)
+        except ValueError as exc:
+            parser.error(str(exc))
 
     if args.child:  # inside a subprocess: one case, JSON on stdout
         print(json.dumps(run_case(args.child, args.steps)))
