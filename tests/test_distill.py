@@ -22,12 +22,14 @@ def test_solve_outcome_and_adaptation_rules():
     assert adapt_lr(1.0, [-1] * 3 + [1] * 7) == pytest.approx(0.9)
     assert adapt_lr(1.0, [1] * 7 + [0] * 3) == pytest.approx(1.05)
     assert adapt_lr(1.0, [1] * 6 + [0] * 4) == 1.0
-    # grows by 1.2 while stable, then takes 0.7 of the first unstable rate: the galloping
-    # search must agree with the reference's linear scan, in fewer trials
+    # the reference's loop: trial, then x1.2, leave after the first unstable trial, then
+    # x0.7 (so 0.84 x the first unstable rate); the galloping search must agree with it
     def linear_scan(lr, is_stable):
-        while is_stable(lr):
+        while True:
+            stable = is_stable(lr)
             lr *= 1.2
-        return lr * 0.7
+            if not stable:
+                return lr * 0.7
 
     for threshold in (0.5, 1.0, 2.0, 7.3, 1e3, 5e4):
         calls = []
@@ -40,6 +42,9 @@ def test_solve_outcome_and_adaptation_rules():
         calls.clear()
         assert grow_while_stable(1.0, stable) == pytest.approx(expected)
     assert len(calls) < 20  # the linear scan needs 61 trials for 5e4
+    # first unstable rate 1.2**3: the result is 0.84 of it (not 0.7 of it)
+    assert grow_while_stable(1.0, lambda lr: lr < 1.5) == pytest.approx(1.2 ** 3 * 0.84)
+    assert grow_while_stable(1.0, lambda lr: False) == pytest.approx(0.84)
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):

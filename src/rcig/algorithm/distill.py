@@ -1,7 +1,8 @@
 """The RCIG outer loop, top to bottom: init, tune, then meta-steps with a model pool.
 
     support = seeded real images per class, centred one-hot labels, log_temp = 0
-    inner_lr, hvp_lr = tuned on one fresh network (grow x1.2 while stable, then x0.7;
+    inner_lr, hvp_lr = tuned on one fresh network (x1.2 after each trial, stop after
+                       the first unstable one, then x0.7;
                        solver=adam only: CG has no learning rates)
     repeat `steps` times:
         theta0  = a random network of the pool
@@ -80,19 +81,20 @@ def adapt_lr(lr: float, outcomes: list[int]) -> float:
 
 
 def grow_while_stable(lr: float, is_stable: Callable[[float], bool], max_trials: int = 200) -> float:
-    """The reference's rule: lr *= 1.2 while a trial at lr is stable, then take 0.7 of the
-    first unstable lr.
+    """The reference release's rule, exactly: run a trial at lr, *then* multiply lr by 1.2,
+    and leave after the first unstable trial; finally multiply by 0.7. The failing trial's
+    rate is multiplied by 1.2 too, so the result is 1.2 x 0.7 = 0.84 x the first unstable
+    rate ``lr * 1.2**k``, i.e. ``lr * 1.2**(k + 1) * 0.7``.
 
     Trials are costly (a full inner or H^-1 g solve each), so instead of stepping k = 0, 1,
-    2, ... through ``lr * 1.2**k`` this gallops (k = 1, 2, 4, ...) to an unstable k and then
-    bisects. Where stability is monotone in lr it returns exactly what the linear scan does,
-    in O(log k) trials instead of k.
+    2, ... this gallops (k = 1, 2, 4, ...) to an unstable k and then bisects. Where stability
+    is monotone in lr it returns exactly what the linear scan does, in O(log k) trials.
     """
     def stable(k: int) -> bool:
         return is_stable(lr * 1.2 ** k)
 
     if not stable(0):
-        return lr * 0.7
+        return lr * 1.2 * 0.7
     good, bad = 0, 1
     while bad < max_trials and stable(bad):
         good, bad = bad, bad * 2
@@ -100,7 +102,7 @@ def grow_while_stable(lr: float, is_stable: Callable[[float], bool], max_trials:
     while bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if stable(mid) else (good, mid)
-    return lr * 1.2 ** bad * 0.7
+    return lr * 1.2 ** (bad + 1) * 0.7
 
 
 def tune_learning_rates(f, body0, support, x_t, y_t, cfg: Config, progress: bool) -> tuple[float, float]:
