@@ -40,17 +40,18 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def measure(ipc: int, networks: int, exact_iterations: int, seed: int) -> list[dict]:
-    from rcig.algorithm.distill import init_support, tune_learning_rates
+    from rcig.algorithm.outer import init_support, tune_learning_rates
     from rcig.algorithm.inner import network, split_params
     from rcig.algorithm.meta import meta_gradient
-    from rcig.algorithm.run import make_model_factory
     from rcig.config import load_preset
     from rcig.data import prepare
+    from rcig.models import distillation_network
 
     prepared = prepare("fashion_mnist")
     ds = prepared.dataset
     cfg = load_preset("depth_3_no_flip")
-    make_model = make_model_factory(cfg, ds.channels, ds.num_classes, ds.image_size)
+    make_model = distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
+                                      image_size=ds.image_size)
     g = torch.Generator().manual_seed(seed)
     support = init_support(prepared.x_train, prepared.y_train, ds.num_classes, ipc, "real", g)
     rows = []

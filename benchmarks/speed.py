@@ -110,9 +110,9 @@ def parse_case(case: str) -> tuple[str, int, dict]:
 
 def run_case(case: str, steps: int) -> dict:
     """Time ``steps`` outer steps of one case (runs inside the child process)."""
-    from rcig.algorithm.distill import Distiller
-    from rcig.algorithm.run import make_model_factory
+    from rcig.algorithm.outer import Distiller
     from rcig.config import load_preset
+    from rcig.models import distillation_network
 
     shape, ipc, overrides = parse_case(case)
     channels, size, preset = SHAPES[shape]
@@ -122,7 +122,7 @@ def run_case(case: str, steps: int) -> dict:
     y_train = torch.arange(n_train) % NUM_CLASSES
     cfg = load_preset(preset).replace(inner_lr=1e-4, hvp_lr=1e-4, steps=steps + 1, **overrides)
     distiller = Distiller(x_train, y_train, NUM_CLASSES, ipc, cfg, 0,
-                          make_model_factory(cfg, channels, NUM_CLASSES, size))
+                          distillation_network(cfg, in_channels=channels, num_classes=NUM_CLASSES, image_size=size))
     state = distiller.new_state()
     # the warm-up step (untimed) is the one whose FLOPs are counted: a step's shapes do not
     # change, only the pool network's randint(1, 16) training steps do (a small share)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-import rcig.algorithm.distill as distill_module
-from rcig.algorithm.distill import adapt_lr, grow_while_stable, solve_outcome
-from rcig.algorithm.run import distill
+import rcig.algorithm.outer as outer_module
+from rcig.algorithm.outer import adapt_lr, grow_while_stable, solve_outcome
+from rcig.algorithm.runner import distill
 from rcig.errors import RcigError
 
 # A small but complete configuration: every part of the algorithm runs, at toy sizes.
@@ -53,7 +53,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
 
     # Kill the second run in the middle of its 4th iteration (after the meta-gradient): the
     # checkpoint of iteration 2 stands, and the resumed run redoes iterations 3 to 5.
-    real_meta = distill_module.meta_gradient
+    real_meta = outer_module.meta_gradient
     calls = {"n": 0}
 
     def dying_meta(*args, **kwargs):
@@ -63,11 +63,11 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return result
 
-    monkeypatch.setattr(distill_module, "meta_gradient", dying_meta)
+    monkeypatch.setattr(outer_module, "meta_gradient", dying_meta)
     with pytest.raises(KeyboardInterrupt):
         distill("digits", 1, steps=5, seed=3, out=tmp_path / "b", overrides=TINY, checkpoint_every=2,
                 progress=False)
-    monkeypatch.setattr(distill_module, "meta_gradient", real_meta)
+    monkeypatch.setattr(outer_module, "meta_gradient", real_meta)
     resumed = distill(out=tmp_path / "b", resume=True, progress=False)
 
     assert torch.equal(resumed.images, whole.images)
@@ -89,7 +89,7 @@ def test_refuses_to_overwrite_or_resume_a_different_run(tmp_path):
 
 
 def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    real_meta = distill_module.meta_gradient
+    real_meta = outer_module.meta_gradient
     calls = {"n": 0}
 
     def exploding_meta(*args, **kwargs):
@@ -99,7 +99,7 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, m
             result.grads["x"] = result.grads["x"] * float("nan")
         return result
 
-    monkeypatch.setattr(distill_module, "meta_gradient", exploding_meta)
+    monkeypatch.setattr(outer_module, "meta_gradient", exploding_meta)
     with pytest.raises(RcigError, match="diverged at iteration 3"):
         distill("digits", 1, steps=5, out=tmp_path, overrides=TINY, checkpoint_every=1, progress=False)
     state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
@@ -110,7 +110,8 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, m
 @pytest.mark.slow
 def test_short_distillation_learns():
     """(g) A short run on digits lowers the outer loss and beats its own initialisation."""
-    from rcig.algorithm.distill import centred_one_hot, init_support
+    from rcig.algorithm.outer import init_support
+    from rcig.data.sampling import centred_one_hot
     from rcig.data import prepare
     from rcig.evaluation import ProtocolSettings, evaluate_support
 
@@ -223,7 +224,7 @@ def test_subsampled_direct_gradient_only_moves_selected_rows():
 
 @pytest.mark.parametrize("over_batch", [True, False])
 def test_plain_norms_equal_torch_norms_in_training_mode(over_batch):
-    from rcig.algorithm.run import PlainNorm
+    from rcig.models import PlainNorm
 
     torch.manual_seed(0)
     x = torch.randn(4, 3, 5, 5)

@@ -16,7 +16,7 @@ def __getattr__(name):  # lazy: `import rcig` stays fast and torch-free until ne
 
         return getattr(rcig.io, name)
     if name == "distill":
-        from rcig.algorithm.run import distill
+        from rcig.algorithm.runner import distill
 
         return distill
     raise AttributeError(f"module 'rcig' has no attribute {name!r}")

@@ -47,7 +47,7 @@ def cmd_datasets(args) -> None:
 # ----------------------------------------------------------------------------- distill
 
 def cmd_distill(args) -> None:
-    from rcig.algorithm.run import distill
+    from rcig.algorithm.runner import distill
     from rcig.config import parse_overrides
 
     out = Path(args.out) if args.out else Path("runs") / f"{args.dataset or 'digits'}_ipc{args.ipc or 1}"
@@ -61,8 +61,8 @@ def cmd_distill(args) -> None:
           f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
     run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
     if run_eval:
-        evaluate_file(out / "distilled.safetensors", args.models, None, None, args.test_limit, 0,
-                      out / "eval.json", args.data_dir, "both", quiet=args.quiet)
+        evaluate_file(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
+                      json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet)
     else:
         print(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
 
@@ -70,7 +70,7 @@ def cmd_distill(args) -> None:
 # ---------------------------------------------------------------------------- baseline
 
 def cmd_baseline(args) -> None:
-    from rcig.algorithm.run import baseline_set
+    from rcig.algorithm.runner import baseline_set
     from rcig.io import save
 
     out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")
@@ -81,7 +81,14 @@ def cmd_baseline(args) -> None:
 
 # -------------------------------------------------------------------------------- eval
 
-def evaluate_file(path, models, arch, steps, test_limit, seed, json_out, data_dir, which, quiet=False) -> dict:
+def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | None = None, steps: int | None = None,
+                  test_limit: int | None = None, seed: int | None = None, json_out: str | Path | None = None,
+                  data_dir: str | None = None, which: str = "both", quiet: bool = False) -> dict:
+    """Score the set in ``path`` with the protocol stored in it; print and return the scores.
+
+    Arguments left as None take the protocol's defaults (:class:`rcig.evaluation.ProtocolSettings`)
+    or, for arch/depth/width/augmentations, the file's own protocol.
+    """
     from rcig.data import prepare
     from rcig.evaluation import ProtocolSettings, evaluate_support
     from rcig.io import load
@@ -98,12 +105,15 @@ def evaluate_file(path, models, arch, steps, test_limit, seed, json_out, data_di
         stored, now = meta["preprocess"], prepared.preprocessor.state()[0]
         if any(abs(a - b) > 1e-4 for a, b in zip(stored["mean"], now["mean"])):
             raise RcigError(f"{path} was preprocessed with other statistics than {meta['dataset']} gives now")
-    protocol = meta.get("protocol", {})
-    settings = ProtocolSettings(arch=arch or protocol.get("arch", "conv"), depth=protocol.get("depth", 3),
-                                width=protocol.get("width", 128), n_models=models, steps=steps, seed=seed,
-                                augmentations=tuple(protocol.get("augmentations", ("crop", "rotate", "translate", "cutout"))),
+    protocol, defaults = meta.get("protocol", {}), ProtocolSettings()
+    settings = ProtocolSettings(arch=arch or protocol.get("arch", defaults.arch),
+                                depth=protocol.get("depth", defaults.depth), width=protocol.get("width", defaults.width),
+                                n_models=models or defaults.n_models, steps=steps,
+                                seed=defaults.seed if seed is None else seed,
+                                augmentations=tuple(protocol.get("augmentations", defaults.augmentations)),
                                 test_limit=test_limit,
-                                settings=("no_aug", "aug") if which == "both" else (which,))
+                                settings=defaults.settings if which == "both" else (which,))
+    models = settings.n_models
     started = time.perf_counter()
     scores = evaluate_support(ds.images, ds.labels, prepared.x_test, prepared.y_test, settings,
                               flip=bool(meta.get("flip")), progress=not quiet)
@@ -125,8 +135,8 @@ def evaluate_file(path, models, arch, steps, test_limit, seed, json_out, data_di
 
 
 def cmd_eval(args) -> None:
-    evaluate_file(args.file, args.models, args.arch, args.steps, args.test_limit, args.seed, args.json,
-                  args.data_dir, args.settings)
+    evaluate_file(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
+                  seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings)
 
 
 # -------------------------------------------------------------------------------- show

@@ -28,7 +28,9 @@ from typing import Any
 
 from rcig.errors import RcigError
 
+# The transforms rcig.augment implements, and the ones the evaluation protocol uses by default.
 AUGMENTATIONS = ("flip", "color", "crop", "rotate", "translate", "cutout")
+TEST_AUGMENTATIONS = ("crop", "rotate", "translate", "cutout")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Config:
     # -- the run --
     steps: int = 1000
     checkpoint_iters: tuple[int, ...] = ()
-    test_augmentations: tuple[str, ...] = ("crop", "rotate", "translate", "cutout")
+    test_augmentations: tuple[str, ...] = TEST_AUGMENTATIONS
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -191,12 +193,22 @@ def load_preset(name: str) -> Config:
     return from_dict(json.loads(text), where=f"preset {name}")
 
 
+def depth_for_image_size(image_size: int) -> int:
+    """The ConvNet depth the paper uses at a resolution: 5 from 128 px, 4 from 64 px, else 3.
+
+    The one rule for the default preset and the herding baseline's feature network. Sizes
+    between the paper's (32, 64, 128) take the depth of the next smaller one: 48 px is depth 3.
+    """
+    return 5 if image_size >= 128 else 4 if image_size >= 64 else 3
+
+
 def default_preset_name(image_size: int, channels: int) -> str:
     """The paper's preset for a dataset shape: gray -> depth_3_no_flip, RGB 32 -> depth_3,
-    64 px -> depth_4_200, 128 px -> depth_5 (other small sizes use the depth-3 presets)."""
-    if image_size >= 128:
+    64 px -> depth_4_200, 128 px -> depth_5 (by :func:`depth_for_image_size`)."""
+    depth = depth_for_image_size(image_size)
+    if depth == 5:
         return "depth_5"
-    if image_size >= 64:
+    if depth == 4:
         return "depth_4_200"
     return "depth_3_no_flip" if channels == 1 else "depth_3"
 
@@ -218,5 +230,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["AUGMENTATIONS", "Config", "default_preset_name", "from_dict", "load_preset",
+__all__ = ["AUGMENTATIONS", "TEST_AUGMENTATIONS", "Config", "default_preset_name", "depth_for_image_size", "from_dict", "load_preset",
            "parse_overrides", "preset_names"]

@@ -25,8 +25,8 @@ the last line being the collapsed ridge form of
     H v       = c ( J^T A^-1 J v + v)            one JVP + one VJP, no second derivatives
 
 :class:`LinearizedInner` implements exactly these; :class:`NonlinearInner` (the paper's
-non-linearised ablation) gets them from autograd. Both expose the same three methods,
-which is all the solvers need.
+non-linearised ablation) gets them from autograd. Both are an :class:`InnerProblem`, the
+contract the solvers rely on.
 
 Two solvers (``Config.solver``), each one Hessian-vector product (one JVP + one VJP) per
 iteration:
@@ -41,7 +41,7 @@ iteration:
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -50,7 +50,31 @@ from torch.func import functional_call, jvp, linearize, vjp
 from rcig.algorithm.optim import Adam, tree_zeros_like
 
 Params = dict[str, Tensor]
+# f(body, x) -> (logits (N, C), features (N, D)): a network with its final-layer weight fixed
+Network = Callable[[Params, Tensor], tuple[Tensor, Tensor]]
 HEAD_WEIGHT = "classifier.weight"
+
+
+class InnerProblem(Protocol):
+    """What the solvers need of an inner problem (all in the body tangent ``delta``)."""
+
+    body0: Params  # the base body; solves start from zeros shaped like it
+
+    def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
+        """``L_in(delta)`` and ``grad L_in(delta)``."""
+
+    def loss_and_grad_at_zero(self) -> tuple[float, Params]:
+        """``L_in(0)`` and ``grad L_in(0)``, where the solvers start."""
+
+    def hvp(self, delta: Params, v: Params) -> Params:
+        """``H(delta) v``, the Hessian of L_in at delta times v."""
+
+
+class SolveResult(NamedTuple):
+    """A solver's answer and the value it recorded before each step or iteration."""
+
+    x: Params  # delta* (inner solve) or v ~= H^-1 g
+    values: list[float]
 
 
 # ---------------------------------------------------------------------- small tree helpers
@@ -70,7 +94,7 @@ def split_params(params: Params) -> tuple[Params, Tensor]:
     return body, params[HEAD_WEIGHT]
 
 
-def network(model: torch.nn.Module, head_weight: Tensor) -> Callable[[Params, Tensor], tuple[Tensor, Tensor]]:
+def network(model: torch.nn.Module, head_weight: Tensor) -> Network:
     """``f(body, x) -> (logits (N, C), features (N, D))`` with the final-layer weight fixed."""
 
     def f(body: Params, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -79,7 +103,7 @@ def network(model: torch.nn.Module, head_weight: Tensor) -> Callable[[Params, Te
     return f
 
 
-def features_and_change(f, body0: Params, x: Tensor, delta: Params, linearize: bool) -> tuple[Tensor, Tensor]:
+def features_and_change(f: Network, body0: Params, x: Tensor, delta: Params, linearize: bool) -> tuple[Tensor, Tensor]:
     """``(phi0(x), u(x))`` differentiable in ``x`` and ``delta`` (see module docstring).
 
     Linearised: one JVP gives both the base features and ``J(x) delta``.
@@ -107,7 +131,7 @@ class _InnerProblem:
     H^-1 g solve iterate on, built once per outer step.
     """
 
-    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
         self.body0 = {k: v.detach() for k, v in body0.items()}
         self.x_s, self.y_s, self.l2 = x_s.detach(), y_s.detach(), float(l2)
         self._f = f
@@ -126,13 +150,13 @@ class LinearizedInner(_InnerProblem):
     stored VJP closure so each ``J^T z`` is a backward pass only, one traced JVP.
     """
 
-    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
         super().__init__(f, body0, x_s, y_s, l2)
         (_, phi), self._vjp = vjp(lambda b: f(b, self.x_s), self.body0)
         self.phi = phi.detach()
         self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))
-        # A traced JVP that reuses the forward's activations: ~40% cheaper per call than
-        # torch.func.jvp, which recomputes the primal every time.
+        # A traced JVP (torch.func.linearize) reuses the forward's activations, where
+        # torch.func.jvp recomputes the primal every call (BENCHMARKS.md has the saving).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, self._jvp = linearize(lambda b: f(b, self.x_s)[0], self.body0)
@@ -177,7 +201,7 @@ class NonlinearInner(_InnerProblem):
     Not convex; gradient and Hessian-vector products come from autograd (double backward).
     """
 
-    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
         super().__init__(f, body0, x_s, y_s, l2)
         with torch.no_grad():
             self.logits0, self.phi = f(self.body0, self.x_s)
@@ -203,14 +227,14 @@ class NonlinearInner(_InnerProblem):
         return dict(zip(leaves, hv))
 
 
-def make_inner(f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool):
+def make_inner(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool) -> InnerProblem:
     return (LinearizedInner if linearize else NonlinearInner)(f, body0, x_s, y_s, l2)
 
 
 # ----------------------------------------------------------------------------- solvers
 
 def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Params, lr: float,
-                  steps: int) -> tuple[Params, list[float]]:
+                  steps: int) -> SolveResult:
     """``steps`` Adam steps from ``start`` using ``grad_fn(x) -> (value, grad)``.
 
     Returns the final point and the value recorded *before* each step (as the reference
@@ -222,17 +246,17 @@ def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Para
         value, g = grad_fn(x)
         values.append(value)
         x, state = adam.step(x, g, state, lr=lr)
-    return x, values
+    return SolveResult(x, values)
 
 
 @torch.no_grad()
-def solve_inner(problem, lr: float, steps: int) -> tuple[Params, list[float]]:
+def solve_inner(problem: InnerProblem, lr: float, steps: int) -> SolveResult:
     """delta* by ``steps`` Adam steps on L_in from delta = 0 (RCIG.md: 20 steps)."""
     return adam_minimise(problem.loss_and_grad, tree_zeros_like(problem.body0), lr, steps)
 
 
 @torch.no_grad()
-def solve_hinv(problem, delta: Params, g: Params, lr: float, steps: int) -> tuple[Params, list[float]]:
+def solve_hinv(problem: InnerProblem, delta: Params, g: Params, lr: float, steps: int) -> SolveResult:
     """v ~= H^-1 g by Adam on ``0.5 v^T H v - v^T g`` from v = 0.
 
     Records the residual ``v^T (H v - 2 g)`` (twice the objective) before each step.
@@ -246,7 +270,7 @@ def solve_hinv(problem, delta: Params, g: Params, lr: float, steps: int) -> tupl
     return adam_minimise(objective, tree_zeros_like(g), lr, steps)
 
 
-def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) -> tuple[Params, list[float]]:
+def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) -> SolveResult:
     """At most ``steps`` CG iterations on ``H x = b`` from x = 0 (H symmetric positive definite).
 
     Returns x and ``q(x) = 0.5 x^T H x - b^T x`` before each iteration. From x = 0 every
@@ -268,23 +292,23 @@ def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) 
         rr_next = tree_dot(r, r)
         p = {k: r[k] + (rr_next / rr) * p[k] for k in p}
         rr = rr_next
-    return x, values
+    return SolveResult(x, values)
 
 
 @torch.no_grad()
-def solve_inner_cg(problem, lr: float, steps: int) -> tuple[Params, list[float]]:
+def solve_inner_cg(problem: InnerProblem, lr: float, steps: int) -> SolveResult:
     """delta* by CG on ``H delta = -grad L_in(0)``; L_in before each iteration (``lr`` unused)."""
     loss0, grad0 = problem.loss_and_grad_at_zero()
     zero = tree_zeros_like(grad0)
     delta, q = conjugate_gradients(lambda v: problem.hvp(zero, v), {k: -t for k, t in grad0.items()}, steps)
-    return delta, [loss0 + value for value in q]
+    return SolveResult(delta, [loss0 + value for value in q])
 
 
 @torch.no_grad()
-def solve_hinv_cg(problem, delta: Params, g: Params, lr: float, steps: int) -> tuple[Params, list[float]]:
+def solve_hinv_cg(problem: InnerProblem, delta: Params, g: Params, lr: float, steps: int) -> SolveResult:
     """v = H^-1 g by CG; the residual ``v^T (H v - 2 g)`` before each iteration (``lr`` unused)."""
     v, q = conjugate_gradients(lambda u: problem.hvp(delta, u), g, steps)
-    return v, [2 * value for value in q]
+    return SolveResult(v, [2 * value for value in q])
 
 
 # name -> (inner solve, H^-1 g solve); both take (problem, ..., lr, steps)

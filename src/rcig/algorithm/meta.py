@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rcig.algorithm.inner import (
-    SOLVERS, Params, features_and_change, make_inner, ridge_matrix,
+    SOLVERS, InnerProblem, Network, Params, features_and_change, make_inner, ridge_matrix,
 )
+from rcig.config import Config
 
 LEAVES = ("x", "y", "log_temp")
 
@@ -42,6 +44,15 @@ class MetaResult:
     delta: Params
     v: Params
     seconds: dict[str, float]  # inner_solve, direct (target forward/backward), hinv, implicit
+
+
+class DirectResult(NamedTuple):
+    """The outer loss at delta* and its gradients (:func:`direct_gradient`)."""
+
+    loss: float
+    acc: float  # the inner prediction's accuracy on the target batch
+    grads: dict[str, Tensor]  # dL_out/dS per leaf of the support, delta held fixed
+    g_t: Params  # dL_out/d delta, the right-hand side of the H^-1 g solve
 
 
 # ------------------------------------------------------------------ the support and losses
@@ -74,7 +85,7 @@ def inner_prediction(phi_s: Tensor, u_s: Tensor, y_s: Tensor, phi_t: Tensor, u_t
     return u_t + (phi_t @ phi_s.T) @ alpha
 
 
-def l2_strength(cfg, n_unique_rows: int) -> float:
+def l2_strength(cfg: Config, n_unique_rows: int) -> float:
     """l2 = l2_rate * (C * ipc), the reference's scaling (flip copies not counted)."""
     return cfg.l2_rate * n_unique_rows
 
@@ -112,7 +123,7 @@ def rows_with_grad(fn, x: Tensor, rows: Tensor | None, chunk: int | None,
     return outputs, torch.cat([rows, rest])
 
 
-def partial_features(f, body0: Params, x: Tensor, delta: Params, linearize: bool, rows: Tensor | None,
+def partial_features(f: Network, body0: Params, x: Tensor, delta: Params, linearize: bool, rows: Tensor | None,
                      chunk: int | None) -> tuple[Tensor, Tensor, Tensor]:
     """``(phi0, u, order)`` with gradients through the rows ``rows`` only (see :func:`rows_with_grad`)."""
     (phi, u), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, delta, linearize), x, rows, chunk)
@@ -128,7 +139,7 @@ class RowSampledInner:
     cheaper, noisier estimates.
     """
 
-    def __init__(self, f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int,
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int,
                  generator: torch.Generator | None):
         self.args, self.k, self.generator = (f, body0, x_s, y_s, l2, linearize), k, generator
         self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
@@ -138,15 +149,18 @@ class RowSampledInner:
         rows = torch.randperm(len(x_s), generator=self.generator)[:self.k]
         return make_inner(f, body0, x_s[rows], y_s[rows], l2, linearize)
 
-    def loss_and_grad(self, delta: Params):
+    def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
+
+    def loss_and_grad_at_zero(self) -> tuple[float, Params]:
+        return self._subset().loss_and_grad_at_zero()
 
     def hvp(self, delta: Params, v: Params) -> Params:
         return self._subset().hvp(delta, v)
 
 
-def inner_problem(f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int | None,
-                  generator: torch.Generator | None, full=None):
+def inner_problem(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int | None,
+                  generator: torch.Generator | None, full: InnerProblem | None = None) -> InnerProblem:
     """The whole-support problem ``full`` (built if None), or a :class:`RowSampledInner` of k rows."""
     if k is not None and k < len(x_s):
         return RowSampledInner(f, body0, x_s, y_s, l2, linearize, k, generator)
@@ -155,11 +169,11 @@ def inner_problem(f, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, lineari
 
 # -------------------------------------------------------------------- the two gradients
 
-def direct_gradient(f, body0: Params, support: dict[str, Tensor], delta: Params, x_t: Tensor, y_t: Tensor,
-                    *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
+def direct_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta: Params, x_t: Tensor,
+                    y_t: Tensor, *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
                     support_rows: Tensor | None = None, target_rows: Tensor | None = None,
-                    chunk: int | None = None):
-    """(loss, acc, direct grads per leaf, g_t = dL_out/d delta), delta held at delta*.
+                    chunk: int | None = None) -> DirectResult:
+    """:class:`DirectResult` (loss, acc, direct grads per leaf, g_t = dL_out/d delta), delta held at delta*.
 
     ``support_rows`` / ``target_rows``: backpropagate through these rows only (large sets).
     """
@@ -181,10 +195,10 @@ def direct_gradient(f, body0: Params, support: dict[str, Tensor], delta: Params,
     g_t = dict(zip(d, grads[2:2 + len(d)]))
     target = y_t if y_t.dim() == 1 else y_t.argmax(1)
     acc = float((pred.argmax(1) == target).float().mean())
-    return loss.item(), acc, direct, g_t
+    return DirectResult(loss.item(), acc, direct, g_t)
 
 
-def implicit_gradient(f, body0: Params, support: dict[str, Tensor], delta: Params, v: Params,
+def implicit_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta: Params, v: Params,
                       *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
                       rows: Tensor | None = None, chunk: int | None = None) -> dict[str, Tensor]:
     """``- d/dS [ v . grad_delta L_in(delta*, S) ]`` per leaf (log_temp's is zero).
@@ -234,12 +248,12 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
 
 # ---------------------------------------------------------------------------- one step
 
-def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg,
+def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg: Config,
                   inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None) -> MetaResult:
     """The full RCIG meta-gradient for one base network and one target batch.
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
-    ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors; ``cfg``: a :class:`rcig.config.Config`.
+    ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors.
     ``generator`` draws the support/target rows when the config subsamples them for large
     supports (``direct_batch_sizes``, ``inner_train_batch_size``, ``hinv_batch_size``,
     ``implicit_batch_size``); with none of them set it is not used.
@@ -257,17 +271,18 @@ def meta_gradient(f, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t
     support_k, target_k = cfg.direct_batch_sizes
     rows = dict(support_rows=grad_rows(len(x_s), support_k, generator),
                 target_rows=grad_rows(len(x_t), target_k, generator), chunk=cfg.max_forward_batch_size)
-    loss, acc, direct, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows)
+    direct = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows)
     clock.lap("direct")
     problem = inner_problem(*problem_args, cfg.hinv_batch_size, generator, full)
-    v, residuals = solve_hinv(problem, delta, g_t, hvp_lr, cfg.n_hinv_steps)
+    v, residuals = solve_hinv(problem, delta, direct.g_t, hvp_lr, cfg.n_hinv_steps)
     clock.lap("hinv")
     implicit_rows = grad_rows(len(x_s), cfg.implicit_batch_size, generator)
     implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options, rows=implicit_rows,
-                                         chunk=cfg.max_forward_batch_size), direct)
+                                         chunk=cfg.max_forward_batch_size), direct.grads)
     clock.lap("implicit")
-    grads = {k: direct[k] + implicit[k] for k in LEAVES}
-    return MetaResult(grads, direct, implicit, loss, acc, inner_losses, residuals, delta, v, clock.laps)
+    grads = {k: direct.grads[k] + implicit[k] for k in LEAVES}
+    return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta, v,
+                      clock.laps)
 
 
 class Stopwatch:
@@ -283,5 +298,5 @@ class Stopwatch:
         self._last = now
 
 
-__all__ = ["LEAVES", "MetaResult", "RowSampledInner", "clip_to", "direct_gradient", "expand_support", "implicit_gradient",
+__all__ = ["LEAVES", "DirectResult", "MetaResult", "RowSampledInner", "clip_to", "direct_gradient", "expand_support", "implicit_gradient",
            "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "outer_loss"]

@@ -107,13 +107,8 @@ class ModelPool:
 
 
 def _copy_member(member: dict[str, Any]) -> dict[str, Any]:
-    """A member with fresh containers (tensors shared: nothing here updates them in place).
-
-    Checkpoints written before 2026-11-25 name the Adam state {"m", "v", "t"}; read them too.
-    """
+    """A member with fresh containers (tensors shared: nothing here updates them in place)."""
     adam = member["adam"]
-    if "t" in adam and "count" not in adam:
-        adam = {"count": adam["t"], "mu": adam["m"], "nu": adam["v"]}
     return {"params": dict(member["params"]), "steps": int(member["steps"]),
             "adam": {"count": int(adam["count"]), "mu": dict(adam["mu"]), "nu": dict(adam["nu"])}}
 

@@ -1,6 +1,6 @@
 """Scoring support sets: augmentations, the paper's protocol, and the baselines."""
 
-from rcig.evaluation.augment import TRANSFORMS, augment_batch
+from rcig.augment import TRANSFORMS, augment_batch
 from rcig.evaluation.baselines import herding, random_real
 from rcig.evaluation.protocol import ProtocolSettings, accuracy, evaluate_support, learning_rate, train_models
 

@@ -3,7 +3,8 @@
 * ``random_real``: ``ipc`` seeded random training images per class.
 * ``herding``: per class, greedily pick the images whose running mean best matches the
   class mean (Welling, 2009) in the feature space of a fixed, randomly initialised ConvNet
-  of the dataset's depth (ReLU, width 128, seeded): features phi, class mean mu; pick
+  (ReLU, width 128, seeded) of the preset's depth for the image size
+  (:func:`rcig.config.depth_for_image_size`): features phi, class mean mu; pick
   i_k = argmin_i || mu - (sum_{j<k} phi_{i_j} + phi_i) / k ||.
 """
 
@@ -11,30 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from rcig.errors import RcigError
-
-
-def centred_one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """one_hot(labels) - 1/C, the paper's label encoding (N, C) float32 (also the support's init)."""
-    return torch.nn.functional.one_hot(labels, num_classes).float() - 1.0 / num_classes
-
-
-def _class_members(y: torch.Tensor, num_classes: int, ipc: int, names) -> list[torch.Tensor]:
-    if ipc < 1:
-        raise RcigError(f"ipc must be a positive integer, got {ipc}")
-    members = [(y == c).nonzero().squeeze(1) for c in range(num_classes)]
-    for c, m in enumerate(members):
-        if len(m) < ipc:
-            raise RcigError(f"ipc={ipc} is larger than class '{names[c]}', which has {len(m)} training images")
-    return members
+from rcig.config import depth_for_image_size
+from rcig.data.sampling import centred_one_hot, class_members, sample_per_class
 
 
 def random_real(prepared, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (C*ipc, ch, H, W), centred one-hot labels), class-ordered."""
     k = prepared.dataset.num_classes
-    members = _class_members(prepared.y_train, k, ipc, prepared.dataset.class_names)
-    g = torch.Generator().manual_seed(seed)
-    index = torch.cat([m[torch.randperm(len(m), generator=g)[:ipc]] for m in members])
+    index = sample_per_class(prepared.y_train, k, ipc, torch.Generator().manual_seed(seed),
+                             prepared.dataset.class_names)
     return prepared.x_train[index].clone(), centred_one_hot(prepared.y_train[index], k)
 
 
@@ -67,8 +53,8 @@ def herding_select(features: torch.Tensor, ipc: int) -> torch.Tensor:
 
 def herding(prepared, ipc: int, seed: int, depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     k = prepared.dataset.num_classes
-    members = _class_members(prepared.y_train, k, ipc, prepared.dataset.class_names)
-    depth = depth or (3 if prepared.dataset.image_size <= 32 else 4 if prepared.dataset.image_size <= 64 else 5)
+    members = class_members(prepared.y_train, k, ipc, prepared.dataset.class_names)
+    depth = depth or depth_for_image_size(prepared.dataset.image_size)
     index = []
     for m in members:
         feats = embed(prepared.x_train[m], seed, depth)

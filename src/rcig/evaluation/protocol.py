@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from rcig.evaluation.augment import augment_batch
+from rcig.augment import augment_batch
+from rcig.config import TEST_AUGMENTATIONS
 from rcig.models import build_model
 
 
@@ -33,7 +34,7 @@ class ProtocolSettings:
     no_aug_extension: float = 2.5
     batch_size: int = 256
     n_models: int = 5
-    augmentations: tuple[str, ...] = ("crop", "rotate", "translate", "cutout")
+    augmentations: tuple[str, ...] = TEST_AUGMENTATIONS
     seed: int = 0
     test_limit: int | None = None
     settings: tuple[str, ...] = ("no_aug", "aug")  # which of the two settings to run
@@ -70,9 +71,8 @@ def train_models(images: torch.Tensor, labels: torch.Tensor, settings: ProtocolS
                  total_steps: int, decay_steps: int, seeds, progress=None) -> list[torch.nn.Module]:
     """Train one network per seed on (images, labels); returns them in eval mode.
 
-    Networks train one after another in channels-last layout: measured here against a
-    ``vmap`` over stacked parameters, that was 1.8x faster for 100 digits (8 px) and 1.1x
-    faster for 10 Fashion-MNIST images (2026-11-24, 2-core CPU).
+    Networks train one after another in channels-last layout (faster here than a ``vmap``
+    over stacked parameters; BENCHMARKS.md).
     """
     n, c, h, _ = images.shape
     models = make_models(settings, c, labels.shape[1], h, seeds)

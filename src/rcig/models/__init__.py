@@ -2,34 +2,58 @@
 
     build_model("conv", in_channels=1, num_classes=10, image_size=28)   # depth 3, width 128
     build_model("resnet18" | "vgg11" | "alexnet", in_channels=3, num_classes=10, image_size=32)
+    distillation_network(cfg, in_channels=1, num_classes=10, image_size=28)   # a factory
 
-Every model returns logits (N, C), or ``(logits, features)`` with ``return_features=True``,
-and names its final layer ``classifier``.
+Every model is a :class:`Classifier`: it returns logits (N, C), or ``(logits, features)``
+with ``return_features=True``, names its final layer ``classifier`` and reports the
+feature width as ``feature_dim``. ``functional_norms=True`` swaps batch and instance norms
+for :class:`PlainNorm`, which the distillation's JVPs can follow.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from torch import nn
 
+from rcig.config import Config
 from rcig.errors import RcigError
-from rcig.models.conv import ConvNet
+from rcig.models.conv import Classifier, ConvNet, PlainNorm, plain_norms
 from rcig.models.others import AlexNet, ResNet18, VGG11
 
 ARCHITECTURES = ("conv", "resnet18", "vgg11", "alexnet")
 
 
 def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: int, depth: int = 3,
-                width: int = 128, activation: str = "relu", beta: float = 60.0, norm: str = "none") -> nn.Module:
+                width: int = 128, activation: str = "relu", beta: float = 60.0, norm: str = "none",
+                functional_norms: bool = False) -> Classifier:
     if arch == "conv":
         if activation not in ("relu", "softplus"):
             raise RcigError(f"unknown activation '{activation}'; choose relu or softplus")
         if norm not in ("none", "batch", "instance"):
             raise RcigError(f"unknown norm '{norm}'; choose none, batch or instance")
-        return ConvNet(in_channels, num_classes, image_size, depth, width, activation, beta, norm)
-    others = {"resnet18": ResNet18, "vgg11": VGG11, "alexnet": AlexNet}
-    if arch not in others:
-        raise RcigError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
-    return others[arch](in_channels, num_classes, image_size)
+        model = ConvNet(in_channels, num_classes, image_size, depth, width, activation, beta, norm)
+    else:
+        others = {"resnet18": ResNet18, "vgg11": VGG11, "alexnet": AlexNet}
+        if arch not in others:
+            raise RcigError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
+        model = others[arch](in_channels, num_classes, image_size)
+    return plain_norms(model) if functional_norms else model
 
 
-__all__ = ["ARCHITECTURES", "AlexNet", "ConvNet", "ResNet18", "VGG11", "build_model"]
+def distillation_network(cfg: Config, *, in_channels: int, num_classes: int,
+                         image_size: int) -> Callable[[], nn.Module]:
+    """A factory of fresh distillation networks: the config's ConvNet (softplus with
+    ``beta = cfg.softplus_beta``, ReLU if it is 0) with functional norms."""
+    activation = "softplus" if cfg.softplus_beta > 0 else "relu"
+
+    def make_model() -> nn.Module:
+        return build_model("conv", in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                           depth=cfg.depth, width=cfg.width, activation=activation,
+                           beta=cfg.softplus_beta or 60.0, norm=cfg.norm, functional_norms=True)
+
+    return make_model
+
+
+__all__ = ["ARCHITECTURES", "AlexNet", "Classifier", "ConvNet", "PlainNorm", "ResNet18", "VGG11", "build_model",
+           "distillation_network", "plain_norms"]

@@ -1,7 +1,7 @@
 """Cross-architecture evaluation networks: ResNet-18, VGG-11, AlexNet, sized for 8-128 px.
 
-Each exposes ``forward(x, return_features=False)`` and a final ``classifier`` Linear, like
-:class:`rcig.models.conv.ConvNet`. They use batch norm (ResNet, VGG) as is usual when
+Each is a :class:`rcig.models.conv.Classifier` (``features`` then a final ``classifier``
+Linear), like :class:`rcig.models.conv.ConvNet`. They use batch norm (ResNet, VGG) as is usual when
 scoring distilled data across architectures.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from rcig.models.conv import Classifier
 
 
 class BasicBlock(nn.Module):
@@ -27,7 +29,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(Classifier):
     """ResNet-18 with a 3x3 stem (no max-pool) for small images; 4 stages of 2 blocks."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int):
@@ -42,16 +44,14 @@ class ResNet18(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(512, num_classes)
 
-    def forward(self, x, return_features: bool = False):
-        features = self.pool(self.blocks(self.stem(x))).flatten(1)
-        logits = self.classifier(features)
-        return (logits, features) if return_features else logits
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.blocks(self.stem(x))).flatten(1)
 
 
 VGG11_PLAN = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-class VGG11(nn.Module):
+class VGG11(Classifier):
     """VGG-11 with batch norm; a pooling step is skipped once the map is 1 px wide."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int):
@@ -68,13 +68,11 @@ class VGG11(nn.Module):
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
         self.classifier = nn.Linear(channels, num_classes)
 
-    def forward(self, x, return_features: bool = False):
-        features = self.body(x).flatten(1)
-        logits = self.classifier(features)
-        return (logits, features) if return_features else logits
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)
 
 
-class AlexNet(nn.Module):
+class AlexNet(Classifier):
     """A small-image AlexNet: 5 convs (64-192-384-256-256), 3 max-pools, no dropout."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int):
@@ -96,7 +94,5 @@ class AlexNet(nn.Module):
         )
         self.classifier = nn.Linear(256, num_classes)
 
-    def forward(self, x, return_features: bool = False):
-        features = self.body(x).flatten(1)
-        logits = self.classifier(features)
-        return (logits, features) if return_features else logits
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).flatten(1)

@@ -1,5 +1,9 @@
 """Batched, seeded data augmentation: each image gets ONE transform drawn from a list.
 
+Used by the evaluation protocol (``rcig.evaluation`` re-exports it). The names are
+``rcig.config.AUGMENTATIONS`` (exported here as ``TRANSFORMS``), the protocol's default list
+``rcig.config.TEST_AUGMENTATIONS``.
+
 Transforms, with the magnitudes of the reference release's evaluation (its augmax settings):
 
 * ``flip``      horizontal flip
@@ -9,10 +13,6 @@ Transforms, with the magnitudes of the reference release's evaluation (its augma
 * ``rotate``    rotation by U(-15, 15) degrees
 * ``translate`` shift by up to 12.5% of the side in x and y
 * ``cutout``    zero one square of a quarter of the side, placed wholly inside the image
-
-(An earlier version used the DSA magnitudes: colour jitter twice as strong, zoom to 1.33 and
-a cutout square of half the side, 4x the area. On the 1 ipc Fashion-MNIST set those cost
-about a point; see BENCHMARKS.md.)
 
 Geometric transforms share one ``affine_grid`` / ``grid_sample`` call (bilinear, zero fill),
 so they only mix pixel values with each other and with 0: their output lies within
@@ -26,7 +26,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-TRANSFORMS = ("flip", "color", "crop", "rotate", "translate", "cutout")
+from rcig.config import AUGMENTATIONS as TRANSFORMS
+
 GEOMETRIC = ("crop", "rotate", "translate")
 
 

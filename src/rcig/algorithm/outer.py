@@ -22,33 +22,29 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Callable
 
 import torch
 
-from rcig.algorithm.inner import make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
+from rcig.algorithm.inner import Network, Params, make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
 from rcig.algorithm.meta import (
     LEAVES, MetaResult, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
 )
 from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
 from rcig.config import Config
+from rcig.data.sampling import centred_one_hot, sample_per_class
 from rcig.errors import RcigError
-from rcig.evaluation.baselines import centred_one_hot
 
 
 # ------------------------------------------------------------------------- the support
 
 def init_support(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
                  init: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """``ipc`` seeded real images per class (class-ordered), or 0.3 N(0, 1) noise."""
-    chosen = []
-    for c in range(num_classes):
-        members = (y_train == c).nonzero().squeeze(1)
-        if len(members) < ipc:
-            raise RcigError(f"class {c} has only {len(members)} training images, fewer than ipc={ipc}")
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:ipc]])
-    index = torch.cat(chosen)
+    """``ipc`` seeded real images per class (class-ordered), or 0.3 N(0, 1) noise; centred
+    one-hot labels, ``log_temp = 0``. Draws from ``generator`` (the run's)."""
+    index = sample_per_class(y_train, num_classes, ipc, generator)
     x = x_train[index].clone().float()
     if init == "noise":
         x = 0.3 * torch.randn(x.shape, generator=generator)
@@ -58,14 +54,21 @@ def init_support(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int,
 
 # ---------------------------------------------------------------- learning-rate control
 
-def solve_outcome(values: list[float]) -> int:
-    """+1 if the recorded values fell at every step, -1 if the last ended above the first
-    (diverged), else 0 — the reference's statistic for inner losses and H^-1 g residuals."""
+class Outcome(IntEnum):
+    """How a solve went, by its recorded values (the reference's statistic; stored as ints)."""
+
+    DIVERGED = -1  # the last value ended above the first
+    NEITHER = 0  # fewer than two values, or not monotonic but not above the start
+    MONOTONIC = 1  # the value fell at every step
+
+
+def solve_outcome(values: list[float]) -> Outcome:
+    """The :class:`Outcome` of a solve's recorded inner losses or H^-1 g residuals."""
     if len(values) < 2:
-        return 0
+        return Outcome.NEITHER
     if all(a > b for a, b in zip(values[:-1], values[1:])):
-        return 1
-    return -1 if values[-1] > values[0] else 0
+        return Outcome.MONOTONIC
+    return Outcome.DIVERGED if values[-1] > values[0] else Outcome.NEITHER
 
 
 def adapt_lr(lr: float, outcomes: list[int]) -> float:
@@ -73,9 +76,9 @@ def adapt_lr(lr: float, outcomes: list[int]) -> float:
     if not outcomes:
         return lr
     n = len(outcomes)
-    if sum(o == -1 for o in outcomes) / n >= 0.29:
+    if sum(o == Outcome.DIVERGED for o in outcomes) / n >= 0.29:
         return lr * 0.9
-    if sum(o == 1 for o in outcomes) / n >= 0.7:
+    if sum(o == Outcome.MONOTONIC for o in outcomes) / n >= 0.7:
         return lr * 1.05
     return lr
 
@@ -105,7 +108,8 @@ def grow_while_stable(lr: float, is_stable: Callable[[float], bool], max_trials:
     return lr * 1.2 ** (bad + 1) * 0.7
 
 
-def tune_learning_rates(f, body0, support, x_t, y_t, cfg: Config, progress: bool) -> tuple[float, float]:
+def tune_learning_rates(f: Network, body0: Params, support: dict[str, torch.Tensor], x_t: torch.Tensor,
+                        y_t: torch.Tensor, cfg: Config, progress: bool) -> tuple[float, float]:
     """Tune the inner and H^-1 g learning rates on one fresh network and one target batch.
 
     A trial is one outer step's solve; it is "stable" when the recorded values decrease at
@@ -123,19 +127,19 @@ def tune_learning_rates(f, body0, support, x_t, y_t, cfg: Config, progress: bool
         def is_stable(lr: float) -> bool:
             bar.update(1)
             bar.set_postfix(lr=f"{lr:.3g}")
-            return solve_outcome(solve(lr)) == 1
+            return solve_outcome(solve(lr)) == Outcome.MONOTONIC
         return is_stable
 
     with bar:
         inner_lr = cfg.inner_lr or grow_while_stable(
-            cfg.inner_lr_start, trial(lambda lr: solve_inner(problem, lr, cfg.n_inner_steps)[1]))
+            cfg.inner_lr_start, trial(lambda lr: solve_inner(problem, lr, cfg.n_inner_steps).values))
         if cfg.hvp_lr is not None:
             return inner_lr, cfg.hvp_lr
         delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
         options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
-        *_, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options)
+        g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options).g_t
         hvp_lr = grow_while_stable(
-            cfg.hvp_lr_start, trial(lambda lr: solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps)[1]))
+            cfg.hvp_lr_start, trial(lambda lr: solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps).values))
     return inner_lr, hvp_lr
 
 
@@ -153,14 +157,13 @@ class RunState:
     inner_lr: float
     hvp_lr: float
     generator: torch.Generator
-    inner_outcomes: list[int] = field(default_factory=list)
-    hvp_outcomes: list[int] = field(default_factory=list)
+    inner_outcomes: list[Outcome] = field(default_factory=list)  # since the last lr adaptation
 
     def to_dict(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "support": self.support, "optimiser": self.optimiser,
                 "ema": self.ema, "pool": self.pool.state_dict(), "inner_lr": self.inner_lr,
                 "hvp_lr": self.hvp_lr, "generator": self.generator.get_state(),
-                "inner_outcomes": list(self.inner_outcomes), "hvp_outcomes": list(self.hvp_outcomes)}
+                "inner_outcomes": [int(o) for o in self.inner_outcomes]}
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.iteration = int(d["iteration"])
@@ -168,7 +171,7 @@ class RunState:
         self.pool.load_state_dict(d["pool"])
         self.inner_lr, self.hvp_lr = float(d["inner_lr"]), float(d["hvp_lr"])
         self.generator.set_state(d["generator"])
-        self.inner_outcomes, self.hvp_outcomes = list(d["inner_outcomes"]), list(d["hvp_outcomes"])
+        self.inner_outcomes = [Outcome(o) for o in d["inner_outcomes"]]
 
 
 # ---------------------------------------------------------------------- the main loop
@@ -194,7 +197,7 @@ class Distiller:
                         self.cfg.inner_lr or self.cfg.inner_lr_start, self.cfg.hvp_lr or self.cfg.hvp_lr_start,
                         generator)
 
-    def base_network(self, params: dict[str, torch.Tensor]):
+    def base_network(self, params: Params) -> tuple[Network, Params]:
         body0, head0 = split_params({k: v.detach() for k, v in params.items()})
         return network(self.model, head0), body0
 
@@ -243,13 +246,12 @@ class Distiller:
         result.seconds["pool"] = round(time.perf_counter() - pool_started, 4)
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))
-        state.hvp_outcomes.append(solve_outcome(result.residuals))
         state.iteration += 1
         state.support, state.optimiser, state.ema = support, optimiser, ema
         if state.iteration % cfg.lr_adapt_every == 0:
             if cfg.tunes_learning_rates:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
-            state.inner_outcomes, state.hvp_outcomes = [], []
+            state.inner_outcomes = []
         return log_record(state, result, index, pool_steps, time.perf_counter() - started)
 
 
@@ -266,7 +268,7 @@ def average_results(results: list[MetaResult]) -> MetaResult:
                       first.delta, first.v, seconds)
 
 
-def pool_loss(model, params, x_s, y_s) -> torch.Tensor:
+def pool_loss(model: torch.nn.Module, params: Params, x_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:
     """The pool networks' training loss: sum 0.5 (f(x) - y)^2 / (n C) on the support."""
     logits = torch.func.functional_call(model, params, (x_s,))
     return 0.5 * ((logits - y_s) ** 2).sum() / y_s.numel()
@@ -294,5 +296,5 @@ def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seco
     }
 
 
-__all__ = ["Distiller", "RunState", "adapt_lr", "centred_one_hot", "grow_while_stable", "init_support",
-           "solve_outcome", "tune_learning_rates"]
+__all__ = ["Distiller", "Outcome", "RunState", "adapt_lr", "grow_while_stable", "init_support", "solve_outcome",
+           "tune_learning_rates"]

@@ -1,5 +1,9 @@
 """``rcig.distill``: a whole distillation run with its files, checkpoints and resume.
 
+The run driver around the outer loop (:class:`rcig.algorithm.outer.Distiller`): it resolves
+the config, builds the distillation network (:func:`rcig.models.distillation_network`), steps
+the loop, and writes, checkpoints and resumes.
+
 Output directory layout::
 
     DIR/distilled.safetensors   the EMA support (rcig.io format), written at the end
@@ -20,14 +24,17 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
-from rcig.algorithm.distill import Distiller, RunState
+from rcig.algorithm.outer import Distiller, RunState
 from rcig.config import Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError
+from rcig.models import distillation_network
+
+if TYPE_CHECKING:
+    from rcig.io import DistilledSet
 
 # Short default runs where a dataset is cheap enough to distil in minutes on a CPU.
 QUICK_STEPS = {"digits": 50}
@@ -47,65 +54,12 @@ def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None
     return cfg.replace(**changes) if changes else cfg
 
 
-def make_model_factory(cfg: Config, channels: int, num_classes: int, image_size: int):
-    from rcig.models import build_model
-
-    activation = "softplus" if cfg.softplus_beta > 0 else "relu"
-
-    def make_model() -> torch.nn.Module:
-        model = build_model("conv", in_channels=channels, num_classes=num_classes, image_size=image_size,
-                            depth=cfg.depth, width=cfg.width, activation=activation,
-                            beta=cfg.softplus_beta or 60.0, norm=cfg.norm)
-        return plain_norms(model)
-
-    return make_model
-
-
-class PlainNorm(torch.nn.Module):
-    """Batch or instance norm from plain tensor ops, so forward-mode AD and traced JVPs
-    follow it (torch's fused kernels give tangents that later views reject)::
-
-        (x - mean) / sqrt(var + eps) * weight + bias      per channel
-
-    with mean/var over (batch, height, width) for batch norm, (height, width) for
-    instance norm. Batch norm always uses the statistics of the batch it sees (no running
-    averages), as a network in training mode does.
-    """
-
-    def __init__(self, channels: int, over_batch: bool, eps: float = 1e-5):
-        super().__init__()
-        self.dims, self.eps = ((0, 2, 3) if over_batch else (2, 3)), eps
-        self.weight = torch.nn.Parameter(torch.ones(channels))
-        self.bias = torch.nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        centred = x - x.mean(dim=self.dims, keepdim=True)
-        var = centred.square().mean(dim=self.dims, keepdim=True)
-        return centred * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
-
-
-def plain_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace the batch and instance norms of ``model`` by :class:`PlainNorm` (same parameter names).
-
-    During distillation a network is then a pure function of (parameters, images): the
-    support is normalised with its own statistics and a target batch with its own. Nothing
-    is mutated inside the JVPs and a checkpoint needs no buffers.
-    """
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.BatchNorm2d):
-                setattr(module, name, PlainNorm(child.num_features, True, child.eps))
-            elif isinstance(child, torch.nn.GroupNorm) and child.num_groups == child.num_channels:
-                setattr(module, name, PlainNorm(child.num_channels, False, child.eps))
-    return model
-
-
 def protocol_defaults(cfg: Config) -> dict[str, Any]:
     """The evaluation protocol a set made with ``cfg`` is scored with by default."""
     return {"arch": "conv", "depth": cfg.depth, "width": cfg.width, "augmentations": list(cfg.test_augmentations)}
 
 
-def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int):
+def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int) -> DistilledSet:
     """The EMA support as an :class:`rcig.io.DistilledSet`."""
     from rcig.io import make_set
 
@@ -189,7 +143,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     identity = _run_identity(ds.spec, ipc, seed, cfg)
 
     distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
-                          make_model_factory(cfg, ds.channels, ds.num_classes, ds.image_size))
+                          distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
+                                               image_size=ds.image_size))
     state = distiller.new_state()
     ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir else None
     log_path = out_dir / "log.jsonl" if out_dir else None
@@ -282,13 +237,14 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _save_set(ds, path: Path) -> None:
+def _save_set(ds: DistilledSet, path: Path) -> None:
     from rcig.io import save
 
     save(ds, path)
 
 
-def _periodic_eval(state, distiller, prepared, cfg, seed, settings, log_path) -> None:
+def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int, settings,
+                   log_path: Path | None) -> None:
     from tqdm import tqdm
 
     from rcig.evaluation import ProtocolSettings, evaluate_support

@@ -1,0 +1,12 @@
+"""RCIG itself, from one outer step down to the maths:
+
+=============  ==============================================================================
+runner.py      ``rcig.distill``: a whole run (config, files, checkpoints, resume, logging)
+outer.py       the outer loop: support init, learning-rate tuning, one outer step (Distiller)
+meta.py        one meta-gradient: inner solve, outer loss, direct + implicit gradient
+inner.py       the convexified inner problem, its gradient and H v, the Adam and CG solvers
+optim.py       AdaBelief (the support), Adam (solves, pool), EMA: pure, checkpointable
+pool.py        the model pool of base networks theta0
+checkpoint.py  atomic, code-free checkpoints of a run's whole state
+=============  ==============================================================================
+"""
