@@ -186,11 +186,11 @@ def main(argv=None) -> None:
 
 
 def write_json(results: dict, path) -> None:
-    """Write ``results`` as indented JSON atomically (a temporary file, then a rename)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write ``results`` as indented JSON atomically (:func:`rcig.atomic.atomic_write`)."""
+    from rcig.atomic import atomic_write
+
+    text = json.dumps(results, indent=2) + "\n"
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def cpu_name() -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import rcig.algorithm.outer as outer_module
-from rcig.algorithm.outer import adapt_lr, grow_while_stable, solve_outcome
+from rcig.algorithm.outer import Outcome, adapt_lr, grow_while_stable, solve_outcome
 from rcig.algorithm.runner import distill
 from rcig.errors import RcigError
 
@@ -16,9 +16,11 @@ TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps"
 
 
 def test_solve_outcome_and_adaptation_rules():
-    assert solve_outcome([3.0, 2.0, 1.0]) == 1
-    assert solve_outcome([3.0, 2.0, 2.5, 3.5]) == -1  # ended above where it started
-    assert solve_outcome([3.0, 2.0, 2.5, 1.0]) == 0
+    assert solve_outcome([3.0, 2.0, 1.0]) is Outcome.MONOTONIC
+    assert solve_outcome([3.0, 2.0, 2.5, 3.5]) is Outcome.DIVERGED  # ended above where it started
+    assert solve_outcome([3.0, 2.0, 2.5, 1.0]) is Outcome.NEITHER
+    assert solve_outcome([1.0]) is Outcome.NEITHER
+    assert [int(o) for o in Outcome] == [-1, 0, 1]  # the values checkpoints store
     assert adapt_lr(1.0, [-1] * 3 + [1] * 7) == pytest.approx(0.9)
     assert adapt_lr(1.0, [1] * 7 + [0] * 3) == pytest.approx(1.05)
     assert adapt_lr(1.0, [1] * 6 + [0] * 4) == 1.0
@@ -154,14 +156,18 @@ def test_variants_run_and_are_reproducible(extra):
     assert torch.equal(runs[0].images, runs[1].images)  # every random draw comes from the seed
 
 
-def test_each_large_support_knob_changes_the_run():
+ALGORITHM_KNOBS = [("linearize", False), ("solver", "cg"), ("norm", "batch"), ("norm", "instance"),
+                   ("normal_repeats", 2)]
+
+
+def test_each_knob_changes_the_run():
     """A knob that silently did nothing would leave the run identical to the default."""
     plain = distill("digits", 2, steps=2, overrides=TINY, progress=False)
-    for key, value in LARGE_SUPPORT_KNOBS.items():
-        if key == "max_forward_batch_size":
-            continue  # chunking changes memory, not results
+    knobs = ALGORITHM_KNOBS + [(k, v) for k, v in LARGE_SUPPORT_KNOBS.items()
+                               if k != "max_forward_batch_size"]  # chunking changes memory, not results
+    for key, value in knobs:
         knobbed = distill("digits", 2, steps=2, overrides={**TINY, key: value}, progress=False)
-        assert not torch.equal(knobbed.images, plain.images), key
+        assert not torch.equal(knobbed.images, plain.images), (key, value)
 
 
 def test_row_sampled_inner_problem_is_the_subset_problem():
@@ -213,13 +219,13 @@ def test_subsampled_direct_gradient_only_moves_selected_rows():
     # every row selected, in another order: the same loss and gradients
     same = direct_gradient(f, body0, support, delta, x_t, y_t, **opts, support_rows=torch.randperm(6),
                            target_rows=torch.randperm(12))
-    assert same[0] == pytest.approx(full[0], rel=1e-5)
-    torch.testing.assert_close(same[2]["x"], full[2]["x"], rtol=1e-4, atol=1e-7)
+    assert same.loss == pytest.approx(full.loss, rel=1e-5)
+    torch.testing.assert_close(same.grads["x"], full.grads["x"], rtol=1e-4, atol=1e-7)
     # a subset: unselected support rows get no image gradient, the loss is unchanged
     part = direct_gradient(f, body0, support, delta, x_t, y_t, **opts, support_rows=torch.tensor([0, 2]),
                            target_rows=torch.arange(5), chunk=3)
-    assert part[0] == pytest.approx(full[0], rel=1e-5)
-    assert part[2]["x"][[1, 3, 4, 5]].abs().max() == 0 and part[2]["x"][[0, 2]].abs().max() > 0
+    assert part.loss == pytest.approx(full.loss, rel=1e-5)
+    assert part.grads["x"][[1, 3, 4, 5]].abs().max() == 0 and part.grads["x"][[0, 2]].abs().max() > 0
 
 
 @pytest.mark.parametrize("over_batch", [True, False])

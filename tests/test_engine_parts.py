@@ -165,16 +165,22 @@ def test_pool_train_descends_counts_steps_and_replaces_used_up_members():
     theta0 = {k: v.clone() for k, v in pool.params(1).items()}
     losses = pool.train(1, mse, 6)
     assert len(losses) == 6 and losses[-1] < losses[0]
-    assert pool.steps(1) == 6 and pool.members[1]["adam"]["count"] == 6
+    assert member_counts(pool, 1) == (6, 6)
     assert all(torch.equal(pool.params(1)[k], theta0[k]) is False for k in ("body.weight", "classifier.weight"))
     assert all(not v.requires_grad for v in pool.params(1).values())
     # the stored weights continue where the last step left them
     assert mse(pool.params(1)).item() < losses[-1]
     other = {k: v.clone() for k, v in pool.params(0).items()}
     pool.train(1, mse, 4)  # reaches max_online_steps -> a fresh network
-    assert pool.steps(1) == 0 and pool.members[1]["adam"]["count"] == 0
+    assert member_counts(pool, 1) == (0, 0)
     assert not torch.equal(pool.params(1)["body.weight"], theta0["body.weight"])
     assert all(torch.equal(pool.params(0)[k], other[k]) for k in other)  # others untouched
+
+
+def member_counts(pool, index):
+    """(training steps, Adam steps) of pool member ``index``, from its public state."""
+    member = pool.state_dict()["members"][index]
+    return member["steps"], member["adam"]["count"]
 
 
 def run_pool_schedule(pool, gen, n):
@@ -199,7 +205,7 @@ def test_pool_resumes_bit_exactly_through_a_checkpoint(tmp_path):
     gen2 = torch.Generator()
     gen2.set_state(loaded["gen"])
     assert run_pool_schedule(restored, gen2, 8) == expected
-    for a, b in zip(pool.members, restored.members):
+    for a, b in zip(pool.state_dict()["members"], restored.state_dict()["members"]):
         assert a["steps"] == b["steps"] and a["adam"]["count"] == b["adam"]["count"]
         assert all(torch.equal(a["params"][k], b["params"][k]) and torch.equal(a["adam"]["nu"][k], b["adam"]["nu"][k])
                    for k in a["params"])
@@ -283,6 +289,36 @@ def test_a_crash_while_writing_keeps_the_old_checkpoint_and_no_temp_file(tmp_pat
     assert old["iteration"] == 1 and torch.equal(old["w"], torch.ones(3))
 
 
+def test_atomic_write_fsyncs_and_never_leaves_its_temp_file(tmp_path, monkeypatch):
+    from rcig.atomic import atomic_write
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    path = tmp_path / "new" / "out.bin"
+    atomic_write(path, lambda fh: fh.write(b"first"))
+    assert path.read_bytes() == b"first" and len(synced) == 2  # the file, then its directory
+
+    def fail(fh):
+        fh.write(b"half")
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"first" and os.listdir(path.parent) == ["out.bin"]
+
+
+def test_every_writer_goes_through_the_atomic_helper():
+    """One helper for the temp-file-and-rename mechanism: nothing else calls mkstemp or os.replace."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [*root.glob("src/rcig/**/*.py"), *root.glob("benchmarks/*.py")]
+    users = sorted(str(p.relative_to(root)) for p in sources
+                   if "mkstemp" in p.read_text() or "os.replace" in p.read_text())
+    assert users == ["src/rcig/atomic.py"]
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_missing_corrupt_and_malicious_files_raise_one_line_rcig_errors(tmp_path):
     good = tmp_path / "good.pt"
@@ -307,13 +343,14 @@ def test_missing_corrupt_and_malicious_files_raise_one_line_rcig_errors(tmp_path
     assert not (tmp_path / "pwned").exists()
 
 
-def test_pool_reads_the_older_adam_state_names():
+def test_pool_state_with_other_adam_names_is_a_one_line_error():
     pool = ModelPool(lambda: nn.Linear(2, 1), 2, 0.01, 100, torch.Generator().manual_seed(0))
     state = pool.state_dict()
     for member in state["members"]:
         adam = member["adam"]
         member["adam"] = {"t": adam["count"], "m": adam["mu"], "v": adam["nu"]}
     other = ModelPool(lambda: nn.Linear(2, 1), 2, 0.01, 100, torch.Generator().manual_seed(1))
-    other.load_state_dict(state)
-    assert other.members[0]["adam"]["count"] == 0
-    assert torch.equal(other.params(1)["weight"], pool.params(1)["weight"])
+    before = other.params(1)["weight"].clone()
+    with pytest.raises(RcigError, match="model-pool state"):
+        other.load_state_dict(state)
+    assert torch.equal(other.params(1)["weight"], before)  # a failed load changes nothing

@@ -214,7 +214,8 @@ def test_f_meta_gradient_matches_differentiating_through_exact_solve():
     # RCIG: direct gradient at delta*, v = H^-1 g_t solved exactly, implicit gradient.
     delta = {k: t.detach() for k, t in exact_inner_solution(f, body0, x_s, y_s).items()}
     opts = dict(l2=L2, flip=False, linearize=True, learn_labels=True)
-    _, _, direct, g_t = direct_gradient(f, body0, support, delta, x_t, y_t, **opts)
+    result = direct_gradient(f, body0, support, delta, x_t, y_t, **opts)
+    direct, g_t = result.grads, result.g_t
     problem = LinearizedInner(f, body0, x_s, y_s, L2)
     v = unflat(torch.linalg.solve(full_hessian(problem, delta), flat(g_t)), delta)
     implicit = implicit_gradient(f, body0, support, delta, v, **opts)

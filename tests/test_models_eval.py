@@ -17,8 +17,31 @@ def test_model_output_shapes(arch, size, channels):
     depth = {8: 3, 28: 3, 32: 3, 64: 4, 128: 5}[size]
     model = build_model(arch, in_channels=channels, num_classes=7, image_size=size, depth=depth, width=8)
     logits, features = model(torch.randn(2, channels, size, size), return_features=True)
-    assert logits.shape == (2, 7) and features.shape[0] == 2
+    # conv: the last block's width x (side / 2^depth)^2, the first conv padding gray images by 3
+    conv_side = (size + 4 if channels == 1 else size) // 2 ** depth
+    width = {"conv": 8 * 2 ** (depth - 1) * conv_side ** 2, "resnet18": 512, "vgg11": 512, "alexnet": 256}[arch]
+    assert logits.shape == (2, 7) and features.shape == (2, width) and model.feature_dim == width
     assert model.classifier.out_features == 7
+
+
+def test_one_depth_rule_for_the_presets_and_herding(monkeypatch):
+    """The default preset's depth and herding's feature network follow depth_for_image_size
+    (48 px: depth 3, as the presets have it)."""
+    from types import SimpleNamespace
+
+    import rcig.evaluation.baselines as baselines
+    from rcig.config import default_preset_name, depth_for_image_size, load_preset
+
+    assert [depth_for_image_size(s) for s in (8, 28, 32, 48, 63, 64, 100, 128, 256)] == [3, 3, 3, 3, 3, 4, 4, 5, 5]
+    for size in (28, 32, 48, 64, 96, 128):
+        for channels in (1, 3):
+            assert load_preset(default_preset_name(size, channels)).depth == depth_for_image_size(size)
+    depths = []
+    monkeypatch.setattr(baselines, "embed", lambda x, seed, depth: depths.append(depth) or x.flatten(1))
+    dataset = SimpleNamespace(num_classes=2, image_size=48, class_names=("a", "b"))
+    prepared = SimpleNamespace(dataset=dataset, x_train=torch.randn(6, 3, 48, 48), y_train=torch.tensor([0, 1] * 3))
+    herding(prepared, 2, seed=0)
+    assert depths == [3, 3]
 
 
 def test_convnet_padding_rule_and_channel_plan():

@@ -129,8 +129,10 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
             accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
             print(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
+        from rcig.atomic import atomic_write
+
+        text = json.dumps(report, indent=2) + "\n"
+        atomic_write(json_out, lambda fh: fh.write(text.encode()))
     return report
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rcig.atomic import atomic_write
 from rcig.errors import RcigError
 
 FORMAT = "rcig-distilled/1"
@@ -50,18 +50,6 @@ def make_set(prepared, images: torch.Tensor, labels: torch.Tensor, *, ipc: int, 
     return DistilledSet(images.detach().float().contiguous(), labels.detach().float().contiguous(), meta, arrays)
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save(ds: DistilledSet, path: str | os.PathLike) -> None:
     """Write ``ds`` to ``path`` (.safetensors, or .npz), atomically."""
     path = Path(path)
@@ -71,15 +59,14 @@ def save(ds: DistilledSet, path: str | os.PathLike) -> None:
     if path.suffix == ".npz":
         arrays = {k.replace("/", "__"): v.numpy() for k, v in tensors.items()}
 
-        def write(tmp):
-            with open(tmp, "wb") as fh:
-                np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
+        def write(fh):
+            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
     else:
-        from safetensors.torch import save_file
+        from safetensors.torch import save as to_bytes
 
-        def write(tmp):
-            save_file(tensors, tmp, metadata={"rcig": json.dumps(meta)})
-    _atomic_write(path, write)
+        def write(fh):
+            fh.write(to_bytes(tensors, metadata={"rcig": json.dumps(meta)}))
+    atomic_write(path, write)
 
 
 def load(path: str | os.PathLike) -> DistilledSet:

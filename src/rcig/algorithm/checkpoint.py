@@ -1,8 +1,8 @@
 """Checkpoints that a crash cannot corrupt and that load without running code.
 
-``save_checkpoint`` writes to a temporary file in the same directory, flushes and fsyncs it,
-then renames it over the old one (``os.replace`` is atomic on one filesystem), so a kill at
-any moment leaves either the old or the new checkpoint, never half of one.
+``save_checkpoint`` writes through :func:`rcig.atomic.atomic_write` (a temporary file in the
+same directory, fsynced, renamed over the old one), so a kill at any moment leaves either the
+old or the new checkpoint, never half of one.
 ``load_checkpoint`` uses ``torch.load(weights_only=True)``: tensors and plain containers only,
 no pickled code. A state is a nested dict of tensors, ints, floats, bools, strings, None,
 lists/tuples/dicts of those, and RNG states (``torch.Generator.get_state()`` ByteTensors,
@@ -12,13 +12,13 @@ lists/tuples/dicts of those, and RNG states (``torch.Generator.get_state()`` Byt
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rcig.atomic import atomic_write
 from rcig.errors import RcigError
 
 _SCALARS = (bool, int, float, str, type(None))
@@ -45,37 +45,10 @@ def storable(obj: Any, where: str = "state") -> Any:
     raise TypeError(f"cannot checkpoint {where} of type {type(obj).__name__}{hint}")
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Make the rename itself durable; not possible on every platform, harmless to skip there.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + os.replace)."""
-    path = Path(path)
+    """Write ``state`` to ``path`` atomically (:func:`rcig.atomic.atomic_write`)."""
     state = storable(state)  # fail before touching the disk
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

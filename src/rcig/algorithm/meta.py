@@ -42,7 +42,6 @@ class MetaResult:
     inner_losses: list[float]  # L_in before each inner Adam step
     residuals: list[float]  # v^T(Hv - 2 g) before each H^-1 g Adam step
     delta: Params
-    v: Params
     seconds: dict[str, float]  # inner_solve, direct (target forward/backward), hinv, implicit
 
 
@@ -281,7 +280,7 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
                                          chunk=cfg.max_forward_batch_size), direct.grads)
     clock.lap("implicit")
     grads = {k: direct.grads[k] + implicit[k] for k in LEAVES}
-    return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta, v,
+    return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta,
                       clock.laps)
 
 

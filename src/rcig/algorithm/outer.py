@@ -265,7 +265,7 @@ def average_results(results: list[MetaResult]) -> MetaResult:
     return MetaResult(mean([r.grads for r in results]), mean([r.direct for r in results]),
                       mean([r.implicit for r in results]), sum(r.outer_loss for r in results) / n,
                       sum(r.outer_acc for r in results) / n, first.inner_losses, first.residuals,
-                      first.delta, first.v, seconds)
+                      first.delta, seconds)
 
 
 def pool_loss(model: torch.nn.Module, params: Params, x_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:

@@ -70,10 +70,6 @@ class ModelPool:
         """Member ``index``'s current weights theta0 (do not modify in place)."""
         return self.members[index]["params"]
 
-    def steps(self, index: int) -> int:
-        """How many training steps member ``index`` has done since its init."""
-        return self.members[index]["steps"]
-
     def train(self, index: int, loss_fn: Callable[[Tree], torch.Tensor], n_steps: int) -> list[float]:
         """``n_steps`` Adam steps (lr ``self.lr``) on ``loss_fn(params) -> scalar``.
 

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
 from rcig.algorithm.outer import Distiller, RunState
+from rcig.atomic import atomic_write
 from rcig.config import Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError
 from rcig.models import distillation_network
@@ -92,7 +92,8 @@ def _truncate_log(path: Path, iteration: int) -> None:
     if not path.exists():
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("iter", 0) <= iteration]
-    path.write_text("".join(line + "\n" for line in keep))
+    text = "".join(line + "\n" for line in keep)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 DEFAULTS = {"dataset": "digits", "ipc": 1, "seed": 0}
@@ -164,7 +165,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             _truncate_log(log_path, state.iteration)
         elif ckpt_path.exists():
             raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-        run_file.write_text(json.dumps(identity, indent=2) + "\n")
+        text = json.dumps(identity, indent=2) + "\n"
+        atomic_write(run_file, lambda fh: fh.write(text.encode()))
 
     if state.iteration == 0 and cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
         if progress:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rcig.atomic import atomic_write
+from rcig.data.sources import cache_root
 from rcig.errors import RcigError
 
 ZCA_REG = 0.1
@@ -118,7 +119,7 @@ def fit(x_train: np.ndarray) -> Preprocessor:
 
 
 def _cache_path(spec: str, x_train: np.ndarray, cache_dir: str | os.PathLike | None) -> Path:
-    root = Path(cache_dir) if cache_dir else Path(os.environ.get("RCIG_CACHE_DIR", Path.home() / ".cache" / "rcig")) / "preprocess"
+    root = Path(cache_dir) if cache_dir else cache_root() / "preprocess"
     digest = hashlib.sha256(x_train.tobytes()).hexdigest()[:16]
     safe = "".join(ch if ch.isalnum() else "_" for ch in spec)[-60:]
     return root / f"{safe}-{digest}.npz"
@@ -137,11 +138,7 @@ def fit_preprocessor(dataset, cache_dir: str | os.PathLike | None = None) -> Pre
     pre = fit(dataset.x_train)
     meta, arrays = pre.state()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.savez(fh, meta=np.array(json.dumps(meta)), **arrays))
     except OSError:
         pass  # a read-only cache only costs a refit next time
     return pre

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -19,11 +18,13 @@ from typing import Callable
 
 import numpy as np
 
+from rcig.atomic import atomic_write
 from rcig.data import formats
 from rcig.errors import RcigError
 
 
 def cache_root() -> Path:
+    """Where downloads and fitted preprocessing go: ``$RCIG_CACHE_DIR``, else ~/.cache/rcig."""
     return Path(os.environ.get("RCIG_CACHE_DIR", Path.home() / ".cache" / "rcig"))
 
 
@@ -42,11 +43,9 @@ def download(url: str, dest: Path, md5: str, timeout: float = 20.0) -> Path:
     """Fetch ``url`` to ``dest`` atomically, with a progress bar; check its MD5."""
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    digest = hashlib.md5()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
+    def fetch(out) -> None:
+        digest = hashlib.md5()
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False) as bar:
                 while chunk := response.read(1 << 20):
@@ -55,11 +54,8 @@ def download(url: str, dest: Path, md5: str, timeout: float = 20.0) -> Path:
                     bar.update(len(chunk))
         if digest.hexdigest() != md5:
             raise RcigError(f"checksum mismatch for {url}: got md5 {digest.hexdigest()}, expected {md5}")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    return atomic_write(dest, fetch)
 
 
 def try_download(name: str, files: dict[str, str], base: str, hint: str) -> Path:
