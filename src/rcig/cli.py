@@ -74,7 +74,7 @@ def cmd_baseline(args) -> None:
     from rcig.io import save
 
     out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")
-    ds = baseline_set(args.dataset, args.ipc, args.method, args.seed, args.data_dir)
+    ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir)
     save(ds, out)
     print(f"rcig: wrote {len(ds.images)} {args.method} images ({args.ipc} per class) to {out}")
 

@@ -69,7 +69,7 @@ def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, 
                     iteration=state.iteration, log_temp=float(support["log_temp"]))
 
 
-def baseline_set(spec: str, ipc: int, method: str, seed: int, data_dir: str | None = None):
+def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None) -> DistilledSet:
     """A random-real or herding set of ``ipc`` images per class, with the dataset's protocol."""
     from rcig.data import prepare
     from rcig.evaluation import herding, random_real
