@@ -29,9 +29,17 @@ class DistilledSet:
     meta: dict
     preprocess_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @property
+    def preprocessing_known(self) -> bool:
+        """False for a set imported without a dataset (``rcig import`` without --dataset)."""
+        return self.meta.get("preprocess", {}).get("kind") != "unknown"
+
     def preprocessor(self):
         from rcig.data.preprocess import Preprocessor
 
+        if not self.preprocessing_known:
+            raise RcigError("this set's preprocessing is unknown (it was imported without --dataset); "
+                            "re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
         return Preprocessor.from_state(self.meta["preprocess"], self.preprocess_arrays)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 
 def grid_array(pixels: np.ndarray, classes: np.ndarray, num_classes: int, scale: int, pad: int = 2) -> np.ndarray:
@@ -23,11 +24,26 @@ def grid_array(pixels: np.ndarray, classes: np.ndarray, num_classes: int, scale:
     return canvas
 
 
+def display_pixels(ds) -> np.ndarray:
+    """uint8 (N, H, W, C) for viewing: the inverse preprocessing, or, for a set whose
+    preprocessing is unknown (imported without --dataset), a min-max stretch over the set."""
+    if ds.preprocessing_known:
+        return ds.preprocessor().to_pixels(ds.images)
+    x = ds.images.detach().float()
+    x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-12)
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
 def save_grid(ds, path: str | os.PathLike, *, max_per_class: int | None = None) -> None:
-    """PNG of ``ds`` (a DistilledSet): class names at the left, nearest-neighbour upscaling."""
+    """PNG of ``ds`` (a DistilledSet): see :func:`grid_image`."""
+    grid_image(ds, max_per_class=max_per_class).save(os.fspath(path))
+
+
+def grid_image(ds, *, max_per_class: int | None = None):
+    """PIL image of ``ds``: one row per class, class names at the left, nearest-neighbour upscaling."""
     from PIL import Image, ImageDraw
 
-    pixels = ds.preprocessor().to_pixels(ds.images)
+    pixels = display_pixels(ds)
     classes = ds.labels.argmax(1).numpy()
     names = ds.meta.get("class_names") or [str(i) for i in range(ds.labels.shape[1])]
     if max_per_class:
@@ -42,4 +58,4 @@ def save_grid(ds, path: str | os.PathLike, *, max_per_class: int | None = None) 
     cell_h = pixels.shape[1] * scale + 2
     for k, name in enumerate(names):
         draw.text((4, 2 + k * cell_h + cell_h // 2 - 6), str(name), fill="black")
-    image.save(os.fspath(path))
+    return image

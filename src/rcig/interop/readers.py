@@ -1,0 +1,142 @@
+"""Readers for distilled sets made by other tools: each returns an :class:`Imported`.
+
+Nothing here can run code from a file: ``.pt`` files are read only with
+``torch.load(weights_only=True)`` (plain tensors, dicts, lists, numbers, strings), ``.npz``
+with ``allow_pickle=False``, flax checkpoints with rcig's own msgpack decoder.
+
+==========  ============================================================================
+format      what is read
+==========  ============================================================================
+rcig        a Flax checkpoint of the RCIG release: ``ema_average/{x_proto, y_proto, log_temp}``
+frepo       a Flax checkpoint of the FRePo release: ``params/{x_proto, y_proto, log_temp}``
+mtt         ``images_best.pt`` (N, C, H, W) [+ ``labels_best.pt`` beside it] (MTT, DATM)
+dc          one ``.pt`` holding ``{'data': [[images, labels], ...]}`` (DC, DSA, DM, DC-Bench)
+kip         ``.npz`` with ``images`` (N, H, W, C) and ``labels``
+==========  ============================================================================
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from rcig.errors import RcigError
+from rcig.interop import flax
+
+
+class Imported(NamedTuple):
+    images: torch.Tensor  # (N, C, H, W) float32, exactly as stored (the source's model space)
+    labels: torch.Tensor  # (N, K) float32 soft labels, or (N,) int64 class indices
+    extra: dict[str, Any]  # what else the file said (log_temp, how many sets it held, ...)
+
+
+def load_pt(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)``; a pickle that needs more is refused in one line."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise RcigError(f"{path} is a pickle that needs more than tensors to load (torch.load with "
+                        "weights_only=True refuses it); rcig never unpickles such files: re-save it "
+                        "with plain tensors, lists and dicts") from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means "not a torch file"
+        raise RcigError(f"{path} is not a readable .pt file ({str(exc).splitlines()[0][:100]})") from None
+
+
+def as_tensor(value: Any, what: str, path: str | Path) -> torch.Tensor:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.array(value))
+    if not isinstance(value, torch.Tensor):
+        raise RcigError(f"{path}: {what} is a {type(value).__name__}, not a tensor")
+    return value.detach().cpu()
+
+
+def checked(images: torch.Tensor, labels: torch.Tensor, path, extra: dict | None = None) -> Imported:
+    """Shapes: images (N, C, H, W), labels (N,) integers or (N, K); one line if not."""
+    if images.dim() != 4:
+        raise RcigError(f"{path}: images have shape {tuple(images.shape)}, expected 4 dimensions")
+    if labels.dim() not in (1, 2) or len(labels) != len(images):
+        raise RcigError(f"{path}: labels {tuple(labels.shape)} do not fit images {tuple(images.shape)} "
+                        "(expected N class indices or N x K soft labels)")
+    if labels.dim() == 1:
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise RcigError(f"{path}: 1-D labels must be class indices, found fractional values")
+        labels = labels.long()
+        if len(labels) and labels.min() < 0:
+            raise RcigError(f"{path}: class indices must be >= 0, found {int(labels.min())}")
+    else:
+        labels = labels.float()
+    return Imported(images.float().contiguous(), labels.contiguous(), extra or {})
+
+
+def read_flax(path: str | Path, fmt: str) -> Imported:
+    """``rcig``: the EMA support (what the reference's eval.py scores); ``frepo``: ``params``."""
+    state = flax.read_state(path)
+    support = flax.find_support(state, "ema_average" if fmt == "rcig" else "params", path)
+    images = torch.from_numpy(np.asarray(support["x_proto"], dtype=np.float32).copy())
+    if images.dim() != 4:
+        raise RcigError(f"{path}: x_proto has shape {tuple(images.shape)}, expected (N, H, W, C)")
+    labels = torch.from_numpy(np.asarray(support["y_proto"]).copy())
+    extra = {"log_temp": float(np.asarray(support["log_temp"])) if "log_temp" in support else None}
+    return checked(images.permute(0, 3, 1, 2), labels, path, extra)
+
+
+def read_mtt(path: str | Path) -> Imported:
+    """``images_best.pt`` (or a folder holding it) and ``labels_best.pt`` beside it. Without a
+    labels file the labels are left empty (``(0,)``): the MTT release orders images by class,
+    ``ipc`` each, and :func:`rcig.interop.class_ordered_labels` fills them in."""
+    path = Path(path)
+    images_path = path / "images_best.pt" if path.is_dir() else path
+    if not images_path.is_file():
+        raise RcigError(f"no images_best.pt in {path}")
+    images = as_tensor(load_pt(images_path), "images_best.pt", images_path)
+    labels_path = images_path.with_name(images_path.name.replace("images", "labels"))
+    if labels_path != images_path and labels_path.is_file():
+        labels = as_tensor(load_pt(labels_path), labels_path.name, labels_path)
+        return checked(images, labels, images_path, {"labels_file": str(labels_path)})
+    if images.dim() != 4:
+        raise RcigError(f"{images_path}: images have shape {tuple(images.shape)}, expected 4 dimensions")
+    return Imported(images.float().contiguous(), torch.empty(0, dtype=torch.long), {"labels_file": None})
+
+
+def read_dc(path: str | Path) -> Imported:
+    """``{'data': [[images, labels], ...]}``: the first pair (DC saves one per experiment). A
+    ``soft_labels`` tensor beside ``data`` (rcig's own exports) is preferred to the hard labels."""
+    obj = load_pt(path)
+    if not isinstance(obj, dict) or "data" not in obj:
+        found = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise RcigError(f"{path}: expected a dict with a 'data' entry (the DC layout); found: {found}")
+    data = obj["data"]
+    if not isinstance(data, (list, tuple)) or not data or not isinstance(data[0], (list, tuple)) or len(data[0]) != 2:
+        raise RcigError(f"{path}: 'data' must be a list of [images, labels] pairs")
+    images = as_tensor(data[0][0], "data[0][0] (images)", path)
+    labels = as_tensor(data[0][1], "data[0][1] (labels)", path)
+    soft = obj.get("soft_labels")
+    if soft is not None:
+        labels = as_tensor(soft, "soft_labels", path)
+    return checked(images, labels, path, {"sets_in_file": len(data)})
+
+
+def read_kip(path: str | Path) -> Imported:
+    """``.npz`` with ``images`` (N, H, W, C) and ``labels``."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            found = list(f.files)
+            arrays = {k: np.array(f[k]) for k in ("images", "labels") if k in f.files}
+    except ValueError as exc:
+        raise RcigError(f"{path}: refused ({str(exc).splitlines()[0][:100]}); rcig never unpickles") from None
+    except Exception as exc:  # noqa: BLE001
+        raise RcigError(f"{path} is not a readable .npz file ({str(exc).splitlines()[0][:100]})") from None
+    if len(arrays) < 2:
+        raise RcigError(f"{path}: expected arrays 'images' (N, H, W, C) and 'labels'; found: {', '.join(found) or 'none'}")
+    images = torch.from_numpy(arrays["images"]).float()
+    if images.dim() != 4:
+        raise RcigError(f"{path}: images have shape {tuple(images.shape)}, expected (N, H, W, C)")
+    return checked(images.permute(0, 3, 1, 2), torch.from_numpy(arrays["labels"]), path)
+
+
+READERS = {"rcig": lambda p: read_flax(p, "rcig"), "frepo": lambda p: read_flax(p, "frepo"),
+           "mtt": read_mtt, "dc": read_dc, "kip": read_kip}
