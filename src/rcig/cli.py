@@ -83,18 +83,28 @@ def cmd_baseline(args) -> None:
 
 def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | None = None, steps: int | None = None,
                   test_limit: int | None = None, seed: int | None = None, json_out: str | Path | None = None,
-                  data_dir: str | None = None, which: str = "both", quiet: bool = False) -> dict:
+                  data_dir: str | None = None, which: str = "both", quiet: bool = False,
+                  compare: str | None = None) -> dict:
     """Score the set in ``path`` with the protocol stored in it; print and return the scores.
 
     Arguments left as None take the protocol's defaults (:class:`rcig.evaluation.ProtocolSettings`)
-    or, for arch/depth/width/augmentations, the file's own protocol.
+    or, for arch/depth/width/augmentations, the file's own protocol. ``arch`` may list several
+    architectures ("conv,resnet18"); ``compare`` ("random[,herding]") also scores baselines of
+    the same size with the same protocol and seeds, with DD-Ranking's IOR and ARS. One
+    architecture and no baseline: the JSON is ``{"no_aug", "aug", "dataset", ...}``; otherwise
+    it adds ``"archs"`` / ``"compare"`` / ``"ranking"``.
     """
     from rcig.data import prepare
-    from rcig.evaluation import ProtocolSettings, evaluate_support
+    from rcig.evaluation import ProtocolSettings
+    from rcig.evaluation.ranking import ranking_scores
+    from rcig.evaluation.suite import ARCH_PROTOCOLS, BASELINES, baseline_support, format_table, parse_list, score_grid
     from rcig.io import load
 
     ds = load(path)
     meta = ds.meta
+    if meta.get("dataset") is None:
+        raise RcigError(f"{path} was imported without --dataset: its preprocessing is unknown and it names no test "
+                        "set; re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
     prepared = prepare(meta["dataset"], data_dir)
     if list(prepared.dataset.class_names) != list(meta.get("class_names", prepared.dataset.class_names)):
         raise RcigError(f"{path} was made for other classes than {meta['dataset']} has now")
@@ -106,7 +116,9 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
         if any(abs(a - b) > 1e-4 for a, b in zip(stored["mean"], now["mean"])):
             raise RcigError(f"{path} was preprocessed with other statistics than {meta['dataset']} gives now")
     protocol, defaults = meta.get("protocol", {}), ProtocolSettings()
-    settings = ProtocolSettings(arch=arch or protocol.get("arch", defaults.arch),
+    archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or (protocol.get("arch", defaults.arch),)
+    baselines = parse_list(compare, BASELINES, "baseline")
+    settings = ProtocolSettings(arch=protocol.get("arch", defaults.arch),
                                 depth=protocol.get("depth", defaults.depth), width=protocol.get("width", defaults.width),
                                 n_models=models or defaults.n_models, steps=steps,
                                 seed=defaults.seed if seed is None else seed,
@@ -114,20 +126,36 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
                                 test_limit=test_limit,
                                 settings=defaults.settings if which == "both" else (which,))
     models = settings.n_models
+    supports = {"distilled": (ds.images, ds.labels)}
+    k = ds.labels.shape[1]
+    if baselines and len(ds.images) % k:
+        raise RcigError(f"--compare needs the same number of images per class; {path} has {len(ds.images)} for {k} classes")
+    for name in baselines:
+        supports[name] = baseline_support(prepared, name, len(ds.images) // k, settings.seed)
     started = time.perf_counter()
-    scores = evaluate_support(ds.images, ds.labels, prepared.x_test, prepared.y_test, settings,
-                              flip=bool(meta.get("flip")), progress=not quiet)
+    grid = score_grid(supports, archs, settings, prepared.x_test, prepared.y_test, flip=bool(meta.get("flip")),
+                      progress=not quiet)
     seconds = time.perf_counter() - started
-    report = {**scores, "dataset": meta["dataset"], "ipc": meta.get("ipc"), "method": meta.get("method"),
-              "models": models, "arch": settings.arch, "steps": steps or "default", "test_limit": test_limit,
-              "seconds": round(seconds, 1), "file": str(path)}
-    print(f"{meta['dataset']}  ipc={meta.get('ipc')}  method={meta.get('method')}  arch={settings.arch}  "
+    ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
+    single = len(archs) == 1
+    report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
+              "method": meta.get("method"), "models": models, "arch": ",".join(archs), "steps": steps or "default",
+              "test_limit": test_limit, "seconds": round(seconds, 1), "file": str(path)}
+    if not single:
+        report["archs"] = grid["distilled"]
+    if baselines:
+        report.update(compare={b: grid[b] for b in baselines}, ranking=ranking, seed=settings.seed)
+    print(f"{meta['dataset']}  ipc={meta.get('ipc')}  method={meta.get('method')}  arch={report['arch']}  "
           f"models={models}  ({seconds / 60:.1f} min)")
-    for name in ("no_aug", "aug"):
-        if name in scores:
-            s = scores[name]
-            accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
-            print(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
+    if single and not baselines:
+        scores = grid["distilled"][archs[0]]
+        for name in ("no_aug", "aug"):
+            if name in scores:
+                s = scores[name]
+                accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
+                print(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
+    else:
+        print("\n".join(format_table(grid, ranking)))
     if json_out:
         from rcig.atomic import atomic_write
 
@@ -138,7 +166,7 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
 
 def cmd_eval(args) -> None:
     evaluate_file(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
-                  seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings)
+                  seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings, compare=args.compare)
 
 
 # -------------------------------------------------------------------------------- show
@@ -198,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a distilled set with the paper's protocol")
     p.add_argument("file")
     p.add_argument("--models", type=positive_int, default=5, help="networks per setting (default 5)")
-    p.add_argument("--arch", choices=("conv", "resnet18", "vgg11", "alexnet"), help="default: the file's")
+    p.add_argument("--arch", metavar="A[,B...]", help="architectures, comma-separated, from conv, conv_bn, resnet18, "
+                   "vgg11, alexnet: one table, rows architectures (default: the file's)")
+    p.add_argument("--compare", metavar="random[,herding]", help="also score baselines of the same size with the "
+                   "same protocol and seeds, and report DD-Ranking's IOR and ARS")
     p.add_argument("--steps", type=positive_int, help="training steps (default 1000 for <= 10 images, else 2000)")
     p.add_argument("--test-limit", type=positive_int, help="first K test images only (quick checks)")
     p.add_argument("--seed", type=non_negative_int, default=0)
