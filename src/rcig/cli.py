@@ -1,4 +1,4 @@
-"""The ``rcig`` command line: datasets, distill, baseline, eval, show.
+"""The ``rcig`` command line: datasets, distill, baseline, eval, export, import, report, show.
 
 Every user error ends with one line ``rcig: error: ...`` and exit status 2, never a traceback.
 """
@@ -65,6 +65,9 @@ def cmd_distill(args) -> None:
                       json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet)
     else:
         print(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
+    from rcig.report import write_report
+
+    print(f"rcig: report: {write_report(out)}")
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -179,6 +182,38 @@ def cmd_show(args) -> None:
     print(f"rcig: wrote {args.out}")
 
 
+# ------------------------------------------------------------------ export, import, report
+
+def cmd_export(args) -> None:
+    from rcig.interop import export
+    from rcig.io import load
+
+    files = export(load(args.file), args.format, args.out)
+    print(f"rcig: wrote {args.format}: " + (str(files[0]) if len(files) == 1 else f"{len(files)} files in {args.out}"))
+
+
+def cmd_import(args) -> None:
+    from rcig.interop import read, to_distilled_set
+    from rcig.io import save
+
+    fmt, imported = read(args.path, args.format)
+    flip = {"on": True, "off": False, "auto": None}[args.flip]
+    ds = to_distilled_set(imported, fmt, args.path, dataset=args.dataset, data_dir=args.data_dir,
+                          stored_as=args.stored_as, flip=flip)
+    save(ds, args.out)
+    where = (f"preprocessing of {ds.meta['dataset']}" if ds.meta["dataset"] else
+             "preprocessing unknown (give --dataset to evaluate it)")
+    more = imported.extra.get("sets_in_file", 1)
+    print(f"rcig: imported {len(ds.images)} images x {ds.labels.shape[1]} classes ({fmt}) to {args.out}; {where}; "
+          f"flip trick {'on' if ds.meta['flip'] else 'off'}" + (f"; used the first of {more} sets" if more > 1 else ""))
+
+
+def cmd_report(args) -> None:
+    from rcig.report import write_report
+
+    print(f"rcig: wrote {write_report(args.dir)}")
+
+
 # ------------------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +272,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--data-dir", help="folder with the dataset files")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="write a distilled set in another tool's format")
+    p.add_argument("file")
+    p.add_argument("--format", required=True, choices=("mtt", "dc", "kip", "imagefolder", "npz"))
+    p.add_argument("--out", required=True, help="a folder for mtt and imagefolder, else a file")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="read a distilled set made by another tool into rcig's format")
+    p.add_argument("path", help="a flax checkpoint, images_best.pt (or its folder), a DC .pt or a KIP .npz")
+    p.add_argument("--format", default="auto", choices=("auto", "rcig", "frepo", "mtt", "dc", "kip"))
+    p.add_argument("--dataset", help="the dataset it was distilled from: records its preprocessing so eval and "
+                   "show treat it right (without: kept as stored, preprocessing unknown)")
+    p.add_argument("--stored-as", default="model", metavar="model|unit|norm:MEAN/STD",
+                   help="how the file stores images: rcig's model space for the dataset (default; the RCIG and "
+                   "FRePo releases), pixels/255 ('unit'), or per-channel normalised pixels (DC, DSA, DM)")
+    p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
+                   help="flip trick at eval (auto: the paper's preset for rcig checkpoints, else off)")
+    p.add_argument("--out", required=True, help="output file (.safetensors or .npz)")
+    p.add_argument("--data-dir", help="folder with the dataset files")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("report", help="write DIR/report.html for a run directory")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("show", help="draw a distilled set, one row per class")
     p.add_argument("file")

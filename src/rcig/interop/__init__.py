@@ -71,7 +71,10 @@ def detect_format(path: str | Path) -> str:
 
         return "rcig" if "ema_average" in read_state(path) else "frepo"
     if len(head) > 8 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
-        raise RcigError(f"{path} is a safetensors file: if rcig wrote it, use it directly (rcig eval {path})")
+        from rcig.io import load
+
+        load(path)  # one line if it is not rcig's
+        raise RcigError(f"{path} is already an rcig distilled set: use it directly (rcig eval {path})")
     raise RcigError(f"cannot tell the format of {path}; pass --format ({', '.join(IMPORT_FORMATS)})")
 
 
