@@ -126,6 +126,16 @@ def test_rcig_flax_checkpoint_reads_the_ema_support(soft_set, tmp_path, capsys):
     assert torch.equal(load(tmp_path / "f.safetensors").images, params_x)
 
 
+def test_flax_rgb_images_are_transposed_from_nhwc(tmp_path, capsys):
+    x = torch.randn(4, 3, 5, 5)  # an RGB support, kept as stored without --dataset
+    y = torch.randn(4, 2)
+    ckpt = flax_file(tmp_path / "ckpt", {"ema_average": support(x, y)})
+    assert run(["import", ckpt, "--out", tmp_path / "x.safetensors"], capsys)[0] == 0
+    ds = load(tmp_path / "x.safetensors")
+    assert torch.equal(ds.images, x) and torch.equal(ds.labels, y)
+    assert ds.meta["flip"] is True  # RGB RCIG checkpoint: the paper's preset uses the flip trick
+
+
 def test_flax_chunked_and_bfloat16_arrays_are_decoded(soft_set, tmp_path, capsys):
     flat = soft_set.images.permute(0, 2, 3, 1).contiguous().numpy().reshape(-1)
     chunked = {"__msgpack_chunked_array__": True, "shape": {"0": 20, "1": 8, "2": 8, "3": 1},
