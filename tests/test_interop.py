@@ -129,8 +129,9 @@ def test_rcig_flax_checkpoint_reads_the_ema_support(soft_set, tmp_path, capsys):
 def test_flax_rgb_images_are_transposed_from_nhwc(tmp_path, capsys):
     x = torch.randn(4, 3, 5, 5)  # an RGB support, kept as stored without --dataset
     y = torch.randn(4, 2)
-    ckpt = flax_file(tmp_path / "ckpt", {"ema_average": support(x, y)})
-    assert run(["import", ckpt, "--out", tmp_path / "x.safetensors"], capsys)[0] == 0
+    (tmp_path / "checkpoint_5").mkdir()  # a checkpoint saved as a folder
+    flax_file(tmp_path / "checkpoint_5" / "checkpoint", {"ema_average": support(x, y)})
+    assert run(["import", tmp_path / "checkpoint_5", "--out", tmp_path / "x.safetensors"], capsys)[0] == 0
     ds = load(tmp_path / "x.safetensors")
     assert torch.equal(ds.images, x) and torch.equal(ds.labels, y)
     assert ds.meta["flip"] is True  # RGB RCIG checkpoint: the paper's preset uses the flip trick

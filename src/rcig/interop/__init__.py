@@ -53,7 +53,9 @@ def detect_format(path: str | Path) -> str:
     if path.is_dir():
         if (path / "images_best.pt").is_file():
             return "mtt"
-        raise RcigError(f"{path} is a folder without images_best.pt; pass a file")
+        if (path / "checkpoint").is_file():  # a flax checkpoint saved as a folder (orbax, aggregate file)
+            return detect_format(path / "checkpoint")
+        raise RcigError(f"{path} is a folder without images_best.pt or a flax 'checkpoint' file; pass a file")
     if not path.is_file():
         raise RcigError(f"no such file: {path}")
     head = path.read_bytes()[:16]

@@ -73,7 +73,9 @@ def checked(images: torch.Tensor, labels: torch.Tensor, path, extra: dict | None
 
 
 def read_flax(path: str | Path, fmt: str) -> Imported:
-    """``rcig``: the EMA support (what the reference's eval.py scores); ``frepo``: ``params``."""
+    """``rcig``: the EMA support (what the reference's eval.py scores); ``frepo``: ``params``.
+    A folder is read through its ``checkpoint`` file (flax checkpoints saved by orbax)."""
+    path = Path(path) / "checkpoint" if Path(path).is_dir() else path
     state = flax.read_state(path)
     support = flax.find_support(state, "ema_average" if fmt == "rcig" else "params", path)
     images = torch.from_numpy(np.asarray(support["x_proto"], dtype=np.float32).copy())
