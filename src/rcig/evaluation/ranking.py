@@ -14,7 +14,9 @@ with the normalisation ``N(x) = (e^x - e^-1) / (e - e^-1)``, which maps [-1, 1] 
 leaderboard and its ``ars_lambda`` use. As DD-Ranking does, scores are computed per
 evaluation round (here: per seed, network i of the set against network i of the baseline)
 and then averaged. ``rcig eval --compare`` reports IOR and ARS; HLR and LRS need the
-full-data accuracy and a hard-label run, which the command does not train.
+full-data accuracy and a hard-label run, which the command does not train. With
+``--compare herding`` the same formulas use herding in place of random: rcig's extension,
+not a DD-Ranking score.
 """
 
 from __future__ import annotations
