@@ -25,9 +25,9 @@ def run(argv, capsys):
 @pytest.fixture(scope="module")
 def soft_set():
     """A digits random-real set (2 per class) whose labels were made soft, as distillation does."""
-    from rcig.algorithm.run import baseline_set
+    from rcig.algorithm.runner import baseline_set
 
-    ds = baseline_set("digits", 2, "random", 0)
+    ds = baseline_set("digits", 2, method="random", seed=0)
     g = torch.Generator().manual_seed(0)
     ds.labels = ds.labels + 0.05 * torch.randn(ds.labels.shape, generator=g)
     return ds

@@ -224,9 +224,7 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` atomically; returns its path."""
-    from rcig.io import _atomic_write
+    from rcig.atomic import atomic_write
 
-    text = build_report(run_dir)
-    path = Path(run_dir) / "report.html"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return path
+    data = build_report(run_dir).encode("utf-8")
+    return atomic_write(Path(run_dir) / "report.html", lambda fh: fh.write(data))

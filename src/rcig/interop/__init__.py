@@ -133,7 +133,7 @@ def to_model_space(images: torch.Tensor, stored: StoredAs, preprocessor) -> torc
 def centred_labels(labels: torch.Tensor, num_classes: int | None, n_images: int, path) -> torch.Tensor:
     """(N, K) float labels as stored; class indices -> centred one-hot (rcig's encoding);
     no labels (MTT without labels_best.pt) -> class-ordered, N / K images per class."""
-    from rcig.evaluation.baselines import centred_one_hot
+    from rcig.data.sampling import centred_one_hot
 
     if labels.dim() == 2:
         if num_classes is not None and labels.shape[1] != num_classes:
@@ -154,7 +154,7 @@ def centred_labels(labels: torch.Tensor, num_classes: int | None, n_images: int,
 
 def protocol_for(images: torch.Tensor) -> tuple[dict, bool]:
     """The protocol defaults and flip trick of the paper's preset for this image shape."""
-    from rcig.algorithm.run import protocol_defaults
+    from rcig.algorithm.runner import protocol_defaults
     from rcig.config import default_preset_name, load_preset
 
     cfg = load_preset(default_preset_name(int(images.shape[2]), int(images.shape[1])))

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 
 from rcig.errors import RcigError
-from rcig.io import _atomic_write
+from rcig.atomic import atomic_write
 
 
 def _save_pt(obj, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def export_mtt(ds, out: Path) -> list[Path]:
@@ -51,11 +51,7 @@ def export_dc(ds, out: Path) -> list[Path]:
 def export_kip(ds, out: Path) -> list[Path]:
     images = ds.images.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
 
-    def write(tmp):
-        with open(tmp, "wb") as fh:
-            np.savez(fh, images=images, labels=ds.labels.numpy().astype(np.float32))
-
-    _atomic_write(out, write)
+    atomic_write(out, lambda fh: np.savez(fh, images=images, labels=ds.labels.numpy().astype(np.float32)))
     return [out]
 
 
@@ -76,13 +72,14 @@ def export_imagefolder(ds, out: Path) -> list[Path]:
         rel = f"{folder_name(k, names[k])}/{count[k]:04d}.png"
         count[k] += 1
         array = img[:, :, 0] if img.shape[2] == 1 else img
-        _atomic_write(out / rel, lambda tmp, a=array: Image.fromarray(a).save(tmp, format="PNG"))
+        atomic_write(out / rel, lambda fh, a=array: Image.fromarray(a).save(fh, format="PNG"))
         written.append(out / rel)
         entries.append({"file": rel, "class": k, "label": label})
     doc = {"dataset": ds.meta.get("dataset"), "class_names": list(names), "images": entries,
            "note": "label = the set's soft label (rcig: centred one-hot plus what distillation learned); "
                    "pixels = the images mapped back through the inverse preprocessing, clipped to 0..255"}
-    _atomic_write(out / "labels.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=1) + "\n"))
+    text = json.dumps(doc, indent=1) + "\n"
+    atomic_write(out / "labels.json", lambda fh: fh.write(text.encode()))
     return written + [out / "labels.json"]
 
 
