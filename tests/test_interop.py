@@ -244,3 +244,23 @@ def test_mtt_without_labels_file_takes_class_ordered_labels(soft_set, tmp_path, 
     labels = load(tmp_path / "x.safetensors").labels
     assert labels.argmax(1).tolist() == [k for k in range(10) for _ in range(2)]
     assert torch.allclose(labels.sum(1), torch.zeros(20), atol=1e-6)  # centred one-hot
+
+
+def test_imagefolder_of_an_rgb_zca_set_gives_back_the_real_pixels(tmp_path, capsys):
+    """A random-real RGB set lives in ZCA space; its PNGs must be exactly the training images."""
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    y = np.repeat(np.arange(3), 20)
+    np.savez(tmp_path / "rgb.npz", x_train=x, y_train=y, x_test=x[:9], y_test=y[:9])
+    spec = f"npz:{tmp_path / 'rgb.npz'}"
+    assert run(["baseline", "--dataset", spec, "--ipc", "2", "--out", tmp_path / "b.safetensors"], capsys)[0] == 0
+    ds = load(tmp_path / "b.safetensors")
+    assert ds.meta["preprocess"]["kind"] == "zca"
+    assert run(["export", tmp_path / "b.safetensors", "--format", "imagefolder", "--out", tmp_path / "f"], capsys)[0] == 0
+    doc = json.loads((tmp_path / "f" / "labels.json").read_text())
+    train = {img.tobytes() for img in x}
+    for entry in doc["images"]:
+        png = np.array(Image.open(tmp_path / "f" / entry["file"]))
+        assert png.shape == (8, 8, 3) and png.tobytes() in train
