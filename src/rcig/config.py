@@ -16,6 +16,22 @@ depth_4_200        Tiny-ImageNet 1 ipc: 64 px, ReLU, 400 target rows
 depth_4_big        Tiny-ImageNet 10 ipc: 64 px, subsampling 500/256
 depth_5            ImageNette/ImageWoof: 128 px, l2_rate 0.05
 =================  ==========================================================
+
+Two groups of knobs are off in every preset (the paper does not use them):
+
+* Augmentation during distillation (the reference release's ``aug`` / ``aug_repeats``):
+  with ``aug`` a list of transforms (e.g. ``["crop", "rotate", "translate", "cutout"]``,
+  the names of ``test_augmentations``), every inner-solve step and every pool-network step
+  sees the support with one fresh random transform per row, and ``aug_repeats`` extra
+  meta-gradient passes, each on a fresh target batch and a fresh augmentation (direct and
+  implicit gradient through the transforms, into the images), are averaged with equal
+  weight with the ``normal_repeats`` unaugmented ones. The learning-rate tuning and the
+  H^-1 g solve stay unaugmented, as in the reference.
+* A support learning-rate boost for short CPU budgets: the AdaBelief rate of ``x`` and
+  ``y`` starts at ``proto_lr_boost`` x ``proto_lr`` and decays (cosine) to ``proto_lr`` over
+  the first ``proto_lr_boost_steps`` outer steps, then stays there. ``log_temp`` keeps
+  ``temp_lr`` (a single scalar already at 10x the rate; boosting it is not what moves the
+  images).
 """
 
 from __future__ import annotations
@@ -51,6 +67,8 @@ class Config:
     learn_labels: bool = True
     flip: bool = False  # flip trick: the inner model sees [x, flip(x)] with labels [y, y]
     proto_lr: float = 0.003  # AdaBelief lr for images and labels
+    proto_lr_boost: float = 1.0  # > 1: start x/y's lr at this multiple of proto_lr ...
+    proto_lr_boost_steps: int = 0  # ... and decay it (cosine) to proto_lr over these outer steps
     temp_lr: float = 0.03  # AdaBelief lr for log_temp
     ema_decay: float = 0.99
 
@@ -86,6 +104,10 @@ class Config:
     pool_train_batch_size: int | None = None  # random support rows per pool-network step
     max_forward_batch_size: int | None = None
     normal_repeats: int = 1  # meta-gradients (fresh target batch each) averaged per step
+
+    # -- augmentation during distillation (the reference's option; () = off, as in the paper) --
+    aug: tuple[str, ...] = ()  # transforms of the support in the inner solve, pool training, aug passes
+    aug_repeats: int = 0  # extra augmented meta-gradient passes averaged with the normal_repeats ones
 
     # -- the run --
     steps: int = 1000
@@ -144,7 +166,7 @@ def _validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
              f"{name} must be a positive integer, got {value!r}")
-    for name in ("n_inner_steps", "n_hinv_steps", "steps"):
+    for name in ("n_inner_steps", "n_hinv_steps", "steps", "aug_repeats", "proto_lr_boost_steps"):
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
              f"{name} must be a non-negative integer, got {value!r}")
@@ -175,8 +197,18 @@ def _validate(cfg: Config) -> None:
         need(value is None or (isinstance(value, int) and value > 0), f"{name} must be a positive integer or null")
     need(all(isinstance(i, int) and i > 0 for i in cfg.checkpoint_iters),
          "checkpoint_iters must be positive integers")
-    unknown = [a for a in cfg.test_augmentations if a not in AUGMENTATIONS]
-    need(not unknown, f"unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}")
+    for name in ("test_augmentations", "aug"):
+        names = getattr(cfg, name)
+        need(isinstance(names, tuple), f'{name} must be a list of transform names like ["crop", "rotate"], got {names!r}')
+        unknown = [a for a in names if a not in AUGMENTATIONS]
+        need(not unknown, f"unknown augmentation(s) {unknown} in {name}; choose from {list(AUGMENTATIONS)}")
+    need(cfg.aug_repeats == 0 or cfg.aug, "aug_repeats needs aug: the list of transforms of the augmented passes")
+    need(not (cfg.solver == "cg" and cfg.aug),
+         "solver cg needs a fixed inner problem: set aug to [] (augmentation redraws the support at every inner step)")
+    need(isinstance(cfg.proto_lr_boost, (int, float)) and not isinstance(cfg.proto_lr_boost, bool)
+         and cfg.proto_lr_boost >= 1, f"proto_lr_boost must be >= 1 (1 = off), got {cfg.proto_lr_boost!r}")
+    need(cfg.proto_lr_boost == 1 or cfg.proto_lr_boost_steps > 0,
+         "proto_lr_boost > 1 needs proto_lr_boost_steps > 0, the outer steps over which it decays")
 
 
 # ---------------------------------------------------------------------------- presets

@@ -12,13 +12,19 @@ batch of real targets (X_t, Y_t):
    two JVPs of the support and first derivatives only.
 5. Per leaf, the implicit gradient is scaled down to at most the direct gradient's norm;
    the meta-gradient is their sum.
+
+With ``cfg.aug`` set (augmentation during distillation, the reference's option), every
+step of the inner solve sees the support with a fresh random transform per row, and an
+*augmented* pass (``augmented_pass=True``) takes steps 2 and 4 on a fresh augmentation each,
+differentiably, so the gradients reach the images through the transforms. The H^-1 g
+solve stays on the plain support, as in the reference.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +33,11 @@ from torch import Tensor
 from rcig.algorithm.inner import (
     SOLVERS, InnerProblem, Network, Params, features_and_change, make_inner, ridge_matrix,
 )
+from rcig.augment import augment_batch
 from rcig.config import Config
 
 LEAVES = ("x", "y", "log_temp")
+Augment = Callable[[Tensor], Tensor]  # support rows (n, ch, H, W) -> the same rows transformed
 
 
 @dataclass
@@ -61,6 +69,19 @@ def expand_support(x: Tensor, y: Tensor, flip: bool) -> tuple[Tensor, Tensor]:
     if not flip:
         return x, y
     return torch.cat([x, x.flip(-1)]), torch.cat([y, y])
+
+
+def support_augmentation(names: tuple[str, ...], generator: torch.Generator | None) -> Augment | None:
+    """``x -> x`` with one random transform per row drawn from ``names`` (differentiable in x,
+    seeded by ``generator``, fresh at every call), or None when ``names`` is empty."""
+    if not names:
+        return None
+    return lambda x: augment_batch(x, names, generator)
+
+
+def augmented(x: Tensor, augment: Augment | None) -> Tensor:
+    """``augment(x)``, or x itself without augmentation."""
+    return x if augment is None else augment(x)
 
 
 def label_margin(y: Tensor) -> Tensor:
@@ -130,23 +151,26 @@ def partial_features(f: Network, body0: Params, x: Tensor, delta: Params, linear
 
 
 class RowSampledInner:
-    """An inner problem whose every gradient and H v uses ``k`` fresh random support rows.
+    """An inner problem whose every gradient and H v uses a fresh draw of the support:
+    ``k`` random rows (None: all) and, with ``augment``, a fresh transform of each.
 
     For supports too large to differentiate whole (the presets' ``inner_train_batch_size``
-    and ``hinv_batch_size``): each call builds the ridge problem of a random subset
-    (same l2) and returns its gradient or H v, so the solvers see unbiased-in-spirit,
-    cheaper, noisier estimates.
+    and ``hinv_batch_size``) and for augmentation during distillation: each call builds the
+    ridge problem of the drawn rows (same l2) and returns its gradient or H v, so the
+    solvers see unbiased-in-spirit, cheaper (for k rows), noisier estimates.
     """
 
-    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int,
-                 generator: torch.Generator | None):
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
+                 k: int | None, generator: torch.Generator | None, augment: Augment | None = None):
         self.args, self.k, self.generator = (f, body0, x_s, y_s, l2, linearize), k, generator
+        self.augment = augment
         self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
 
     def _subset(self):
         f, body0, x_s, y_s, l2, linearize = self.args
-        rows = torch.randperm(len(x_s), generator=self.generator)[:self.k]
-        return make_inner(f, body0, x_s[rows], y_s[rows], l2, linearize)
+        rows = grad_rows(len(x_s), self.k, self.generator)
+        x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
+        return make_inner(f, body0, augmented(x, self.augment), y, l2, linearize)
 
     def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
@@ -159,10 +183,12 @@ class RowSampledInner:
 
 
 def inner_problem(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int | None,
-                  generator: torch.Generator | None, full: InnerProblem | None = None) -> InnerProblem:
-    """The whole-support problem ``full`` (built if None), or a :class:`RowSampledInner` of k rows."""
-    if k is not None and k < len(x_s):
-        return RowSampledInner(f, body0, x_s, y_s, l2, linearize, k, generator)
+                  generator: torch.Generator | None, full: InnerProblem | None = None,
+                  augment: Augment | None = None) -> InnerProblem:
+    """The whole-support problem ``full`` (built if None), or a :class:`RowSampledInner` of
+    k rows and/or fresh augmentations."""
+    if (k is not None and k < len(x_s)) or augment is not None:
+        return RowSampledInner(f, body0, x_s, y_s, l2, linearize, k, generator, augment)
     return full if full is not None else make_inner(f, body0, x_s, y_s, l2, linearize)
 
 
@@ -171,10 +197,11 @@ def inner_problem(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float
 def direct_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta: Params, x_t: Tensor,
                     y_t: Tensor, *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
                     support_rows: Tensor | None = None, target_rows: Tensor | None = None,
-                    chunk: int | None = None) -> DirectResult:
+                    chunk: int | None = None, augment: Augment | None = None) -> DirectResult:
     """:class:`DirectResult` (loss, acc, direct grads per leaf, g_t = dL_out/d delta), delta held at delta*.
 
     ``support_rows`` / ``target_rows``: backpropagate through these rows only (large sets).
+    ``augment``: the support rows (flip copies included) go through it, inside the graph.
     """
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
@@ -182,6 +209,7 @@ def direct_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta
         log_temp = support["log_temp"].detach().requires_grad_()
         d = {k: v.detach().requires_grad_() for k, v in delta.items()}
         x_s, y_s = expand_support(x, y, flip)
+        x_s = augmented(x_s, augment)
         phi_s, u_s, order_s = partial_features(f, body0, x_s, d, linearize, support_rows, chunk)
         phi_t, u_t, order_t = partial_features(f, body0, x_t, d, linearize, target_rows, chunk)
         y_s, y_t = y_s[order_s], y_t[order_t]
@@ -199,15 +227,18 @@ def direct_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta
 
 def implicit_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta: Params, v: Params,
                       *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
-                      rows: Tensor | None = None, chunk: int | None = None) -> dict[str, Tensor]:
+                      rows: Tensor | None = None, chunk: int | None = None,
+                      augment: Augment | None = None) -> dict[str, Tensor]:
     """``- d/dS [ v . grad_delta L_in(delta*, S) ]`` per leaf (log_temp's is zero).
 
     ``rows``: differentiate through these support rows only (``implicit_batch_size``).
+    ``augment``: the support rows (flip copies included) go through it, inside the graph.
     """
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
         y = support["y"].detach().requires_grad_(learn_labels)
         x_s, y_s = expand_support(x, y, flip)
+        x_s = augmented(x_s, augment)
         n, c = y_s.shape
         scale = l2 / (n * c)
         if linearize:
@@ -248,36 +279,41 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
 # ---------------------------------------------------------------------------- one step
 
 def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg: Config,
-                  inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None) -> MetaResult:
+                  inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None,
+                  augmented_pass: bool = False) -> MetaResult:
     """The full RCIG meta-gradient for one base network and one target batch.
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
     ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors.
     ``generator`` draws the support/target rows when the config subsamples them for large
     supports (``direct_batch_sizes``, ``inner_train_batch_size``, ``hinv_batch_size``,
-    ``implicit_batch_size``); with none of them set it is not used.
+    ``implicit_batch_size``) and the augmentations (``cfg.aug``); with none of them set it
+    is not used. ``augmented_pass``: an ``aug_repeats`` pass (direct and implicit gradient
+    on fresh augmentations, see the module docstring).
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     solve_inner, solve_hinv = SOLVERS[cfg.solver]
     l2 = l2_strength(cfg, support["x"].shape[0])
     clock = Stopwatch()
+    augment = support_augmentation(cfg.aug, generator)
+    outer_augment = augment if augmented_pass else None
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
     problem_args = (f, body0, x_s, y_s, l2, cfg.linearize)
     full = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else make_inner(*problem_args)
-    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full)
+    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, augment)
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps)
     clock.lap("inner_solve")
     support_k, target_k = cfg.direct_batch_sizes
     rows = dict(support_rows=grad_rows(len(x_s), support_k, generator),
                 target_rows=grad_rows(len(x_t), target_k, generator), chunk=cfg.max_forward_batch_size)
-    direct = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows)
+    direct = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows, augment=outer_augment)
     clock.lap("direct")
     problem = inner_problem(*problem_args, cfg.hinv_batch_size, generator, full)
     v, residuals = solve_hinv(problem, delta, direct.g_t, hvp_lr, cfg.n_hinv_steps)
     clock.lap("hinv")
     implicit_rows = grad_rows(len(x_s), cfg.implicit_batch_size, generator)
     implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options, rows=implicit_rows,
-                                         chunk=cfg.max_forward_batch_size), direct.grads)
+                                         chunk=cfg.max_forward_batch_size, augment=outer_augment), direct.grads)
     clock.lap("implicit")
     grads = {k: direct.grads[k] + implicit[k] for k in LEAVES}
     return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta,
@@ -297,5 +333,6 @@ class Stopwatch:
         self._last = now
 
 
-__all__ = ["LEAVES", "DirectResult", "MetaResult", "RowSampledInner", "clip_to", "direct_gradient", "expand_support", "implicit_gradient",
-           "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "outer_loss"]
+__all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "RowSampledInner", "augmented", "clip_to",
+           "direct_gradient", "expand_support", "implicit_gradient", "inner_prediction", "l2_strength", "label_margin",
+           "meta_gradient", "outer_loss", "support_augmentation"]

@@ -41,9 +41,11 @@ class AdaBelief:
         nu     = b2 nu_old + (1 - b2) (g - mu_old)^2 + eps_root    # belief in the *old* moment
         mu_hat = mu / (1 - b1^t)
         nu_hat = nu / (1 - b2^t)
-        x      = x - lr[leaf] * mu_hat / (sqrt(nu_hat) + eps)
+        x      = x - lr[leaf] * scale[leaf] * mu_hat / (sqrt(nu_hat) + eps)
 
-    State: ``{"count": int, "mu": Tree, "nu": Tree}``.
+    ``scale`` (an argument of ``step``, default 1 per leaf) multiplies the construction-time
+    rates for that one step: a learning-rate schedule as a function of the step, so the
+    state stays ``{"count": int, "mu": Tree, "nu": Tree}`` and checkpoints exactly.
     """
 
     def __init__(self, lrs: dict[str, float], b1: float = 0.9, b2: float = 0.999,
@@ -56,9 +58,12 @@ class AdaBelief:
         return {"count": 0, "mu": tree_zeros_like(params), "nu": tree_zeros_like(params)}
 
     @torch.no_grad()
-    def step(self, params: Tree, grads: Tree, state: dict) -> tuple[Tree, dict]:
-        """One step; returns ``(new_params, new_state)`` and leaves the inputs untouched."""
+    def step(self, params: Tree, grads: Tree, state: dict,
+             scale: dict[str, float] | None = None) -> tuple[Tree, dict]:
+        """One step at rates ``lr[leaf] * scale.get(leaf, 1)``; returns ``(new_params, new_state)``
+        and leaves the inputs untouched."""
         _check_keys(params, grads, "AdaBelief gradients")
+        scale = scale or {}
         t = state["count"] + 1
         mu, nu, new = {}, {}, {}
         for k, x in params.items():
@@ -67,7 +72,7 @@ class AdaBelief:
             nu[k] = self.b2 * state["nu"][k] + (1 - self.b2) * (g - mu_old) ** 2 + self.eps_root
             mu_hat = mu[k] / (1 - self.b1 ** t)
             nu_hat = nu[k] / (1 - self.b2 ** t)
-            new[k] = x - self.lrs[k] * mu_hat / (nu_hat.sqrt() + self.eps)
+            new[k] = x - self.lrs[k] * scale.get(k, 1.0) * mu_hat / (nu_hat.sqrt() + self.eps)
         return new, {"count": t, "mu": mu, "nu": nu}
 
 

@@ -8,10 +8,14 @@
         theta0  = a random network of the pool
         X_t     = 1,024 real training images
         grad    = direct + implicit meta-gradient        (rcig.algorithm.meta)
-        support = AdaBelief step;  ema = EMA(support)
+        support = AdaBelief step (x, y: lr x proto_lr_boost_scale);  ema = EMA(support)
         theta0 += randint(1, 16) Adam steps of MSE to the support's labels
         every 50 steps: adapt inner_lr from how the inner solves went (solver=adam)
     save the EMA support
+
+With ``cfg.aug`` set, the inner solves and the pool steps see freshly augmented support
+rows, and ``aug_repeats`` augmented meta-gradients join the ``normal_repeats`` plain ones
+in the average (:mod:`rcig.algorithm.meta`, :mod:`rcig.config`).
 
 Everything random flows from one seeded generator (plus the pool's own), and everything
 that changes is in :class:`RunState`, which a checkpoint stores whole: a run killed at any
@@ -20,6 +24,7 @@ point and resumed ends with the same support as an uninterrupted run.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -29,7 +34,8 @@ import torch
 
 from rcig.algorithm.inner import Network, Params, make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
 from rcig.algorithm.meta import (
-    LEAVES, MetaResult, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
+    LEAVES, MetaResult, augmented, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
+    support_augmentation,
 )
 from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
@@ -143,6 +149,18 @@ def tune_learning_rates(f: Network, body0: Params, support: dict[str, torch.Tens
     return inner_lr, hvp_lr
 
 
+def boost_scale(boost: float, steps: int, iteration: int) -> float:
+    """The support learning-rate multiplier for outer step ``iteration`` (0-based)::
+
+        1 + (boost - 1) (1 + cos(pi t / steps)) / 2    for t < steps,   1 afterwards
+
+    i.e. ``boost`` at t = 0, halfway at t = steps/2, 1 from t = steps on; exactly 1.0 when
+    ``boost`` is 1 (off)."""
+    if iteration >= steps:
+        return 1.0
+    return 1.0 + (boost - 1.0) * 0.5 * (1.0 + math.cos(math.pi * iteration / steps))
+
+
 # ------------------------------------------------------------------------- run state
 
 @dataclass
@@ -219,16 +237,19 @@ class Distiller:
         cfg, started = self.cfg, time.perf_counter()
         index = state.pool.pick(state.generator)
         f, body0 = self.base_network(state.pool.params(index))
-        # normal_repeats > 1: average meta-gradients of fresh target batches (and row subsets)
+        # normal_repeats plain passes, then aug_repeats augmented ones, each on a fresh target
+        # batch (and row subsets, augmentations); the meta-gradient is their plain mean
         results = []
-        for _ in range(cfg.normal_repeats):
+        for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats:
             x_t, y_t = self.target_batch(state.generator)
             results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
-                                         state.generator))
+                                         state.generator, augmented_pass))
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 
-        support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser)
+        lr_scale = boost_scale(cfg.proto_lr_boost, cfg.proto_lr_boost_steps, state.iteration)
+        support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser,
+                                                 {"x": lr_scale, "y": lr_scale})
         if not cfg.learn_labels:
             support["y"] = state.support["y"]
         ema = self.ema.update(state.ema, support)
@@ -236,11 +257,12 @@ class Distiller:
         pool_started = time.perf_counter()
         pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
+        augment = support_augmentation(cfg.aug, state.generator)
 
-        def loss(params):  # on pool_train_batch_size random support rows per step, if set
+        def loss(params):  # on pool_train_batch_size random support rows per step, if set, augmented if set
             rows = grad_rows(len(x_s), cfg.pool_train_batch_size, state.generator)
-            return pool_loss(self.model, params, x_s, y_s) if rows is None else \
-                pool_loss(self.model, params, x_s[rows], y_s[rows])
+            x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
+            return pool_loss(self.model, params, augmented(x, augment), y)
 
         state.pool.train(index, loss, pool_steps)
         result.seconds["pool"] = round(time.perf_counter() - pool_started, 4)
@@ -252,7 +274,7 @@ class Distiller:
             if cfg.tunes_learning_rates:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes = []
-        return log_record(state, result, index, pool_steps, time.perf_counter() - started)
+        return log_record(state, result, index, pool_steps, time.perf_counter() - started, cfg.proto_lr * lr_scale)
 
 
 def average_results(results: list[MetaResult]) -> MetaResult:
@@ -281,7 +303,8 @@ def check_finite(result: MetaResult, iteration: int) -> None:
                         f"(outer loss {result.outer_loss})")
 
 
-def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float) -> dict[str, Any]:
+def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float,
+               proto_lr: float) -> dict[str, Any]:
     norms = lambda tree: {k: float(tree[k].norm()) for k in LEAVES}  # noqa: E731
     return {
         "iter": state.iteration, "outer_loss": r.outer_loss, "outer_acc": r.outer_acc,
@@ -289,12 +312,12 @@ def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seco
         "inner_loss_last": r.inner_losses[-1] if r.inner_losses else None,
         "residual_first": r.residuals[0] if r.residuals else None,
         "residual_last": r.residuals[-1] if r.residuals else None,
-        "inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
+        "inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr, "proto_lr": proto_lr,
         "grad_norm": norms(r.grads), "direct_norm": norms(r.direct), "implicit_norm": norms(r.implicit),
         "delta_norm": float(tree_norm(r.delta)), "log_temp": float(state.support["log_temp"]),
         "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3), "parts": r.seconds,
     }
 
 
-__all__ = ["Distiller", "Outcome", "RunState", "adapt_lr", "grow_while_stable", "init_support", "solve_outcome",
-           "tune_learning_rates"]
+__all__ = ["Distiller", "Outcome", "RunState", "adapt_lr", "boost_scale", "grow_while_stable", "init_support",
+           "solve_outcome", "tune_learning_rates"]

@@ -157,8 +157,10 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             if not ckpt_path.exists():
                 raise RcigError(f"nothing to resume: no checkpoint at {ckpt_path}")
             now = json.loads(json.dumps(identity))
+            # a knob added after the run was made ran at its default (which reproduces the old code)
+            then = json.loads(json.dumps(from_dict(stored["config"], where=f"{out_dir}/run.json").to_dict()))
             diff = [k for k in now if k != "config" and stored.get(k) != now[k]]
-            diff += [f"config.{k}" for k in now["config"] if k != "steps" and stored["config"].get(k) != now["config"][k]]
+            diff += [f"config.{k}" for k in now["config"] if k != "steps" and then[k] != now["config"][k]]
             if diff:
                 raise RcigError(f"cannot resume {out_dir}: the run there differs in {', '.join(diff)}")
             state.load_dict(load_checkpoint(ckpt_path))
