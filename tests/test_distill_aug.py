@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
-import rcig.algorithm.distill as distill_module
-from rcig.algorithm.distill import Distiller, boost_scale
+import rcig.algorithm.outer as distill_module
+from rcig.algorithm.outer import Distiller, boost_scale
 from rcig.algorithm.meta import MetaResult, direct_gradient, meta_gradient, support_augmentation
-from rcig.algorithm.run import distill, make_model_factory
+from rcig.algorithm.runner import distill
 from rcig.config import AUGMENTATIONS, Config, from_dict, parse_overrides
 from rcig.data import prepare
 from rcig.errors import RcigError
+from rcig.models import distillation_network
 
 TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6,
         "inner_lr": 3e-3, "hvp_lr": 3e-3}
@@ -98,7 +99,8 @@ def distiller(cfg, seed=0):
     prepared = prepare("digits")
     ds = prepared.dataset
     return Distiller(prepared.x_train, prepared.y_train, ds.num_classes, 1, cfg, seed,
-                     make_model_factory(cfg, ds.channels, ds.num_classes, ds.image_size))
+                     distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
+                                          image_size=ds.image_size))
 
 
 @pytest.mark.parametrize("normal, aug", [(1, 0), (2, 3), (1, 1)])
@@ -112,7 +114,7 @@ def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, norma
         value = 1.0 if augmented_pass else 0.0
         grads = {k: torch.full_like(v, value) for k, v in support.items()}
         zero = {"w": torch.zeros(2)}
-        return MetaResult(grads, grads, grads, value, value, [1.0, 0.5], [1.0, 0.5], zero, zero,
+        return MetaResult(grads, grads, grads, value, value, [1.0, 0.5], [1.0, 0.5], zero,
                           {"inner_solve": 0.0})
 
     monkeypatch.setattr(distill_module, "meta_gradient", fake_meta)
@@ -136,7 +138,7 @@ def test_pool_networks_train_on_augmented_support(monkeypatch):
     def fake_meta(f, body0, support, *args):
         grads = {k: torch.zeros_like(v) for k, v in support.items()}
         zero = {"w": torch.zeros(2)}
-        return MetaResult(grads, grads, grads, 0.0, 0.0, [], [], zero, zero, {})
+        return MetaResult(grads, grads, grads, 0.0, 0.0, [], [], zero, {})
 
     monkeypatch.setattr(distill_module, "meta_gradient", fake_meta)
     trained = []

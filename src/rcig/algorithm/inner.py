@@ -148,13 +148,18 @@ class LinearizedInner(_InnerProblem):
 
     Setup: one forward of the support for ``phi0`` and the Cholesky factor of ``A``, one
     stored VJP closure so each ``J^T z`` is a backward pass only, one traced JVP.
+    ``one_shot``: the problem serves one gradient or H v only (a support redrawn at every
+    solver step): no trace, whose fixed cost (~0.5-2 s) a single JVP never pays back.
     """
 
-    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float):
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, one_shot: bool = False):
         super().__init__(f, body0, x_s, y_s, l2)
         (_, phi), self._vjp = vjp(lambda b: f(b, self.x_s), self.body0)
         self.phi = phi.detach()
         self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))
+        if one_shot:
+            self._jvp = lambda delta: jvp(lambda b: f(b, self.x_s)[0], (self.body0,), (delta,))[1]
+            return
         # A traced JVP (torch.func.linearize) reuses the forward's activations, where
         # torch.func.jvp recomputes the primal every call (BENCHMARKS.md has the saving).
         with warnings.catch_warnings():
@@ -227,8 +232,12 @@ class NonlinearInner(_InnerProblem):
         return dict(zip(leaves, hv))
 
 
-def make_inner(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool) -> InnerProblem:
-    return (LinearizedInner if linearize else NonlinearInner)(f, body0, x_s, y_s, l2)
+def make_inner(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
+               one_shot: bool = False) -> InnerProblem:
+    """The inner problem of the support (x_s, y_s); ``one_shot``: see :class:`LinearizedInner`."""
+    if linearize:
+        return LinearizedInner(f, body0, x_s, y_s, l2, one_shot)
+    return NonlinearInner(f, body0, x_s, y_s, l2)
 
 
 # ----------------------------------------------------------------------------- solvers

@@ -170,7 +170,7 @@ class RowSampledInner:
         f, body0, x_s, y_s, l2, linearize = self.args
         rows = grad_rows(len(x_s), self.k, self.generator)
         x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
-        return make_inner(f, body0, augmented(x, self.augment), y, l2, linearize)
+        return make_inner(f, body0, augmented(x, self.augment), y, l2, linearize, one_shot=True)
 
     def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
