@@ -146,3 +146,47 @@ def test_protocol_scores_random_real_digits_well_above_chance(digits):
     for name in ("no_aug", "aug"):
         assert scores[name]["mean"] > 0.6, scores  # chance is 0.1
         assert len(scores[name]["accs"]) == 2 and 0 <= scores[name]["std"] < 0.2
+
+
+def _reference_protocol_training(images, labels, settings, augment, total_steps, decay_steps, seed):
+    """The protocol's training written out plainly (its state before the fused-Adam change):
+    the seeded network, channels-last, for-loop Adam, schedule set before every step, the
+    batch and its transforms drawn from the network's own generator 10,000 + seed."""
+    from rcig.evaluation.protocol import make_models
+
+    model = make_models(settings, images.shape[1], labels.shape[1], images.shape[2], [seed])[0]
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr, foreach=False)
+    g = torch.Generator().manual_seed(10_000 + seed)
+    x_all = images.contiguous(memory_format=torch.channels_last)
+    for step in range(total_steps):
+        x, y = x_all, labels
+        if len(x) > settings.batch_size:
+            idx = torch.randperm(len(x), generator=g)[:settings.batch_size]
+            x, y = x[idx], y[idx]
+        if augment:
+            x = augment_batch(x, settings.augmentations, g)
+        opt.param_groups[0]["lr"] = learning_rate(step, settings.lr, settings.warmup, decay_steps)
+        opt.zero_grad()
+        (0.5 * ((model(x) - y) ** 2).mean()).backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_protocol_training_matches_the_plain_reference_per_network(digits, augment):
+    """Same seeds, batches, transforms and schedule as the plain loop: weights and scores per
+    network agree to float rounding (and the two seeds' networks differ)."""
+    from rcig.evaluation import accuracy, train_models
+
+    x, y = random_real(digits, 3, seed=1)  # 30 images, batch 16: the random-batch path too
+    settings = ProtocolSettings(width=8, lr=3e-3, warmup=4, batch_size=16, augmentations=("crop", "rotate", "cutout"))
+    seeds = [3, 4]
+    models = train_models(x, y, settings, augment=augment, total_steps=12, decay_steps=8, seeds=seeds)
+    for seed, model in zip(seeds, models):
+        ref = _reference_protocol_training(x, y, settings, augment, 12, 8, seed)
+        for name, p in ref.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[name], p, rtol=1e-4, atol=1e-6, msg=name)
+        scores = accuracy([model, ref], digits.x_test, digits.y_test)
+        assert abs(scores[0] - scores[1]) <= 1 / len(digits.x_test) + 1e-9
+    assert (models[0].classifier.weight - models[1].classifier.weight).abs().max() > 1e-3
