@@ -9,9 +9,8 @@ labels (speed does not depend on values), 10 classes:
 
 each in both settings (``aug`` draws one transform per image per step). Variants per case:
 
-    old      the protocol's step before the fused Adam: channels-last, for-loop Adam
-    new      ``protocol.train_models`` as it is
-    nchw_fused  the old loop in the default (NCHW) layout with the fused Adam
+    old      the protocol's step before: channels-last, for-loop Adam
+    new      ``protocol.train_models`` as it is (NCHW, fused Adam)
     grouped  5 networks trained as one ConvNet whose convolutions have groups=5 on the
              channel-concatenated batches (each network's own augmentation), fused Adam;
              per network
@@ -59,11 +58,11 @@ def synthetic(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
-def old_train(x, y, augment: bool, steps: int, layout=torch.channels_last, fused: bool = False) -> None:
+def old_train(x, y, augment: bool, steps: int) -> None:
     """The protocol's training loop before this change (channels-last, for-loop Adam)."""
-    model = make_models(SETTINGS, 1, NUM_CLASSES, x.shape[-1], [0])[0].to(memory_format=layout)
-    x = x.contiguous(memory_format=layout)
-    opt = torch.optim.Adam(model.parameters(), lr=SETTINGS.lr, fused=fused)
+    model = make_models(SETTINGS, 1, NUM_CLASSES, x.shape[-1], [0])[0].to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=SETTINGS.lr)
     g = torch.Generator().manual_seed(10_000)
     for step in range(steps):
         xb = augment_batch(x, SETTINGS.augmentations, g) if augment else x
@@ -101,12 +100,7 @@ def grouped_train(x, y, augment: bool, steps: int, m: int = GROUP) -> None:
         opt.step()
 
 
-def nchw_fused_train(x, y, augment: bool, steps: int) -> None:
-    old_train(x, y, augment, steps, layout=torch.contiguous_format, fused=True)
-
-
-VARIANTS = {"old": (old_train, 1), "new": (new_train, 1), "nchw_fused": (nchw_fused_train, 1),
-            "grouped": (grouped_train, GROUP)}
+VARIANTS = {"old": (old_train, 1), "new": (new_train, 1), "grouped": (grouped_train, GROUP)}
 
 
 def cpu_seconds(fn) -> float:

@@ -71,18 +71,21 @@ def train_models(images: torch.Tensor, labels: torch.Tensor, settings: ProtocolS
                  total_steps: int, decay_steps: int, seeds, progress=None) -> list[torch.nn.Module]:
     """Train one network per seed on (images, labels); returns them in eval mode.
 
-    Networks train one after another in channels-last layout: faster here than a ``vmap``
-    over stacked parameters (BENCHMARKS.md), and no slower than one grouped ConvNet
-    (``groups=M``; benchmarks/eval_speed.py): even 10 images of 28 px give each convolution
-    a product over 10 x 8 x 8 .. 10 x 32 x 32 positions, enough for the CPU's conv rate.
+    Networks train one after another, in the default (NCHW) layout with a fused Adam, and
+    are returned channels-last, the faster layout for the test pass. Measured here
+    (benchmarks/eval_speed.py, CPU time at 1 thread): the step before (channels-last,
+    for-loop Adam) took ~1.3x as long; one grouped ConvNet over the networks (``groups=M``)
+    and a ``vmap`` over stacked parameters (BENCHMARKS.md) are no faster, since even 10
+    images of 28 px give each convolution a product over 10 x 8 x 8 .. 10 x 32 x 32
+    positions, enough for the CPU's conv rate.
     """
     n, c, h, _ = images.shape
     models = make_models(settings, c, labels.shape[1], h, seeds)
-    images = images.contiguous(memory_format=torch.channels_last)
+    images = images.contiguous()
     for model, seed in zip(models, seeds):
-        model.to(memory_format=torch.channels_last)
         _train_one(model, images, labels, settings, augment, total_steps, decay_steps,
                    torch.Generator().manual_seed(10_000 + seed), progress)
+        model.to(memory_format=torch.channels_last)
     return models
 
 
