@@ -157,7 +157,7 @@ def test_variants_run_and_are_reproducible(extra):
 
 
 ALGORITHM_KNOBS = [("linearize", False), ("solver", "cg"), ("norm", "batch"), ("norm", "instance"),
-                   ("normal_repeats", 2)]
+                   ("normal_repeats", 2), ("network_init", "torch")]
 
 
 def test_each_knob_changes_the_run():
@@ -241,3 +241,49 @@ def test_plain_norms_equal_torch_norms_in_training_mode(over_batch):
         ref.bias.copy_(torch.randn(3))
         plain.load_state_dict({"weight": ref.weight, "bias": ref.bias})
     torch.testing.assert_close(plain(x), ref.train()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_inner_adam_starts_at_the_base_networks_pool_step_count():
+    """The reference's inner solve keeps the pool network's Adam count: from count k with zero
+    moments, the first step on a constant gradient is lr (1-b1)/(1-b1^(k+1)) / sqrt((1-b2)/(1-b2^(k+1)))
+    per element, 0.709 lr for k = 50 (a fresh Adam's first step is lr)."""
+    from rcig.algorithm.inner import solve_inner
+
+    class Linear:  # L(delta) = <g, delta>: a constant gradient
+        body0 = {"w": torch.zeros(5)}
+
+        def loss_and_grad(self, delta):
+            return float(delta["w"].sum()), {"w": torch.ones(5)}
+
+    fresh = solve_inner(Linear(), 0.1, 1).x["w"]
+    old = solve_inner(Linear(), 0.1, 1, start_count=50).x["w"]
+    torch.testing.assert_close(fresh, torch.full((5,), -0.1))
+    k, b1, b2 = 50, 0.9, 0.999
+    ratio = (1 - b1) / (1 - b1 ** (k + 1)) / ((1 - b2) / (1 - b2 ** (k + 1))) ** 0.5
+    assert ratio == pytest.approx(0.709, abs=1e-3)
+    torch.testing.assert_close(old, torch.full((5,), -0.1 * ratio))
+
+
+def test_outer_step_passes_the_pool_networks_step_count_to_the_inner_solve(monkeypatch):
+    import rcig.algorithm.outer as outer
+
+    real, seen = outer.meta_gradient, []
+
+    def spy(*args, base_steps=0, **kwargs):
+        seen.append(base_steps)
+        return real(*args, base_steps=base_steps, **kwargs)
+
+    monkeypatch.setattr(outer, "meta_gradient", spy)
+    distill("digits", 1, steps=6, overrides={**TINY, "max_online_steps": 100}, progress=False)
+    assert seen[0] == 0 and max(seen) > 0  # 3 networks, 6 steps: some network is picked twice
+
+
+def test_a_run_made_before_network_init_existed_resumes_with_torchs_init(tmp_path):
+    distill("digits", 1, steps=1, out=tmp_path, overrides={**TINY, "network_init": "torch"}, checkpoint_every=1,
+            progress=False)
+    run_file = tmp_path / "run.json"
+    stored = json.loads(run_file.read_text())
+    del stored["config"]["network_init"]  # as written before the knob existed
+    run_file.write_text(json.dumps(stored))
+    resumed = distill(out=tmp_path, steps=2, resume=True, progress=False)
+    assert resumed.meta["config"]["network_init"] == "torch"

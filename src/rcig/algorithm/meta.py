@@ -280,7 +280,7 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
 
 def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg: Config,
                   inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None,
-                  augmented_pass: bool = False) -> MetaResult:
+                  augmented_pass: bool = False, base_steps: int = 0) -> MetaResult:
     """The full RCIG meta-gradient for one base network and one target batch.
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
@@ -289,7 +289,9 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     supports (``direct_batch_sizes``, ``inner_train_batch_size``, ``hinv_batch_size``,
     ``implicit_batch_size``) and the augmentations (``cfg.aug``); with none of them set it
     is not used. ``augmented_pass``: an ``aug_repeats`` pass (direct and implicit gradient
-    on fresh augmentations, see the module docstring).
+    on fresh augmentations, see the module docstring). ``base_steps``: how many
+    pool-training steps the base network has done (the inner Adam's starting count, see
+    :func:`rcig.algorithm.inner.solve_inner`).
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     solve_inner, solve_hinv = SOLVERS[cfg.solver]
@@ -301,7 +303,7 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     problem_args = (f, body0, x_s, y_s, l2, cfg.linearize)
     full = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else make_inner(*problem_args)
     problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, augment)
-    delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps)
+    delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps, base_steps)
     clock.lap("inner_solve")
     support_k, target_k = cfg.direct_batch_sizes
     rows = dict(support_rows=grad_rows(len(x_s), support_k, generator),

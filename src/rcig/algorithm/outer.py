@@ -1,13 +1,15 @@
 """The RCIG outer loop, top to bottom: init, tune, then meta-steps with a model pool.
 
     support = seeded real images per class, centred one-hot labels, log_temp = 0
+    networks  = the config's ConvNet, flax's init as the reference (rcig.models.init)
     inner_lr, hvp_lr = tuned on one fresh network (x1.2 after each trial, stop after
                        the first unstable one, then x0.7;
                        solver=adam only: CG has no learning rates)
     repeat `steps` times:
         theta0  = a random network of the pool
         X_t     = 1,024 real training images
-        grad    = direct + implicit meta-gradient        (rcig.algorithm.meta)
+        grad    = direct + implicit meta-gradient        (rcig.algorithm.meta; the inner
+                  Adam's count starts at theta0's pool steps, as the reference's)
         support = AdaBelief step (x, y: lr x proto_lr_boost_scale);  ema = EMA(support)
         theta0 += randint(1, 16) Adam steps of MSE to the support's labels
         every 50 steps: adapt inner_lr from how the inner solves went (solver=adam)
@@ -243,7 +245,7 @@ class Distiller:
         for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats:
             x_t, y_t = self.target_batch(state.generator)
             results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
-                                         state.generator, augmented_pass))
+                                         state.generator, augmented_pass, base_steps=state.pool.steps(index)))
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 

@@ -70,6 +70,11 @@ class ModelPool:
         """Member ``index``'s current weights theta0 (do not modify in place)."""
         return self.members[index]["params"]
 
+    def steps(self, index: int) -> int:
+        """How many training steps member ``index`` has done since its init (the inner
+        solve's Adam count starts there, as the reference's does)."""
+        return self.members[index]["steps"]
+
     def train(self, index: int, loss_fn: Callable[[Tree], torch.Tensor], n_steps: int) -> list[float]:
         """``n_steps`` Adam steps (lr ``self.lr``) on ``loss_fn(params) -> scalar``.
 

@@ -99,6 +99,15 @@ def _truncate_log(path: Path, iteration: int) -> None:
 DEFAULTS = {"dataset": "digits", "ipc": 1, "seed": 0}
 
 
+# Knobs whose default changed: the value a run.json written before them ran at.
+LEGACY_DEFAULTS = {"network_init": "torch"}
+
+
+def stored_config(stored: dict[str, Any]) -> dict[str, Any]:
+    """The config of a stored run, knobs added since filled with what that run used."""
+    return {**LEGACY_DEFAULTS, **stored["config"]}
+
+
 def _stored_run(out_dir: Path | None, resume: bool) -> dict[str, Any] | None:
     if not resume:
         return None
@@ -137,7 +146,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     prepared = prepare(dataset, data_dir)
     ds = prepared.dataset
     if stored and preset is None and not overrides:
-        cfg = from_dict(stored["config"], where=f"{out_dir}/run.json")
+        cfg = from_dict(stored_config(stored), where=f"{out_dir}/run.json")
         cfg = cfg.replace(steps=steps) if steps is not None else cfg  # a resumed run may be extended
     else:
         cfg = resolve_config(ds, preset, overrides, steps)
@@ -158,7 +167,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
                 raise RcigError(f"nothing to resume: no checkpoint at {ckpt_path}")
             now = json.loads(json.dumps(identity))
             # a knob added after the run was made ran at its default (which reproduces the old code)
-            then = json.loads(json.dumps(from_dict(stored["config"], where=f"{out_dir}/run.json").to_dict()))
+            then = json.loads(json.dumps(from_dict(stored_config(stored), where=f"{out_dir}/run.json").to_dict()))
             diff = [k for k in now if k != "config" and stored.get(k) != now[k]]
             diff += [f"config.{k}" for k in now["config"] if k != "steps" and then[k] != now["config"][k]]
             if diff:

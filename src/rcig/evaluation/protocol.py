@@ -20,6 +20,7 @@ import torch
 from rcig.augment import augment_batch
 from rcig.config import TEST_AUGMENTATIONS
 from rcig.models import build_model
+from rcig.models.init import apply_init
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ProtocolSettings:
     seed: int = 0
     test_limit: int | None = None
     settings: tuple[str, ...] = ("no_aug", "aug")  # which of the two settings to run
+    init: str = "torch"  # network init: "torch" defaults or the reference release's ("reference")
 
 
 def default_steps(n_images: int) -> int:
@@ -64,6 +66,7 @@ def make_models(settings: ProtocolSettings, in_channels: int, num_classes: int, 
             models.append(build_model(settings.arch, in_channels=in_channels, num_classes=num_classes,
                                       image_size=image_size, depth=settings.depth, width=settings.width,
                                       norm=settings.norm))
+            apply_init(models[-1], settings.init)
     return models
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from rcig.config import Config
 from rcig.errors import RcigError
 from rcig.models.conv import Classifier, ConvNet, PlainNorm, plain_norms
+from rcig.models.init import apply_init
 from rcig.models.others import AlexNet, ResNet18, VGG11
 
 ARCHITECTURES = ("conv", "resnet18", "vgg11", "alexnet")
@@ -44,13 +45,15 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: in
 def distillation_network(cfg: Config, *, in_channels: int, num_classes: int,
                          image_size: int) -> Callable[[], nn.Module]:
     """A factory of fresh distillation networks: the config's ConvNet (softplus with
-    ``beta = cfg.softplus_beta``, ReLU if it is 0) with functional norms."""
+    ``beta = cfg.softplus_beta``, ReLU if it is 0) with functional norms, initialised by
+    ``cfg.network_init`` (the reference's flax init by default, :mod:`rcig.models.init`)."""
     activation = "softplus" if cfg.softplus_beta > 0 else "relu"
 
     def make_model() -> nn.Module:
-        return build_model("conv", in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-                           depth=cfg.depth, width=cfg.width, activation=activation,
-                           beta=cfg.softplus_beta or 60.0, norm=cfg.norm, functional_norms=True)
+        model = build_model("conv", in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                            depth=cfg.depth, width=cfg.width, activation=activation,
+                            beta=cfg.softplus_beta or 60.0, norm=cfg.norm, functional_norms=True)
+        return apply_init(model, cfg.network_init)
 
     return make_model
 
