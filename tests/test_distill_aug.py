@@ -109,7 +109,7 @@ def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, norma
     each on its own target batch, and steps the support with their plain mean."""
     calls = []
 
-    def fake_meta(f, body0, support, x_t, y_t, cfg, inner_lr, hvp_lr, generator, augmented_pass):
+    def fake_meta(f, body0, support, x_t, y_t, cfg, inner_lr, hvp_lr, generator, augmented_pass, base_steps=0):
         calls.append((augmented_pass, x_t))
         value = 1.0 if augmented_pass else 0.0
         grads = {k: torch.full_like(v, value) for k, v in support.items()}
@@ -135,7 +135,7 @@ def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, norma
 def test_pool_networks_train_on_augmented_support(monkeypatch):
     """With the meta-gradient faked (no augmentation there), `aug` still changes what the used
     pool network learns: its steps see augmented support rows."""
-    def fake_meta(f, body0, support, *args):
+    def fake_meta(f, body0, support, *args, **kwargs):
         grads = {k: torch.zeros_like(v) for k, v in support.items()}
         zero = {"w": torch.zeros(2)}
         return MetaResult(grads, grads, grads, 0.0, 0.0, [], [], zero, {})
