@@ -127,3 +127,21 @@ def test_more_networks_continues_the_seeds_and_pools_the_scores(bench, tmp_path,
     b.record("eval_10_random", {**merged, "aug": score(0.5, 0.51)})
     with pytest.raises(SystemExit, match="same number of cached networks"):
         b.evaluate(10, "random")
+
+
+def test_gpu_check_runs_tiny_on_the_cpu():
+    """benchmarks/gpu_check.py is for CUDA machines; its CPU run keeps it working."""
+    import os
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(BENCH / "gpu_check.py"), "--device", "cpu", "--dataset", "digits",
+                           "--ipcs", "1", "--steps", "2", "--models", "1", "--eval-steps", "20", "--tiny",
+                           "--no-tests"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(BENCH.parent / "src")})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("| digits:1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[1]) > 0 and cells[2] == "-"  # s/step measured; no CPU reference for digits
+    assert 0 <= float(cells[4]) <= 100 and 0 <= float(cells[5]) <= 100
+    assert "device tests: not run" in done.stdout

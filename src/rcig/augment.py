@@ -62,21 +62,24 @@ def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Brightness, then contrast (about the image mean), then saturation (about each pixel's
     channel mean), on normalised images."""
     n = x.shape[0]
-    x = x + _uniform(n, -0.25, 0.25, g).view(n, 1, 1, 1)
+    def draw(values: torch.Tensor) -> torch.Tensor:  # drawn on the CPU generator, used on x's device
+        return values.view(n, 1, 1, 1).to(x.device)
+
+    x = x + draw(_uniform(n, -0.25, 0.25, g))
     mean_all = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean_all) * _log_uniform(n, math.exp(-0.25), math.exp(0.25), g).view(n, 1, 1, 1) + mean_all
+    x = (x - mean_all) * draw(_log_uniform(n, math.exp(-0.25), math.exp(0.25), g)) + mean_all
     mean_c = x.mean(dim=1, keepdim=True)
-    return (x - mean_c) * _log_uniform(n, math.exp(-0.25), math.exp(0.25), g).view(n, 1, 1, 1) + mean_c
+    return (x - mean_c) * draw(_log_uniform(n, math.exp(-0.25), math.exp(0.25), g)) + mean_c
 
 
 def cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Zero an (h//4, w//4) rectangle at a uniformly random place wholly inside each image."""
     n, _, h, w = x.shape
     side_h, side_w = max(1, h // 4), max(1, w // 4)
-    top = torch.randint(0, h - side_h + 1, (n,), generator=g).view(n, 1, 1)
-    left = torch.randint(0, w - side_w + 1, (n,), generator=g).view(n, 1, 1)
-    rows = torch.arange(h).view(1, h, 1)
-    cols = torch.arange(w).view(1, 1, w)
+    top = torch.randint(0, h - side_h + 1, (n,), generator=g).view(n, 1, 1).to(x.device)
+    left = torch.randint(0, w - side_w + 1, (n,), generator=g).view(n, 1, 1).to(x.device)
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
     hole = (rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w)
     return x * (~hole).unsqueeze(1).to(x.dtype)
 
@@ -108,6 +111,6 @@ def augment_batch(x: torch.Tensor, names: tuple[str, ...] | list[str], generator
             out[rows] = cutout(x[rows], generator)
     if geometric.any():
         rows = geometric.nonzero().squeeze(1)
-        grid = F.affine_grid(theta[rows].to(x.dtype), list(x[rows].shape), align_corners=False)
+        grid = F.affine_grid(theta[rows].to(x.device, x.dtype), list(x[rows].shape), align_corners=False)
         out[rows] = F.grid_sample(x[rows], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out

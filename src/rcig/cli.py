@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from rcig import __version__
+from rcig import __version__, parallel
 from rcig.errors import RcigError
 
 
@@ -52,22 +52,25 @@ def cmd_distill(args) -> None:
 
     out = Path(args.out) if args.out else Path("runs") / f"{args.dataset or 'digits'}_ipc{args.ipc or 1}"
     started = time.perf_counter()
+    team = parallel.join(args.device)
     result = distill(args.dataset, args.ipc, preset=args.preset, steps=args.steps, seed=args.seed, out=out,
                      resume=args.resume, overrides=parse_overrides(args.set), data_dir=args.data_dir,
                      checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                     max_minutes=args.max_minutes, progress=not args.quiet)
+                     max_minutes=args.max_minutes, progress=not args.quiet, team=team)
     minutes = (time.perf_counter() - started) / 60
-    print(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
+    say = print if team.leader else (lambda *a, **k: None)
+    say(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
           f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
     run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
     if run_eval:
         evaluate_file(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
-                      json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet)
+                      json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet, team=team)
     else:
-        print(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
-    from rcig.report import write_report
+        say(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
+    if team.leader:
+        from rcig.report import write_report
 
-    print(f"rcig: report: {write_report(out)}")
+        print(f"rcig: report: {write_report(out)}")
 
 
 # ---------------------------------------------------------------------------- baseline
@@ -77,7 +80,11 @@ def cmd_baseline(args) -> None:
     from rcig.io import save
 
     out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")
-    ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir)
+    team = parallel.join(args.device)  # under torchrun: every rank computes, the leader writes
+    ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir,
+                      device=team.device)
+    if not team.leader:
+        return
     save(ds, out)
     print(f"rcig: wrote {len(ds.images)} {args.method} images ({args.ipc} per class) to {out}")
 
@@ -87,7 +94,7 @@ def cmd_baseline(args) -> None:
 def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | None = None, steps: int | None = None,
                   test_limit: int | None = None, seed: int | None = None, json_out: str | Path | None = None,
                   data_dir: str | None = None, which: str = "both", quiet: bool = False,
-                  compare: str | None = None) -> dict:
+                  compare: str | None = None, team: parallel.Team | None = None) -> dict:
     """Score the set in ``path`` with the protocol stored in it; print and return the scores.
 
     Arguments left as None take the protocol's defaults (:class:`rcig.evaluation.ProtocolSettings`)
@@ -95,7 +102,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     architectures ("conv,resnet18"); ``compare`` ("random[,herding]") also scores baselines of
     the same size with the same protocol and seeds, with DD-Ranking's IOR and ARS. One
     architecture and no baseline: the JSON is ``{"no_aug", "aug", "dataset", ...}``; otherwise
-    it adds ``"archs"`` / ``"compare"`` / ``"ranking"``.
+    it adds ``"archs"`` / ``"compare"`` / ``"ranking"``. Under a ``team`` of several ranks the
+    networks are shared out and the leader alone prints and writes ``json_out``.
     """
     from rcig.data import prepare
     from rcig.evaluation import ProtocolSettings
@@ -103,12 +111,14 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     from rcig.evaluation.suite import ARCH_PROTOCOLS, BASELINES, baseline_support, format_table, parse_list, score_grid
     from rcig.io import load
 
+    team = team or parallel.solo()
     ds = load(path)
     meta = ds.meta
     if meta.get("dataset") is None:
         raise RcigError(f"{path} was imported without --dataset: its preprocessing is unknown and it names no test "
                         "set; re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
-    prepared = prepare(meta["dataset"], data_dir)
+    with parallel.leader_first(team):  # the others then find its downloads and caches
+        prepared = prepare(meta["dataset"], data_dir)
     if list(prepared.dataset.class_names) != list(meta.get("class_names", prepared.dataset.class_names)):
         raise RcigError(f"{path} was made for other classes than {meta['dataset']} has now")
     if tuple(ds.images.shape[1:]) != tuple(prepared.x_test.shape[1:]):
@@ -137,7 +147,7 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
         supports[name] = baseline_support(prepared, name, len(ds.images) // k, settings.seed)
     started = time.perf_counter()
     grid = score_grid(supports, archs, settings, prepared.x_test, prepared.y_test, flip=bool(meta.get("flip")),
-                      progress=not quiet)
+                      progress=not quiet, team=team)
     seconds = time.perf_counter() - started
     ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
     single = len(archs) == 1
@@ -148,6 +158,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
         report["archs"] = grid["distilled"]
     if baselines:
         report.update(compare={b: grid[b] for b in baselines}, ranking=ranking, seed=settings.seed)
+    if not team.leader:
+        return report
     print(f"{meta['dataset']}  ipc={meta.get('ipc')}  method={meta.get('method')}  arch={report['arch']}  "
           f"models={models}  ({seconds / 60:.1f} min)")
     if single and not baselines:
@@ -169,7 +181,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
 
 def cmd_eval(args) -> None:
     evaluate_file(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
-                  seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings, compare=args.compare)
+                  seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings, compare=args.compare,
+                  team=parallel.join(args.device))
 
 
 # -------------------------------------------------------------------------------- show
@@ -216,6 +229,17 @@ def cmd_report(args) -> None:
 
 # ------------------------------------------------------------------------------ parser
 
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar=parallel.DEVICES,
+                   help="where to compute (default auto: a CUDA GPU if torch sees one, else the CPU)")
+
+
+def add_scale_options(p: argparse.ArgumentParser, what: str) -> None:
+    add_device_option(p)
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help=f"{what} on this machine (torchrun --standalone; each gets cores/N threads)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rcig.config import preset_names
 
@@ -247,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=positive_int, help="evaluate on the first K test images only")
     p.add_argument("--data-dir", help="folder with the dataset files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_scale_options(p, "split each step's target batch across N processes")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("baseline", help="make a random-real or herding baseline set")
@@ -256,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", help="output file (.safetensors or .npz)")
     p.add_argument("--data-dir", help="folder with the dataset files")
+    add_device_option(p)
     p.set_defaults(func=cmd_baseline)
 
     p = sub.add_parser("eval", help="score a distilled set with the paper's protocol")
@@ -271,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--data-dir", help="folder with the dataset files")
+    add_scale_options(p, "train the networks on N processes")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="write a distilled set in another tool's format")
@@ -307,19 +334,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "workers", None) and args.workers > 1 and not parallel.launched():
+        return parallel.launch(without_workers(argv), args.workers)
     try:
         args.func(args)
     except RcigError as exc:
-        print(f"rcig: error: {exc}", file=sys.stderr)
+        if parallel.rank_in_env() == 0 or not isinstance(exc, parallel.TeamError):  # said once per team
+            print(f"rcig: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("rcig: interrupted" + ("; continue with --resume" if args.command == "distill" else ""), file=sys.stderr)
+        if parallel.rank_in_env() == 0:
+            print("rcig: interrupted" + ("; continue with --resume" if args.command == "distill" else ""), file=sys.stderr)
         return 130
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         print(f"rcig: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 2
+    finally:
+        parallel.leave()
     return 0
+
+
+def without_workers(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--workers N`` / ``--workers=N`` (what each launched rank runs)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def make_set(prepared, images: torch.Tensor, labels: torch.Tensor, *, ipc: int, 
             "class_names": list(prepared.dataset.class_names), "method": method, "seed": seed, "flip": flip,
             "protocol": protocol, "config": config, "preprocess": pre_meta, "rcig_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-    return DistilledSet(images.detach().float().contiguous(), labels.detach().float().contiguous(), meta, arrays)
+    # a file's arrays: on the CPU whatever device made them
+    return DistilledSet(images.detach().float().cpu().contiguous(), labels.detach().float().cpu().contiguous(),
+                        meta, arrays)
 
 
 def save(ds: DistilledSet, path: str | os.PathLike) -> None:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rcig import parallel
 from rcig.algorithm.inner import (
     SOLVERS, InnerProblem, Network, Params, features_and_change, make_inner, ridge_matrix,
 )
@@ -278,9 +279,21 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
 
 # ---------------------------------------------------------------------------- one step
 
+def reduce_direct(direct: DirectResult, weight: float, team: parallel.Team) -> DirectResult:
+    """``sum_r weight_r direct_r`` over the ranks (weight = share / batch) of the loss, accuracy,
+    direct gradients and g_t: one message of ``x + y + log_temp + g_t + 2`` floats."""
+    keys = list(direct.g_t)
+    scalars = torch.tensor([direct.loss, direct.acc], device=direct.grads["x"].device)
+    parts = parallel.weighted_sum([scalars] + [direct.grads[k] for k in LEAVES] + [direct.g_t[k] for k in keys],
+                                  weight, team)
+    return DirectResult(float(parts[0][0]), float(parts[0][1]), dict(zip(LEAVES, parts[1:4])),
+                        dict(zip(keys, parts[4:])))
+
+
 def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg: Config,
                   inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None,
-                  augmented_pass: bool = False, base_steps: int = 0) -> MetaResult:
+                  augmented_pass: bool = False, base_steps: int = 0,
+                  team: parallel.Team | None = None) -> MetaResult:
     """The full RCIG meta-gradient for one base network and one target batch.
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
@@ -292,6 +305,11 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     on fresh augmentations, see the module docstring). ``base_steps``: how many
     pool-training steps the base network has done (the inner Adam's starting count, see
     :func:`rcig.algorithm.inner.solve_inner`).
+
+    ``team`` (:class:`rcig.parallel.Team`, None: one process): every rank gets the whole
+    target batch and takes its share for the direct gradient; the direct gradient, g_t
+    and the outer loss and accuracy are then summed over the ranks weighted by share size
+    (see :mod:`rcig.parallel`), and the rest runs identically on every rank.
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     solve_inner, solve_hinv = SOLVERS[cfg.solver]
@@ -306,9 +324,15 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps, base_steps)
     clock.lap("inner_solve")
     support_k, target_k = cfg.direct_batch_sizes
-    rows = dict(support_rows=grad_rows(len(x_s), support_k, generator),
-                target_rows=grad_rows(len(x_t), target_k, generator), chunk=cfg.max_forward_batch_size)
-    direct = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options, **rows, augment=outer_augment)
+    support_rows = grad_rows(len(x_s), support_k, generator)
+    target_rows = grad_rows(len(x_t), target_k, generator)  # over the whole batch, on every rank
+    part = slice(None) if team is None else parallel.share(len(x_t), team)
+    rows = dict(support_rows=support_rows, target_rows=target_rows if team is None else
+                parallel.share_rows(target_rows, part), chunk=cfg.max_forward_batch_size)
+    direct = direct_gradient(f, body0, support, delta, x_t[part], y_t[part], l2=l2, **options, **rows,
+                             augment=outer_augment)
+    if team is not None:
+        direct = reduce_direct(direct, len(x_t[part]) / len(x_t), team)
     clock.lap("direct")
     problem = inner_problem(*problem_args, cfg.hinv_batch_size, generator, full)
     v, residuals = solve_hinv(problem, delta, direct.g_t, hvp_lr, cfg.n_hinv_steps)

@@ -43,6 +43,7 @@ from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
 from rcig.config import Config
 from rcig.data.sampling import centred_one_hot, sample_per_class
+from rcig.parallel import Team
 from rcig.errors import RcigError
 
 
@@ -54,10 +55,10 @@ def init_support(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int,
     one-hot labels, ``log_temp = 0``. Draws from ``generator`` (the run's)."""
     index = sample_per_class(y_train, num_classes, ipc, generator)
     x = x_train[index].clone().float()
-    if init == "noise":
-        x = 0.3 * torch.randn(x.shape, generator=generator)
+    if init == "noise":  # drawn on the CPU (the generator's device) so every device gets the same
+        x = (0.3 * torch.randn(x.shape, generator=generator)).to(x.device)
     y = centred_one_hot(y_train[index], num_classes)
-    return {"x": x, "y": y, "log_temp": torch.zeros(())}
+    return {"x": x, "y": y, "log_temp": torch.zeros((), device=x.device)}
 
 
 # ---------------------------------------------------------------- learning-rate control
@@ -197,14 +198,22 @@ class RunState:
 # ---------------------------------------------------------------------- the main loop
 
 class Distiller:
-    """Holds the fixed parts of a run (data, config, model factory) and steps a RunState."""
+    """Holds the fixed parts of a run (data, config, model factory) and steps a RunState.
+
+    ``team`` (:class:`rcig.parallel.Team`; None: one process on ``x_train``'s device): the
+    device everything lives on, and the ranks each step's target batch is split across.
+    Random draws stay on CPU generators; networks are initialised on the CPU and moved, so
+    a seed gives the same run on every device.
+    """
 
     def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
-                 cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module]):
-        self.x_train, self.y_train = x_train, y_train
+                 cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module], team: Team | None = None):
+        self.team = team or Team(0, 1, x_train.device)
+        device = self.team.device
+        self.x_train, self.y_train = x_train.to(device), y_train.to(device)
         self.num_classes, self.ipc, self.cfg, self.seed = num_classes, ipc, cfg, seed
-        self.make_model = make_model
-        self.model = make_model()  # a template: functional_call swaps its parameters
+        self.make_model = lambda: make_model().to(device)
+        self.model = self.make_model()  # a template: functional_call swaps its parameters
         self.adabelief = AdaBelief({"x": cfg.proto_lr, "y": cfg.proto_lr, "log_temp": cfg.temp_lr})
         self.ema = EMA(cfg.ema_decay)
 
@@ -223,7 +232,7 @@ class Distiller:
 
     def target_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = min(self.cfg.target_batch_size, len(self.x_train))
-        index = torch.randperm(len(self.x_train), generator=generator)[:n]
+        index = torch.randperm(len(self.x_train), generator=generator)[:n].to(self.x_train.device)
         return self.x_train[index], self.y_train[index]
 
     def tune(self, state: RunState, progress: bool = True) -> None:
@@ -245,7 +254,8 @@ class Distiller:
         for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats:
             x_t, y_t = self.target_batch(state.generator)
             results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
-                                         state.generator, augmented_pass, base_steps=state.pool.steps(index)))
+                                         state.generator, augmented_pass, base_steps=state.pool.steps(index),
+                                         team=self.team))
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 

@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
 from rcig.algorithm.outer import Distiller, RunState
 from rcig.atomic import atomic_write
 from rcig.config import Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError
 from rcig.models import distillation_network
+from rcig.parallel import Team
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
@@ -69,16 +71,20 @@ def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, 
                     iteration=state.iteration, log_temp=float(support["log_temp"]))
 
 
-def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None) -> DistilledSet:
-    """A random-real or herding set of ``ipc`` images per class, with the dataset's protocol."""
+def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None,
+                 device: str = "cpu") -> DistilledSet:
+    """A random-real or herding set of ``ipc`` images per class, with the dataset's protocol
+    (herding embeds the images on ``device``)."""
     from rcig.data import prepare
     from rcig.evaluation import herding, random_real
     from rcig.io import make_set
 
     prepared = prepare(spec, data_dir)
     cfg = resolve_config(prepared.dataset, None, None, None)
-    pick = {"random": random_real, "herding": herding}[method]
-    images, labels = pick(prepared, ipc, seed)
+    if method == "herding":
+        images, labels = herding(prepared, ipc, seed, device=parallel.resolve_device(str(device)))
+    else:
+        images, labels = random_real(prepared, ipc, seed)
     return make_set(prepared, images, labels, ipc=ipc, method=method, seed=seed, flip=False,
                     protocol=protocol_defaults(cfg))
 
@@ -123,8 +129,13 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             steps: int | None = None, seed: int | None = None, out: str | os.PathLike | None = None,
             resume: bool = False, overrides: dict[str, Any] | None = None, data_dir: str | None = None,
             checkpoint_every: int = 10, eval_every: int | None = None, eval_settings=None,
-            max_minutes: float | None = None, progress: bool = True):
+            max_minutes: float | None = None, progress: bool = True, device: str = "auto", team: Team | None = None):
     """Distil ``dataset`` into ``ipc`` images per class with RCIG; returns a DistilledSet.
+
+    ``device``: ``auto`` (a CUDA GPU if torch sees one, else the CPU), ``cpu``, ``cuda``,
+    ``cuda:K``, ``mps``. Under torchrun the process joins its team (``team``: one given
+    explicitly) and each outer step's target batch is split across the ranks
+    (:mod:`rcig.parallel`); the leader alone reads and writes ``out``.
 
     Defaults: the embedded ``digits`` set, 1 image per class, seed 0, the dataset's preset.
     With ``out`` set, writes the files listed in the module docstring; with ``resume=True``
@@ -136,14 +147,18 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
     from rcig.data import prepare
 
+    team = team or parallel.join(device)
+    leader = team.leader
+    progress = progress and leader
     out_dir = Path(out) if out is not None else None
-    stored = _stored_run(out_dir, resume)
+    stored = parallel.from_leader(lambda: _stored_run(out_dir, resume), team)
     given = {"dataset": dataset, "ipc": ipc, "seed": seed}
     chosen = {k: v if v is not None else (stored[k] if stored else DEFAULTS[k]) for k, v in given.items()}
     dataset, ipc, seed = chosen["dataset"], chosen["ipc"], chosen["seed"]
     if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
         raise RcigError(f"ipc must be a positive integer, got {ipc!r}")
-    prepared = prepare(dataset, data_dir)
+    with parallel.leader_first(team):  # the others then find its downloads and caches
+        prepared = prepare(dataset, data_dir)
     ds = prepared.dataset
     if stored and preset is None and not overrides:
         cfg = from_dict(stored_config(stored), where=f"{out_dir}/run.json")
@@ -154,12 +169,15 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
     distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
                           distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
-                                               image_size=ds.image_size))
+                                               image_size=ds.image_size), team)
     state = distiller.new_state()
-    ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir else None
-    log_path = out_dir / "log.jsonl" if out_dir else None
+    ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir and leader else None
+    log_path = out_dir / "log.jsonl" if out_dir and leader else None
 
-    if out_dir is not None:
+    def open_run_dir() -> bool:
+        """The leader's checks and writes in ``out``; True when a checkpoint is to be resumed."""
+        if out_dir is None:
+            return False
         (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         run_file = out_dir / "run.json"
         if resume:
@@ -172,12 +190,17 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             diff += [f"config.{k}" for k in now["config"] if k != "steps" and then[k] != now["config"][k]]
             if diff:
                 raise RcigError(f"cannot resume {out_dir}: the run there differs in {', '.join(diff)}")
-            state.load_dict(load_checkpoint(ckpt_path))
-            _truncate_log(log_path, state.iteration)
         elif ckpt_path.exists():
             raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
         text = json.dumps(identity, indent=2) + "\n"
         atomic_write(run_file, lambda fh: fh.write(text.encode()))
+        return resume
+
+    if parallel.from_leader(open_run_dir, team):
+        saved = parallel.broadcast_state(load_checkpoint(ckpt_path) if leader else None, team)
+        state.load_dict(parallel.to_device(saved, team.device))
+        if leader:
+            _truncate_log(log_path, state.iteration)
 
     if state.iteration == 0 and cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
         if progress:
@@ -191,9 +214,11 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             save_checkpoint(ckpt_path, state.to_dict())
 
     started = time.perf_counter()
+    # Rank 0 writes (ckpt_path and log_path are None elsewhere); every rank agrees, after
+    # each step, on whether to stop and on the support being the same (rcig.parallel).
     bar = tqdm(total=cfg.steps, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
                disable=not progress, dynamic_ncols=True)
-    with deferred_interrupt() as interrupted, bar:
+    with deferred_interrupt(announce=leader) as interrupted, bar:
         while state.iteration < cfg.steps:
             record = distiller.step(state)
             bar.update(1)
@@ -202,22 +227,25 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             if log_path is not None:
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
-            if out_dir is not None and state.iteration in cfg.checkpoint_iters:
+            if out_dir is not None and leader and state.iteration in cfg.checkpoint_iters:
                 _save_set(distilled_set(state, distiller, prepared, cfg, seed),
                           out_dir / "checkpoints" / f"iter_{state.iteration}.safetensors")
             if eval_every and state.iteration % eval_every == 0:
                 _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path)
             if state.iteration % checkpoint_every == 0 or state.iteration == cfg.steps:
                 save_latest()
-            if interrupted():
+            out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+            stop = parallel.step_control(team, state.iteration, parallel.checksum(state.support),
+                                         interrupted(), out_of_time)
+            if stop.interrupted:
                 save_latest()  # between iterations the state is consistent
                 raise KeyboardInterrupt
-            if max_minutes is not None and time.perf_counter() - started > 60 * max_minutes:
+            if stop.out_of_time:
                 save_latest()
                 break
 
     result = distilled_set(state, distiller, prepared, cfg, seed)
-    if out_dir is not None:
+    if out_dir is not None and leader:
         _save_set(result, out_dir / "distilled.safetensors")
         from rcig.viz import save_grid
 
@@ -226,10 +254,11 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
 
 @contextlib.contextmanager
-def deferred_interrupt():
+def deferred_interrupt(announce: bool = True):
     """Let a Ctrl-C finish the current iteration: yields a function telling whether one came.
 
     A second Ctrl-C interrupts at once (the last periodic checkpoint then stands).
+    ``announce``: say so on stderr (the leader of several ranks only).
     """
     received = []
 
@@ -237,8 +266,9 @@ def deferred_interrupt():
         if received:
             raise KeyboardInterrupt
         received.append(signum)
-        print("\nrcig: interrupted; finishing this iteration and saving a checkpoint "
-              "(Ctrl-C again to stop at once)", file=sys.stderr)
+        if announce:
+            print("\nrcig: interrupted; finishing this iteration and saving a checkpoint "
+                  "(Ctrl-C again to stop at once)", file=sys.stderr)
 
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
@@ -268,8 +298,10 @@ def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config,
     support = distiller.ema.average(state.ema)
     started = time.perf_counter()
     scores = evaluate_support(support["x"], support["y"], prepared.x_test, prepared.y_test, settings,
-                              flip=cfg.flip, progress=False)
+                              flip=cfg.flip, progress=False, team=distiller.team)
     record = {"iter": state.iteration, "eval": scores, "eval_seconds": round(time.perf_counter() - started, 1)}
+    if not distiller.team.leader:
+        return
     tqdm.write(f"rcig: iteration {state.iteration}: " + ", ".join(
         f"{k} {v['mean']:.4f}" for k, v in scores.items() if isinstance(v, dict) and "mean" in v))
     if log_path is not None:

@@ -25,14 +25,16 @@ def random_real(prepared, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 
 @torch.inference_mode()
-def embed(x: torch.Tensor, seed: int, depth: int, batch: int = 1024) -> torch.Tensor:
-    """Features of a fixed random ReLU ConvNet (seeded), in batches."""
+def embed(x: torch.Tensor, seed: int, depth: int, batch: int = 1024,
+          device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Features of a fixed random ReLU ConvNet (seeded on the CPU, run on ``device``), in batches."""
     from rcig.models import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_model("conv", in_channels=x.shape[1], num_classes=2, image_size=x.shape[2], depth=depth).eval()
-    return torch.cat([net(x[i:i + batch], return_features=True)[1] for i in range(0, len(x), batch)])
+        net = build_model("conv", in_channels=x.shape[1], num_classes=2, image_size=x.shape[2], depth=depth)
+    net = net.eval().to(device)
+    return torch.cat([net(x[i:i + batch].to(device), return_features=True)[1] for i in range(0, len(x), batch)])
 
 
 def herding_select(features: torch.Tensor, ipc: int) -> torch.Tensor:
@@ -40,7 +42,7 @@ def herding_select(features: torch.Tensor, ipc: int) -> torch.Tensor:
     mu = features.mean(0)
     total = torch.zeros_like(mu)
     chosen: list[int] = []
-    available = torch.ones(len(features), dtype=torch.bool)
+    available = torch.ones(len(features), dtype=torch.bool, device=features.device)
     for k in range(1, ipc + 1):
         distance = ((mu - (total + features) / k) ** 2).sum(1)
         distance[~available] = float("inf")
@@ -51,13 +53,14 @@ def herding_select(features: torch.Tensor, ipc: int) -> torch.Tensor:
     return torch.tensor(chosen)
 
 
-def herding(prepared, ipc: int, seed: int, depth: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def herding(prepared, ipc: int, seed: int, depth: int | None = None,
+            device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
     k = prepared.dataset.num_classes
     members = class_members(prepared.y_train, k, ipc, prepared.dataset.class_names)
     depth = depth or depth_for_image_size(prepared.dataset.image_size)
     index = []
     for m in members:
-        feats = embed(prepared.x_train[m], seed, depth)
+        feats = embed(prepared.x_train[m], seed, depth, device=device)
         index.append(m[herding_select(feats, ipc)])
     index = torch.cat(index)
     return prepared.x_train[index].clone(), centred_one_hot(prepared.y_train[index], k)

@@ -58,7 +58,9 @@ def learning_rate(step: int, peak: float, warmup: int, decay_steps: int) -> floa
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_models(settings: ProtocolSettings, in_channels: int, num_classes: int, image_size: int, seeds) -> list:
+def make_models(settings: ProtocolSettings, in_channels: int, num_classes: int, image_size: int, seeds,
+                device: torch.device = torch.device("cpu")) -> list:
+    """One network per seed, initialised on the CPU (the same weights on every device) and moved."""
     models = []
     for seed in seeds:
         with torch.random.fork_rng(devices=[]):
@@ -67,6 +69,7 @@ def make_models(settings: ProtocolSettings, in_channels: int, num_classes: int, 
                                       image_size=image_size, depth=settings.depth, width=settings.width,
                                       norm=settings.norm))
             apply_init(models[-1], settings.init)
+            models[-1].to(device)
     return models
 
 
@@ -83,7 +86,7 @@ def train_models(images: torch.Tensor, labels: torch.Tensor, settings: ProtocolS
     positions, enough for the CPU's conv rate.
     """
     n, c, h, _ = images.shape
-    models = make_models(settings, c, labels.shape[1], h, seeds)
+    models = make_models(settings, c, labels.shape[1], h, seeds, images.device)
     images = images.contiguous()
     for model, seed in zip(models, seeds):
         _train_one(model, images, labels, settings, augment, total_steps, decay_steps,
@@ -129,7 +132,7 @@ def _train_one(model, images, labels, settings, augment, total_steps, decay_step
 @torch.inference_mode()
 def accuracy(models, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> list[float]:
     """Test accuracy of each model, in large batches."""
-    correct = torch.zeros(len(models))
+    correct = torch.zeros(len(models), device=x.device)
     for i in range(0, len(x), batch):
         xb, yb = x[i:i + batch], y[i:i + batch]
         for j, model in enumerate(models):
@@ -143,12 +146,32 @@ def summarise(accs: list[float]) -> dict:
     return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(accs) > 1 else 0.0, "accs": accs}
 
 
+def assign_jobs(costs: list[float], world: int) -> list[int]:
+    """The rank of each job: longest first, each to the least-loaded rank so far (ties: the
+    lowest rank). Deterministic, so every rank computes the same plan."""
+    load, owner = [0.0] * world, [0] * len(costs)
+    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        owner[j] = min(range(world), key=lambda r: (load[r], r))
+        load[owner[j]] += costs[j]
+    return owner
+
+
 def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                     settings: ProtocolSettings, *, flip: bool = False, progress: bool = True) -> dict:
-    """Score a support set: {"no_aug": {"mean", "std", "accs"}, "aug": {...}} (fractions)."""
+                     settings: ProtocolSettings, *, flip: bool = False, progress: bool = True, team=None) -> dict:
+    """Score a support set: {"no_aug": {"mean", "std", "accs"}, "aug": {...}} (fractions).
+
+    ``team`` (:class:`rcig.parallel.Team`; None: one process on ``images``' device): the
+    (setting, seed) networks are shared out over its ranks (:func:`assign_jobs`) and their
+    accuracies summed into every rank's result, so each network scores what it would
+    serially (same seed, same batches). Each rank trains on ``team.device``.
+    """
     from tqdm import tqdm
 
-    images, labels = images.detach().float(), labels.detach().float()
+    from rcig.parallel import Team, gather_sum
+
+    team = team or Team(0, 1, images.device)
+    images, labels = images.detach().float().to(team.device), labels.detach().float().to(team.device)
+    test_x, test_y = test_x.to(team.device), test_y.to(team.device)
     n_unique = len(images)
     if flip:
         images, labels = torch.cat([images, images.flip(-1)]), torch.cat([labels, labels])
@@ -158,12 +181,19 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     seeds = [settings.seed + i for i in range(settings.n_models)]
     plan = {"no_aug": (False, max(steps, int(round(steps * settings.no_aug_extension)))), "aug": (True, steps)}
     plan = {k: v for k, v in plan.items() if k in settings.settings}
-    total = sum(s for _, s in plan.values()) * len(seeds)
-    results = {}
-    with tqdm(total=total, desc="evaluate", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    jobs = [(name, seed) for name in plan for seed in seeds]
+    owner = assign_jobs([plan[name][1] for name, _ in jobs], team.world)
+    mine = [j for j in range(len(jobs)) if owner[j] == team.rank]
+    accs = torch.zeros(len(jobs), dtype=torch.float64)  # this rank's networks; zeros elsewhere
+    with tqdm(total=sum(plan[jobs[j][0]][1] for j in mine), desc="evaluate", unit="step",
+              disable=not (progress and team.leader), dynamic_ncols=True) as bar:
         for name, (augment, total_steps) in plan.items():
+            chosen = [j for j in mine if jobs[j][0] == name]
+            if not chosen:
+                continue
             warm = replace(settings, warmup=min(settings.warmup, max(1, steps // 2)))
             models = train_models(images, labels, warm, augment=augment, total_steps=total_steps,
-                                  decay_steps=steps, seeds=seeds, progress=bar)
-            results[name] = summarise(accuracy(models, test_x, test_y))
-    return results
+                                  decay_steps=steps, seeds=[jobs[j][1] for j in chosen], progress=bar)
+            accs[chosen] = torch.tensor(accuracy(models, test_x, test_y), dtype=torch.float64)
+    accs = gather_sum(accs, team).tolist()
+    return {name: summarise([accs[j] for j in range(len(jobs)) if jobs[j][0] == name]) for name in plan}

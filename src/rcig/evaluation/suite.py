@@ -48,11 +48,11 @@ def baseline_support(prepared, method: str, ipc: int, seed: int):
 
 
 def score_grid(supports: dict, archs: tuple[str, ...], base: ProtocolSettings, test_x, test_y, *, flip: bool,
-               progress: bool) -> dict:
+               progress: bool, team=None) -> dict:
     """``{support name: {arch: {"no_aug": {...}, "aug": {...}}}}``: every support under every
-    architecture's protocol, with the same seeds."""
+    architecture's protocol, with the same seeds (each protocol's networks shared over ``team``)."""
     return {name: {arch: evaluate_support(images, labels, test_x, test_y, arch_settings(base, arch), flip=flip,
-                                          progress=progress) for arch in archs}
+                                          progress=progress, team=team) for arch in archs}
             for name, (images, labels) in supports.items()}
 
 
