@@ -37,7 +37,7 @@ def test_one_depth_rule_for_the_presets_and_herding(monkeypatch):
         for channels in (1, 3):
             assert load_preset(default_preset_name(size, channels)).depth == depth_for_image_size(size)
     depths = []
-    monkeypatch.setattr(baselines, "embed", lambda x, seed, depth: depths.append(depth) or x.flatten(1))
+    monkeypatch.setattr(baselines, "embed", lambda x, seed, depth, **_: depths.append(depth) or x.flatten(1))
     dataset = SimpleNamespace(num_classes=2, image_size=48, class_names=("a", "b"))
     prepared = SimpleNamespace(dataset=dataset, x_train=torch.randn(6, 3, 48, 48), y_train=torch.tensor([0, 1] * 3))
     herding(prepared, 2, seed=0)

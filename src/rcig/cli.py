@@ -60,7 +60,7 @@ def cmd_distill(args) -> None:
     minutes = (time.perf_counter() - started) / 60
     say = print if team.leader else (lambda *a, **k: None)
     say(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
-          f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
+        f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
     run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
     if run_eval:
         evaluate_file(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
