@@ -62,6 +62,7 @@ def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Brightness, then contrast (about the image mean), then saturation (about each pixel's
     channel mean), on normalised images."""
     n = x.shape[0]
+
     def draw(values: torch.Tensor) -> torch.Tensor:  # drawn on the CPU generator, used on x's device
         return values.view(n, 1, 1, 1).to(x.device)
 
