@@ -54,8 +54,8 @@ def rank_main(rank: int, world: int, port: int, out: str, drift: bool) -> None:
     if drift and rank == 1:  # this rank's optimiser goes its own way: the check must notice
         real_step = outer.AdaBelief.step
 
-        def nudged(self, params, grads, state):
-            new, state = real_step(self, params, grads, state)
+        def nudged(self, *args, **kwargs):
+            new, state = real_step(self, *args, **kwargs)
             return {**new, "x": new["x"] + 1e-6}, state
 
         outer.AdaBelief.step = nudged
