@@ -90,6 +90,21 @@ def test_refuses_to_overwrite_or_resume_a_different_run(tmp_path):
         distill(out=tmp_path / "empty", resume=True, progress=False)
 
 
+def test_log_records_cpu_seconds_of_each_step_and_of_the_tuning(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"iter": 1, "outer_loss": 9.0, "cpu_seconds": 99.0}\n')  # a dead run's
+    distill("digits", 1, steps=2, out=out, overrides={**TINY, "inner_lr": None, "hvp_lr": None}, progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [0, 1, 2]  # a fresh run's log is its own
+    tuning = log[0]["tuning"]
+    assert tuning["cpu_seconds"] > 0 and tuning["seconds"] > 0 and tuning["inner_lr"] == log[1]["inner_lr"]
+    assert all(0 < r["cpu_seconds"] < 99 for r in log[1:])
+    distill(out=out, steps=3, resume=True, progress=False)  # a resumed run tunes nothing
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [0, 1, 2, 3] and "tuning" not in log[-1]
+
+
 def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     real_meta = outer_module.meta_gradient
     calls = {"n": 0}

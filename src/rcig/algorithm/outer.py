@@ -245,7 +245,7 @@ class Distiller:
 
     def step(self, state: RunState) -> dict[str, Any]:
         """One outer iteration; mutates ``state`` only at the end (so it stays consistent)."""
-        cfg, started = self.cfg, time.perf_counter()
+        cfg, started, cpu_started = self.cfg, time.perf_counter(), time.process_time()
         index = state.pool.pick(state.generator)
         f, body0 = self.base_network(state.pool.params(index))
         # normal_repeats plain passes, then aug_repeats augmented ones, each on a fresh target
@@ -286,7 +286,8 @@ class Distiller:
             if cfg.tunes_learning_rates:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes = []
-        return log_record(state, result, index, pool_steps, time.perf_counter() - started, cfg.proto_lr * lr_scale)
+        return log_record(state, result, index, pool_steps, time.perf_counter() - started,
+                          time.process_time() - cpu_started, cfg.proto_lr * lr_scale)
 
 
 def average_results(results: list[MetaResult]) -> MetaResult:
@@ -315,8 +316,10 @@ def check_finite(result: MetaResult, iteration: int) -> None:
                         f"(outer loss {result.outer_loss})")
 
 
-def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float,
+def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float, cpu_seconds: float,
                proto_lr: float) -> dict[str, Any]:
+    """One iteration's log line. ``seconds``: wall time of the step; ``cpu_seconds``: the
+    process's CPU time in it (all its threads), the fair measure on a shared machine."""
     norms = lambda tree: {k: float(tree[k].norm()) for k in LEAVES}  # noqa: E731
     return {
         "iter": state.iteration, "outer_loss": r.outer_loss, "outer_acc": r.outer_acc,
@@ -327,7 +330,8 @@ def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seco
         "inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr, "proto_lr": proto_lr,
         "grad_norm": norms(r.grads), "direct_norm": norms(r.direct), "implicit_norm": norms(r.implicit),
         "delta_norm": float(tree_norm(r.delta)), "log_temp": float(state.support["log_temp"]),
-        "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3), "parts": r.seconds,
+        "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3), "parts": r.seconds,
     }
 
 

@@ -8,7 +8,8 @@ Output directory layout::
 
     DIR/distilled.safetensors   the EMA support (rcig.io format), written at the end
     DIR/grid.png                the distilled images, one row per class
-    DIR/log.jsonl               one JSON record per iteration (+ "eval" records)
+    DIR/log.jsonl               one JSON record per iteration (+ "eval" records, and an
+                                iteration-0 "tuning" record: the tuned rates, its wall and CPU seconds)
     DIR/run.json                dataset, ipc, seed, config: what --resume checks against
     DIR/checkpoints/latest.pt   the whole RunState, every `checkpoint_every` iterations
     DIR/checkpoints/iter_N.safetensors   the EMA support at the config's checkpoint_iters
@@ -91,6 +92,11 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
 
 def _run_identity(dataset_spec: str, ipc: int, seed: int, cfg: Config) -> dict[str, Any]:
     return {"dataset": dataset_spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict()}
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
 
 
 def _truncate_log(path: Path, iteration: int) -> None:
@@ -192,6 +198,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
                 raise RcigError(f"cannot resume {out_dir}: the run there differs in {', '.join(diff)}")
         elif ckpt_path.exists():
             raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        else:
+            log_path.unlink(missing_ok=True)  # a run killed before its first checkpoint left it
         text = json.dumps(identity, indent=2) + "\n"
         atomic_write(run_file, lambda fh: fh.write(text.encode()))
         return resume
@@ -205,9 +213,15 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     if state.iteration == 0 and cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
         if progress:
             tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
+        tune_started, cpu_started = time.perf_counter(), time.process_time()
         distiller.tune(state, progress)
         if progress:
             tqdm.write(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}")
+        if log_path is not None:  # the tuning's cost counts towards the run's (CG needs none)
+            record = {"iter": 0, "tuning": {"inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
+                                            "seconds": round(time.perf_counter() - tune_started, 3),
+                                            "cpu_seconds": round(time.process_time() - cpu_started, 3)}}
+            _append_log(log_path, record)
 
     def save_latest() -> None:
         if ckpt_path is not None:
@@ -225,8 +239,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             bar.set_postfix(loss=f"{record['outer_loss']:.3f}", acc=f"{record['outer_acc']:.3f}",
                             s=f"{record['seconds']:.1f}")
             if log_path is not None:
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                _append_log(log_path, record)
             if out_dir is not None and leader and state.iteration in cfg.checkpoint_iters:
                 _save_set(distilled_set(state, distiller, prepared, cfg, seed),
                           out_dir / "checkpoints" / f"iter_{state.iteration}.safetensors")
@@ -305,5 +318,4 @@ def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config,
     tqdm.write(f"rcig: iteration {state.iteration}: " + ", ".join(
         f"{k} {v['mean']:.4f}" for k, v in scores.items() if isinstance(v, dict) and "mean" in v))
     if log_path is not None:
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        _append_log(log_path, record)
