@@ -1,0 +1,429 @@
+"""Where the accuracy goes: accuracy against CPU time for one-change variants of the paper's preset.
+
+Each variant is the faithful preset (``depth_3_no_flip``, seed 0) with one change
+(``variant_overrides``), distilled on ``--dataset`` at ``--ipc`` (default Fashion-MNIST, 1 ipc)
+until each budget of ``--points`` CPU minutes, where its EMA set is copied and scored with
+``rcig eval`` (``--models`` networks, ``--settings``)::
+
+    OMP_NUM_THREADS=1 nohup python benchmarks/variants.py --points 5,10,20,40 &   # the sweep
+    python benchmarks/variants.py --variants faithful,cg5 --points 5              # a subset
+    python benchmarks/variants.py --only report                                   # outputs from the cache
+
+The variants (``B`` = ``--boost-steps``):
+
+* ``faithful``: the preset as it is.
+* ``lr3x``, ``lr10x``: the support's learning rate starts 3x / 10x higher and decays (cosine)
+  to the paper's over the first B outer steps.
+* ``tb256``, ``tb512``: 256 / 512 target images per meta-gradient instead of 1,024.
+* ``cg5``: conjugate gradients, 5 iterations for delta* and 5 for H^-1 g (no tuning).
+* ``direct``: ``n_hinv_steps=0``: the H^-1 g solve (Adam from v = 0) takes no step, so
+  v = 0 and the implicit gradient ``-d/dS [v . grad L_in]`` is exactly zero (checked: the
+  log's ``implicit_norm`` is 0): only the direct gradient through delta*, the FRePo-like
+  ablation. Its steps still pay for the (zero) implicit gradient's two JVPs and backward
+  pass and the tuning still runs one H^-1 g trial, so it is a little slower than a
+  direct-only implementation would be.
+* ``fixed_labels``: labels stay the centred one-hot start.
+* ``nonlinear``: the inner model is the network itself, not its linearisation.
+* ``aug``: the support is augmented during distillation (crop, rotate, translate, cutout);
+  ``aug_rep``: the same plus one augmented meta-gradient pass per step.
+* ``torch_init``: torch's default initialisation of the networks (before session 6).
+
+Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
+``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
+the race earlier). A variant's run is driven in chunks of at most ``--chunk`` outer steps
+(``rcig distill ... --resume --steps S``), each sized from the CPU seconds per step so far
+to stop at the first step past the budget; a point records the steps, CPU and wall seconds
+actually spent. The work lives in ``--work`` (default benchmarks/work/variants): a run
+directory ``<name>/``, its scored snapshots ``<name>/points/<budget>min.safetensors`` and
+the piece ``<name>.json``, written atomically after every change, so a killed sweep goes on
+where it stopped: scored points are not run again, a snapshot not yet scored is scored,
+and a distillation resumes from its checkpoint. A variant whose distillation fails with an
+``rcig: error`` (e.g. it diverged) records the error and is skipped from then on.
+
+The sweep goes budget by budget (every variant to 5 minutes, then every variant to 10, ...),
+so the comparison is complete at each budget as early as possible; variants run in the
+order of ``ORDER``. ``--only report`` writes ``benchmarks/variants.json``,
+``benchmarks/variants.png`` and the table between the ``<!-- variants -->`` markers of
+BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from speed import VARIANTS as SPEED_VARIANTS, write_json  # benchmarks/ is on sys.path when run as a script
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = "depth_3_no_flip"
+SEED = 0
+SETTINGS = ("no_aug", "aug")
+AUG = ["crop", "rotate", "translate", "cutout"]
+MARKERS = ("<!-- variants -->", "<!-- /variants -->")
+SECTION = "## Where the accuracy goes (1 ipc variants)"
+# the order variants run in (and are reported in): the most telling first
+ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
+         "aug_rep", "torch_init")
+
+
+def variant_overrides(boost_steps: int) -> dict[str, dict]:
+    """name -> the config fields it changes in the faithful preset (in ``ORDER``)."""
+    table = {
+        "faithful": {},
+        "tb256": {"target_batch_size": 256},
+        "cg5": SPEED_VARIANTS["cg5"],  # solver=cg, 5 iterations per solve
+        "lr3x": {"proto_lr_boost": 3, "proto_lr_boost_steps": boost_steps},
+        "aug": {"aug": AUG},
+        "lr10x": {"proto_lr_boost": 10, "proto_lr_boost_steps": boost_steps},
+        "tb512": {"target_batch_size": 512},
+        "direct": {"n_hinv_steps": 0},
+        "fixed_labels": {"learn_labels": False},
+        "nonlinear": {"linearize": False},
+        "aug_rep": {"aug": AUG, "aug_repeats": 1},
+        "torch_init": {"network_init": "torch"},
+    }
+    return {name: table[name] for name in ORDER}
+
+
+class Progress(NamedTuple):
+    """How far a run is, from its log.jsonl."""
+
+    steps: int
+    cpu_seconds: float  # tuning + outer steps
+    wall_seconds: float  # tuning + outer steps
+    step_cpu_seconds: float  # outer steps only
+    tuning_cpu_seconds: float
+
+
+def read_progress(log: Path) -> Progress:
+    steps, cpu, wall, tuning_cpu, tuning_wall = 0, 0.0, 0.0, 0.0, 0.0
+    if log.exists():
+        for line in log.read_text().splitlines():
+            record = json.loads(line)
+            if "tuning" in record:
+                tuning_cpu += record["tuning"]["cpu_seconds"]
+                tuning_wall += record["tuning"]["seconds"]
+            elif "outer_loss" in record:
+                steps, cpu, wall = record["iter"], cpu + record["cpu_seconds"], wall + record["seconds"]
+    return Progress(steps, cpu + tuning_cpu, wall + tuning_wall, cpu, tuning_cpu)
+
+
+def next_chunk(progress: Progress, target_cpu: float, chunk: int) -> int:
+    """Outer steps to run next towards ``target_cpu`` CPU seconds: enough to reach it at the
+    mean CPU seconds per step so far (1 when nothing is known yet), between 1 and ``chunk``."""
+    if progress.steps == 0:
+        return 1
+    rate = progress.step_cpu_seconds / progress.steps
+    return max(1, min(chunk, math.ceil((target_cpu - progress.cpu_seconds) / rate)))
+
+
+class SweepError(Exception):
+    """Bad input or a cache made with other settings: one line, exit status 2."""
+
+
+def parse_points(text: str) -> list[float]:
+    """``"5,10"`` -> [5.0, 10.0] (sorted, positive CPU minutes)."""
+    try:
+        points = sorted({float(p) for p in text.split(",") if p.strip()})
+    except ValueError:
+        points = []
+    if not points or points[0] <= 0 or not all(math.isfinite(p) for p in points):
+        raise argparse.ArgumentTypeError(f"expected positive CPU minutes, comma-separated, got {text!r}")
+    return points
+
+
+def parse_variants(text: str) -> list[str]:
+    """``"cg5,faithful"`` -> the names in ``ORDER``'s order; unknown names are refused."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ORDER]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant {', '.join(unknown) or repr(text)}; "
+                                         f"known: {', '.join(ORDER)}")
+    return [n for n in ORDER if n in names]
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def budget_key(minutes: float) -> str:
+    return f"{minutes:g}"
+
+
+class DistillFailed(Exception):
+    """``rcig distill`` stopped with an ``rcig: error`` (exit status 2), e.g. it diverged."""
+
+
+def rcig(*args: str, threads: int = 1) -> None:
+    """Run the ``rcig`` command line in a child process with ``OMP_NUM_THREADS=threads``.
+    An ``rcig: error`` raises DistillFailed with its message; any other failure stops the sweep."""
+    print("$ rcig " + " ".join(args), flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    # stderr holds the progress bars (the sweep prints its own progress): shown on failure only
+    done = subprocess.run([sys.executable, "-m", "rcig.cli", *args], env=env, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+    if done.returncode == 2:
+        lines = [line for line in done.stderr.splitlines() if line.startswith("rcig: error")]
+        raise DistillFailed(lines[-1] if lines else done.stderr.strip()[-300:])
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(done.returncode, args)
+
+
+class Sweep:
+    def __init__(self, args):
+        self.args = args
+        self.work = Path(args.work)
+        self.overrides = variant_overrides(args.boost_steps)
+        self.extra = list(args.set)
+
+    # ------------------------------------------------------------------- bookkeeping
+
+    def identity(self, name: str) -> dict:
+        """What a variant's cached run and points were made with; a mismatch is refused."""
+        return {"variant": name, "dataset": self.args.dataset, "ipc": self.args.ipc, "preset": PRESET, "seed": SEED,
+                "overrides": self.overrides[name], "set": self.extra}
+
+    def piece(self, name: str) -> dict:
+        path = self.work / f"{name}.json"
+        if not path.exists():
+            return {**self.identity(name), "points": {}}
+        piece = json.loads(path.read_text())
+        if {k: piece.get(k) for k in self.identity(name)} != self.identity(name):
+            raise SweepError(f"{path} was made with other settings (dataset, ipc, overrides, "
+                             f"--boost-steps or --set); delete it and {self.work / name} or use another --work")
+        return piece
+
+    def save(self, name: str, piece: dict) -> None:
+        write_json(piece, self.work / f"{name}.json")
+
+    # ------------------------------------------------------------------------ work
+
+    def point(self, name: str, minutes: float) -> None:
+        """Bring variant ``name`` to ``minutes`` of CPU, snapshot its EMA set and score it."""
+        piece, key = self.piece(name), budget_key(minutes)
+        if "error" in piece:
+            print(f"[{name}] failed before ({piece['error']}); skipped", flush=True)
+            return
+        point = piece["points"].get(key) or reached_before(piece, minutes)
+        if point is not None and key not in piece["points"]:  # one step went past several budgets
+            piece["points"][key] = {**point, "budget_minutes": minutes}
+            self.save(name, piece)
+            point = piece["points"][key]
+        if point is None:
+            run = self.work / name
+            # past the budget is fine only if this budget's own distillation got there (and a
+            # kill came before its snapshot): not after a run towards a larger budget
+            if piece.get("running") != key and read_progress(run / "log.jsonl").cpu_seconds >= 60 * minutes:
+                print(f"[{name}] already past {key} CPU min without a snapshot there; delete {run} to measure it")
+                return
+            self.save(name, {**piece, "running": key})
+            try:
+                progress = self.distil_to(name, 60 * minutes)
+            except DistillFailed as failed:
+                self.save(name, {**piece, "error": str(failed)})
+                print(f"[{name}] {failed}; recorded, skipped from now on", flush=True)
+                return
+            snapshot = run / "points" / f"{key}min.safetensors"
+            copy_atomic(run / "distilled.safetensors", snapshot)
+            point = {"budget_minutes": minutes, "steps": progress.steps,
+                     "cpu_seconds": round(progress.cpu_seconds, 1), "wall_seconds": round(progress.wall_seconds, 1),
+                     "step_cpu_seconds": round(progress.step_cpu_seconds, 1),
+                     "tuning_cpu_seconds": round(progress.tuning_cpu_seconds, 1), "snapshot": str(snapshot)}
+            piece["points"][key] = point
+            piece.pop("running", None)
+            self.save(name, piece)
+        missing = [s for s in self.settings() if s not in point]
+        if missing:
+            point.update(self.score(Path(point["snapshot"]), missing))
+            self.save(name, piece)
+        print(f"[{name}] {key} CPU min: {point['steps']} steps, " + ", ".join(
+            f"{s} {100 * point[s]['mean']:.2f}" for s in SETTINGS if s in point), flush=True)
+
+    def settings(self) -> tuple[str, ...]:
+        return SETTINGS if self.args.settings == "both" else (self.args.settings,)
+
+    def distil_to(self, name: str, target_cpu: float) -> Progress:
+        """Run ``name``'s distillation in chunks until its CPU seconds reach ``target_cpu``."""
+        run = self.work / name
+        progress = read_progress(run / "log.jsonl")
+        while progress.cpu_seconds < target_cpu:
+            steps = progress.steps + next_chunk(progress, target_cpu, self.args.chunk)
+            common = ["--out", str(run), "--steps", str(steps), "--no-eval", "--quiet"]
+            if (run / "checkpoints" / "latest.pt").exists():
+                rcig("distill", *common, "--resume", threads=self.args.threads)
+            else:
+                sets = [a for pair in self.overrides[name].items() for a in ("--set", f"{pair[0]}={json.dumps(pair[1])}")]
+                sets += [a for item in self.extra for a in ("--set", item)]
+                rcig("distill", *common, "--dataset", self.args.dataset, "--ipc", str(self.args.ipc),
+                     "--preset", PRESET, "--seed", str(SEED), *sets, threads=self.args.threads)
+            progress = read_progress(run / "log.jsonl")
+        return progress
+
+    def score(self, snapshot: Path, settings: list[str]) -> dict:
+        """``rcig eval`` of ``snapshot`` in ``settings``: {setting: {"mean", "std", "accs"}}."""
+        out = snapshot.with_suffix(".eval.json")
+        which = settings[0] if len(settings) == 1 else "both"
+        rcig("eval", str(snapshot), "--models", str(self.args.models), "--settings", which, "--seed", "0",
+             "--json", str(out), threads=self.args.threads)
+        scores = json.loads(out.read_text())
+        return {s: scores[s] for s in settings}
+
+    # ---------------------------------------------------------------------- report
+
+    def report(self) -> dict:
+        paths = [self.work / f"{name}.json" for name in ORDER]
+        pieces = {path.stem: json.loads(path.read_text()) for path in paths if path.exists()}
+        results = {"dataset": self.args.dataset, "ipc": self.args.ipc, "preset": PRESET, "seed": SEED,
+                   "threads": self.args.threads, "models": self.args.models, "variants": pieces}
+        write_json(results, self.args.json)
+        plot(results, Path(self.args.png))
+        table = markdown_table(results)
+        print(table)
+        write_section(table, Path(self.args.markdown))
+        print(f"wrote {self.args.json}, {self.args.png} and {self.args.markdown}")
+        return results
+
+
+def reached_before(piece: dict, minutes: float) -> dict | None:
+    """The recorded point of a smaller budget whose step already went past ``minutes``
+    (e.g. the tuning alone outlasted both): it is this budget's point too, the same set."""
+    past = [p for p in piece["points"].values() if p["budget_minutes"] < minutes <= p["cpu_seconds"] / 60]
+    return min(past, key=lambda p: p["cpu_seconds"], default=None)
+
+
+def copy_atomic(source: Path, target: Path) -> None:
+    from rcig.atomic import atomic_write
+
+    with open(source, "rb") as src:
+        atomic_write(target, lambda fh: shutil.copyfileobj(src, fh))
+
+
+# ------------------------------------------------------------------------- the report
+
+def budgets(results: dict) -> list[float]:
+    return sorted({p["budget_minutes"] for piece in results["variants"].values() for p in piece["points"].values()})
+
+
+def cpu_per_step(piece: dict) -> float | None:
+    """Mean CPU seconds per outer step (tuning excluded) at the variant's last point."""
+    points = [p for p in piece["points"].values() if p["steps"]]
+    if not points:
+        return None
+    last = max(points, key=lambda p: p["steps"])
+    return last["step_cpu_seconds"] / last["steps"]
+
+
+def cell(point: dict | None) -> str:
+    """``no aug / aug (steps)`` in %, "-" for a setting not scored yet."""
+    if point is None:
+        return "-"
+    acc = [f"{100 * point[s]['mean']:.1f}" if s in point else "-" for s in SETTINGS]
+    return f"{acc[0]} / {acc[1]} ({point['steps']})"
+
+
+def markdown_table(results: dict) -> str:
+    points = budgets(results)
+    head = ["variant", *(f"{b:g} CPU min" for b in points), "s/step (CPU)", "tuning (CPU s)"]
+    lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
+    for name, piece in results["variants"].items():
+        by_budget = {p["budget_minutes"]: p for p in piece["points"].values()}
+        rate = cpu_per_step(piece)
+        tuning = next((p["tuning_cpu_seconds"] for p in by_budget.values()), None)
+        row = [f"**{name}**" if name == "faithful" else name, *(cell(by_budget.get(b)) for b in points),
+               f"{rate:.1f}" if rate is not None else "-", f"{tuning:.0f}" if tuning is not None else "-"]
+        if "error" in piece:
+            row[-2] = f"failed: {piece['error']}"
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"{results['dataset']}, {results['ipc']} ipc, preset {results['preset']} with one change each, "
+                  f"seed {results['seed']}; cells: test accuracy in % without / with augmentation "
+                  f"({results['models']} protocol network(s) each) and the outer steps done within the budget "
+                  f"(CPU time of the tuning and the steps, {results['threads']} thread(s))."]
+    return "\n".join(lines)
+
+
+def write_section(table: str, path: Path) -> None:
+    """Put ``table`` between the markers of ``path``, adding the section if it is missing."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARKERS[0] not in text:
+        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
+    head, rest = text.split(MARKERS[0], 1)
+    _, tail = rest.split(MARKERS[1], 1)
+    path.write_text(f"{head}{MARKERS[0]}\n{table}\n{MARKERS[1]}{tail}")
+
+
+def plot(results: dict, path: Path) -> None:
+    """Two panels (no aug, aug): accuracy against CPU minutes, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharey=True)
+    for ax, setting, title in zip(axes, SETTINGS, ("without augmentation", "with augmentation")):
+        for name, piece in results["variants"].items():
+            points = sorted({(p["cpu_seconds"] / 60, 100 * p[setting]["mean"])  # a set: shared points once
+                             for p in piece["points"].values() if setting in p})
+            if points:
+                bold = name == "faithful"
+                ax.plot(*zip(*points), "o-", label=name, lw=3 if bold else 1.2, color="black" if bold else None,
+                        zorder=3 if bold else 2)
+        ax.set_title(f"{results['dataset']}, {results['ipc']} ipc, {title}")
+        ax.set_xlabel("CPU minutes (tuning + outer steps)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------- main
+
+def main(argv=None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", type=parse_variants, default=list(ORDER), help="comma-separated, from: " + ", ".join(ORDER))
+    parser.add_argument("--points", type=parse_points, default=[5.0, 10.0, 20.0, 40.0], help="CPU-minute budgets to score at (default 5,10,20,40)")
+    parser.add_argument("--boost-steps", type=positive_int, default=100,
+                        help="lr3x/lr10x: outer steps over which the boost decays to the paper's rate (default 100)")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--ipc", type=positive_int, default=1)
+    parser.add_argument("--models", type=positive_int, default=1, help="protocol networks per setting and point (default 1)")
+    parser.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
+    parser.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of the rcig runs (default 1)")
+    parser.add_argument("--chunk", type=positive_int, default=10, help="at most this many outer steps per rcig call")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an extra config override for every variant (quick checks), repeatable")
+    parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "variants"))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "variants.json"))
+    parser.add_argument("--png", default=str(ROOT / "benchmarks" / "variants.png"))
+    parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
+    parser.add_argument("--only", choices=("run", "report"), help="only run the points, or only write the report")
+    args = parser.parse_args(argv)
+    sweep = Sweep(args)
+    try:
+        if args.only != "report":
+            for minutes in args.points:  # budget by budget: every variant reaches each budget before the next
+                for name in args.variants:
+                    started = time.perf_counter()
+                    sweep.point(name, minutes)
+                    print(f"[{name}] {minutes:g} CPU min point took {(time.perf_counter() - started) / 60:.1f} "
+                          "wall min", flush=True)
+        return sweep.report() if args.only != "run" else None
+    except SweepError as error:
+        parser.exit(2, f"variants: error: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""benchmarks/variants.py: variant names, CPU budgets, resume after a kill, the report."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def variants():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_variants", BENCH / "variants.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def argv(tmp_path, *more):
+    return ["--dataset", "digits", "--work", str(tmp_path / "work"), "--json", str(tmp_path / "v.json"),
+            "--png", str(tmp_path / "v.png"), "--markdown", str(tmp_path / "B.md"), *more]
+
+
+def value(args, flag):
+    return args[args.index(flag) + 1]
+
+
+class FakeRcig:
+    """Stands in for the ``rcig`` command line. ``distill`` appends log records as the real
+    one does (a tuning record of ``tuning`` CPU seconds unless cg, then ``per_step`` CPU
+    seconds per step) and writes the "set" as text naming its step; ``eval`` scores a set
+    ``0.5 + step / 100``. ``fail_eval_at``: the eval of that step dies (a killed sweep)."""
+
+    def __init__(self, tuning=5.0, per_step=2.0, fail_eval_at=None):
+        self.tuning, self.per_step, self.fail_eval_at = tuning, per_step, fail_eval_at
+        self.calls = []
+
+    def __call__(self, command, *args, threads=1):
+        self.calls.append((command, *args))
+        if command == "distill":
+            self.distill(args)
+        else:
+            self.eval(args)
+
+    def distill(self, args):
+        out, steps = Path(value(args, "--out")), int(value(args, "--steps"))
+        log = out / "log.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()] if "--resume" in args else []
+        if not records and "solver=\"cg\"" not in " ".join(args):
+            records.append({"iter": 0, "tuning": {"cpu_seconds": self.tuning, "seconds": 2 * self.tuning}})
+        done = max((r["iter"] for r in records), default=0)
+        records += [{"iter": i, "outer_loss": 1.0, "cpu_seconds": self.per_step, "seconds": 2 * self.per_step}
+                    for i in range(done + 1, steps + 1)]
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (out / "checkpoints" / "latest.pt").write_text(str(steps))
+        log.write_text("".join(json.dumps(r) + "\n" for r in records))
+        (out / "distilled.safetensors").write_text(str(steps))
+
+    def eval(self, args):
+        step = int(Path(args[0]).read_text())
+        if step == self.fail_eval_at:
+            raise subprocess.CalledProcessError(-9, "rcig eval")
+        score = {"mean": 0.5 + step / 100, "std": 0.0, "accs": [0.5 + step / 100]}
+        settings = ("no_aug", "aug") if value(args, "--settings") == "both" else (value(args, "--settings"),)
+        Path(value(args, "--json")).write_text(json.dumps({s: score for s in settings}))
+
+    def runs(self, command):
+        return [c for c in self.calls if c[0] == command]
+
+
+def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, capsys):
+    from rcig.config import load_preset
+
+    for overrides in variants.variant_overrides(100).values():
+        load_preset(variants.PRESET).replace(**overrides)  # raises on a bad field or value
+    assert list(variants.variant_overrides(7)) == list(variants.ORDER)
+    assert variants.variant_overrides(7)["lr10x"] == {"proto_lr_boost": 10, "proto_lr_boost_steps": 7}
+    assert variants.parse_variants("cg5, faithful") == ["faithful", "cg5"]  # run in ORDER's order
+    for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            variants.main(argv(tmp_path, *bad))
+        assert stop.value.code == 2
+    assert "known: faithful, tb256, cg5" in capsys.readouterr().err
+
+
+def test_budgets_are_reached_in_cpu_time_tuning_included(variants, tmp_path, monkeypatch):
+    fake = FakeRcig(tuning=5.0, per_step=2.0)
+    monkeypatch.setattr(variants, "rcig", fake)
+    variants.main(argv(tmp_path, "--variants", "faithful,cg5", "--points", "0.5,1", "--chunk", "4", "--only", "run"))
+    faithful = json.loads((tmp_path / "work" / "faithful.json").read_text())
+    # 5 s of tuning + 2 s per step: the first step past 30 s is the 13th (31 s), past 60 s the 28th (61 s)
+    assert [(p["steps"], p["cpu_seconds"], p["tuning_cpu_seconds"]) for p in faithful["points"].values()] == \
+        [(13, 31.0, 5.0), (28, 61.0, 5.0)]
+    cg5 = json.loads((tmp_path / "work" / "cg5.json").read_text())
+    assert [p["steps"] for p in cg5["points"].values()] == [15, 30]  # no tuning: 2 s per step only
+    # chunks of at most --chunk steps; the first creates the run with its variant's overrides
+    distills = fake.runs("distill")
+    first = [c for c in distills if "--resume" not in c]
+    assert len(first) == 2 and "solver=\"cg\"" in " ".join(first[1])
+    assert all("--resume" in c for c in distills if c not in first)
+    steps = [int(value(c, "--steps")) for c in distills if "faithful" in value(c, "--out")]
+    assert all(0 < b - a <= 4 for a, b in zip(steps, steps[1:]))
+    assert faithful["points"]["0.5"]["aug"]["mean"] == pytest.approx(0.63)  # the set of step 13 was scored
+
+
+def test_a_killed_sweep_goes_on_without_redoing_scored_points(variants, tmp_path, monkeypatch):
+    fake = FakeRcig(fail_eval_at=28)
+    monkeypatch.setattr(variants, "rcig", fake)
+    args = argv(tmp_path, "--variants", "faithful", "--points", "0.5,1", "--only", "run")
+    with pytest.raises(subprocess.CalledProcessError):
+        variants.main(args)
+    piece = json.loads((tmp_path / "work" / "faithful.json").read_text())
+    assert "aug" in piece["points"]["0.5"] and "aug" not in piece["points"]["1"]
+    fake.fail_eval_at, fake.calls = None, []
+    variants.main(args)
+    # the snapshot of step 28 is scored; nothing is distilled again and step 13 is not re-scored
+    assert fake.runs("distill") == [] and [Path(c[1]).name for c in fake.runs("eval")] == ["1min.safetensors"]
+    piece = json.loads((tmp_path / "work" / "faithful.json").read_text())
+    assert piece["points"]["1"]["aug"]["mean"] == pytest.approx(0.78) and "running" not in piece
+    fake.calls = []
+    variants.main(args + ["--points", "0.5,1,1.5"])  # a larger budget: the run resumes from step 28
+    assert int(value(fake.runs("distill")[0], "--steps")) > 28 and "--resume" in fake.runs("distill")[0]
+    # a budget one step already passed is that step's point (tuning 5 s > 3 s): scored once
+    fake.calls = []
+    variants.main(argv(tmp_path, "--variants", "tb256", "--points", "0.05,0.1", "--only", "run"))
+    tb = json.loads((tmp_path / "work" / "tb256.json").read_text())
+    assert tb["points"]["0.05"]["steps"] == tb["points"]["0.1"]["steps"] == 1 and len(fake.runs("eval")) == 1
+    with pytest.raises(SystemExit) as stop:  # a cache made with other overrides is refused
+        variants.main(argv(tmp_path, "--variants", "tb256", "--points", "0.1", "--set", "width=8"))
+    assert stop.value.code == 2
+
+
+def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
+    monkeypatch.setattr(variants, "rcig", FakeRcig())
+    variants.main(argv(tmp_path, "--variants", "faithful,lr3x", "--points", "0.5,1", "--only", "run"))
+    (tmp_path / "work" / "lr10x.json").write_text(json.dumps(
+        {"variant": "lr10x", "points": {}, "error": "rcig: error: diverged at iteration 3"}))
+    (tmp_path / "B.md").write_text("# Benchmarks\n\nintro\n")
+    results = variants.main(argv(tmp_path, "--only", "report"))
+    assert list(results["variants"]) == ["faithful", "lr3x", "lr10x"]
+    assert json.loads((tmp_path / "v.json").read_text()) == results
+    assert (tmp_path / "v.png").stat().st_size > 10_000
+    text = (tmp_path / "B.md").read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n") and variants.SECTION in text
+    rows = text.split(variants.MARKERS[0])[1].split(variants.MARKERS[1])[0].strip().splitlines()
+    assert rows[0] == "| variant | 0.5 CPU min | 1 CPU min | s/step (CPU) | tuning (CPU s) |"
+    assert rows[2] == "| **faithful** | 63.0 / 63.0 (13) | 78.0 / 78.0 (28) | 2.0 | 5 |"
+    assert rows[4].startswith("| lr10x | - | - | failed: rcig: error: diverged")
+    variants.main(argv(tmp_path, "--only", "report"))  # rewritten in place, not appended
+    assert (tmp_path / "B.md").read_text() == text
+
+
+def test_a_real_tiny_distillation_hits_its_budget(variants, tmp_path, monkeypatch):
+    """The real ``rcig distill`` (digits, toy sizes, fixed rates: no tuning) under a fake eval."""
+    real, evals = variants.rcig, []
+
+    def rcig(command, *args, threads=1):
+        if command == "distill":
+            return real(command, *args, threads=threads)
+        evals.append(args)
+        Path(value(args, "--json")).write_text(json.dumps(
+            {"no_aug": {"mean": 0.4, "std": 0.0, "accs": [0.4]}, "aug": {"mean": 0.3, "std": 0.0, "accs": [0.3]}}))
+
+    monkeypatch.setattr(variants, "rcig", rcig)
+    tiny = ["width=8", "pool_size=3", "target_batch_size=128", "max_online_steps=6", "inner_lr=0.003",
+            "hvp_lr=0.003"]
+    variants.main(argv(tmp_path, "--variants", "faithful", "--points", "0.04", "--chunk", "2", "--only", "run",
+                       *[a for item in tiny for a in ("--set", item)]))
+    point = json.loads((tmp_path / "work" / "faithful.json").read_text())["points"]["0.04"]
+    log = [json.loads(line) for line in (tmp_path / "work" / "faithful" / "log.jsonl").read_text().splitlines()]
+    cpu = [r["cpu_seconds"] for r in log]
+    assert point["steps"] == len(log) and point["tuning_cpu_seconds"] == 0  # fixed rates: no tuning
+    # past 2.4 s, and at most one step of a chunk (of 2) after the one that got there
+    assert len(log) >= 2 and sum(cpu[:-2]) < 2.4 <= sum(cpu)
+    assert point["cpu_seconds"] == pytest.approx(sum(cpu), abs=0.1)
+    assert Path(point["snapshot"]).read_bytes() == (tmp_path / "work" / "faithful" / "distilled.safetensors").read_bytes()
+    assert value(evals[0], "--settings") == "both" and point["aug"]["mean"] == 0.3
