@@ -132,6 +132,16 @@ def test_a_killed_sweep_goes_on_without_redoing_scored_points(variants, tmp_path
     variants.main(argv(tmp_path, "--variants", "tb256", "--points", "0.05,0.1", "--only", "run"))
     tb = json.loads((tmp_path / "work" / "tb256.json").read_text())
     assert tb["points"]["0.05"]["steps"] == tb["points"]["0.1"]["steps"] == 1 and len(fake.runs("eval")) == 1
+    # killed after the distillation, before its snapshot: the run, past the budget, is snapshotted then
+    real_copy, fake.calls = variants.copy_atomic, []
+    monkeypatch.setattr(variants, "copy_atomic", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        variants.main(argv(tmp_path, "--variants", "tb512", "--points", "0.5", "--only", "run"))
+    monkeypatch.setattr(variants, "copy_atomic", real_copy)
+    distilled = len(fake.runs("distill"))
+    variants.main(argv(tmp_path, "--variants", "tb512", "--points", "0.5", "--only", "run"))
+    tb = json.loads((tmp_path / "work" / "tb512.json").read_text())
+    assert len(fake.runs("distill")) == distilled and tb["points"]["0.5"]["steps"] == 13
     with pytest.raises(SystemExit) as stop:  # a cache made with other overrides is refused
         variants.main(argv(tmp_path, "--variants", "tb256", "--points", "0.1", "--set", "width=8"))
     assert stop.value.code == 2
