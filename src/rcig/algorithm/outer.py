@@ -319,7 +319,8 @@ def check_finite(result: MetaResult, iteration: int) -> None:
 def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float, cpu_seconds: float,
                proto_lr: float) -> dict[str, Any]:
     """One iteration's log line. ``seconds``: wall time of the step; ``cpu_seconds``: the
-    process's CPU time in it (all its threads), the fair measure on a shared machine."""
+    process's CPU time in it (all its threads; with several ranks, this rank's only), the
+    fair measure on a shared machine."""
     norms = lambda tree: {k: float(tree[k].norm()) for k in LEAVES}  # noqa: E731
     return {
         "iter": state.iteration, "outer_loss": r.outer_loss, "outer_acc": r.outer_acc,
