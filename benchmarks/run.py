@@ -92,7 +92,7 @@ class Bench:
         steps_so_far, seconds_so_far = read_progress(out / "log.jsonl")
         budget = self.args.minutes - seconds_so_far / 60
         if budget > 0:
-            resume = ["--resume"] if (out / "checkpoints" / "latest.pt").exists() else \
+            resume = ["--resume"] if (out / "run.json").exists() else \
                 ["--preset", PRESET, "--seed", str(self.args.seed)]
             rcig("distill", "--dataset", DATASET, "--ipc", str(ipc), "--steps", str(self.args.max_steps),
                  "--max-minutes", f"{budget:.2f}", "--eval-every", str(self.args.eval_every), "--no-eval",
@@ -275,7 +275,8 @@ def ship_sets(bench: Bench, results: dict) -> None:
         if row.get("distilled") and source.exists():
             target.mkdir(exist_ok=True)
             shutil.copyfile(source, target / f"{DATASET}_ipc{ipc}.safetensors")
-            (target / f"{DATASET}_ipc{ipc}.eval.json").write_text(json.dumps(row["distilled"], indent=2) + "\n")
+            scores = {**row["distilled"], "file": f"{DATASET}_ipc{ipc}.safetensors"}  # relative to distilled/
+            (target / f"{DATASET}_ipc{ipc}.eval.json").write_text(json.dumps(scores, indent=2) + "\n")
 
 
 def networks_done(cached: dict, settings) -> int:

@@ -178,9 +178,10 @@ def test_pool_train_descends_counts_steps_and_replaces_used_up_members():
 
 
 def member_counts(pool, index):
-    """(training steps, Adam steps) of pool member ``index``, from its public state."""
+    """(training steps, Adam steps) of pool member ``index``, from its public state (an
+    untrained member is stored as its seed: no Adam state yet)."""
     member = pool.state_dict()["members"][index]
-    return member["steps"], member["adam"]["count"]
+    return member["steps"], member["adam"]["count"] if "adam" in member else 0
 
 
 def run_pool_schedule(pool, gen, n):
@@ -205,12 +206,29 @@ def test_pool_resumes_bit_exactly_through_a_checkpoint(tmp_path):
     gen2 = torch.Generator()
     gen2.set_state(loaded["gen"])
     assert run_pool_schedule(restored, gen2, 8) == expected
-    for a, b in zip(pool.state_dict()["members"], restored.state_dict()["members"]):
-        assert a["steps"] == b["steps"] and a["adam"]["count"] == b["adam"]["count"]
-        assert all(torch.equal(a["params"][k], b["params"][k]) and torch.equal(a["adam"]["nu"][k], b["adam"]["nu"][k])
-                   for k in a["params"])
-    with pytest.raises(RcigError, match="model-pool state"):
+    for i, (a, b) in enumerate(zip(pool.state_dict()["members"], restored.state_dict()["members"])):
+        assert a["steps"] == b["steps"] and a["seed"] == b["seed"] and a.keys() == b.keys()
+        assert all(torch.equal(pool.params(i)[k], restored.params(i)[k]) for k in pool.params(i))
+        if "adam" in a:
+            assert a["adam"]["count"] == b["adam"]["count"] == a["steps"]
+            assert all(torch.equal(a["adam"]["nu"][k], b["adam"]["nu"][k]) for k in a["params"])
+    with pytest.raises(RcigError, match="not a checkpoint of this run"):
         restored.load_state_dict({"generator": gen.get_state()})
+
+
+def test_pool_checkpoint_holds_untrained_members_as_seeds_only():
+    """A member that has not trained is its init seed alone (weights rebuilt from it on use);
+    a trained one is stored whole (weights + Adam moments), which exact resume needs."""
+    pool = make_pool(3, size=4)
+    pool.params(1)  # built for use, still untrained
+    pool.train(2, mse, 3)
+    members = pool.state_dict()["members"]
+    assert [sorted(m) for m in members] == [["seed", "steps"]] * 2 + [["adam", "params", "seed", "steps"]] + \
+        [["seed", "steps"]]
+    fresh = make_pool(3, size=4)
+    for i in (0, 1, 3):
+        assert members[i]["seed"] == fresh.members[i]["seed"]
+        assert all(torch.equal(pool.params(i)[k], fresh.params(i)[k]) for k in fresh.params(i))
 
 
 def test_pool_with_the_real_convnet_factory():
@@ -281,7 +299,7 @@ def test_a_crash_while_writing_keeps_the_old_checkpoint_and_no_temp_file(tmp_pat
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", half_write_then_crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RcigError, match=r"cannot write \S*latest.pt: disk full"):  # the user's file, not the temp
         save_checkpoint(path, {"iteration": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["latest.pt"]
@@ -346,11 +364,11 @@ def test_missing_corrupt_and_malicious_files_raise_one_line_rcig_errors(tmp_path
 def test_pool_state_with_other_adam_names_is_a_one_line_error():
     pool = ModelPool(lambda: nn.Linear(2, 1), 2, 0.01, 100, torch.Generator().manual_seed(0))
     state = pool.state_dict()
-    for member in state["members"]:
-        adam = member["adam"]
-        member["adam"] = {"t": adam["count"], "m": adam["mu"], "v": adam["nu"]}
+    zeros = {k: torch.zeros_like(v) for k, v in pool.params(0).items()}
+    state["members"] = [{"params": pool.params(i), "adam": {"t": 1, "m": zeros, "v": zeros}, "steps": 1, "seed": 5}
+                        for i in range(2)]
     other = ModelPool(lambda: nn.Linear(2, 1), 2, 0.01, 100, torch.Generator().manual_seed(1))
     before = other.params(1)["weight"].clone()
-    with pytest.raises(RcigError, match="model-pool state"):
+    with pytest.raises(RcigError, match="not a checkpoint of this run"):
         other.load_state_dict(state)
     assert torch.equal(other.params(1)["weight"], before)  # a failed load changes nothing

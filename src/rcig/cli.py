@@ -1,12 +1,16 @@
 """The ``rcig`` command line: datasets, distill, baseline, eval, export, import, report, show.
 
 Every user error ends with one line ``rcig: error: ...`` and exit status 2, never a traceback.
+An error that is a bug in rcig ends with one line saying so and exit status 70 (EX_SOFTWARE);
+``RCIG_DEBUG=1`` shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +36,37 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    from rcig.validate import MAX_SEED
+
+    value = int(text) if text.strip().isdigit() else None
+    if value is None or value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0..{MAX_SEED}, got '{text}'")
+    return value
+
+
+def positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes > 0, got '{text}'")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error of every other bad input (usage via --help)."""
+
+    def error(self, message: str):
+        print(f"rcig: error: {self.prog}: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SET_SUFFIXES = (".safetensors", ".npz")
+
+
 # ---------------------------------------------------------------------------- datasets
 
 def cmd_datasets(args) -> None:
@@ -47,10 +82,12 @@ def cmd_datasets(args) -> None:
 # ----------------------------------------------------------------------------- distill
 
 def cmd_distill(args) -> None:
+    from rcig import validate
     from rcig.algorithm.runner import distill
     from rcig.config import parse_overrides
 
     out = Path(args.out) if args.out else Path("runs") / f"{args.dataset or 'digits'}_ipc{args.ipc or 1}"
+    validate.output_dir(out, "--out")
     started = time.perf_counter()
     team = parallel.join(args.device)
     result = distill(args.dataset, args.ipc, preset=args.preset, steps=args.steps, seed=args.seed, out=out,
@@ -76,10 +113,12 @@ def cmd_distill(args) -> None:
 # ---------------------------------------------------------------------------- baseline
 
 def cmd_baseline(args) -> None:
+    from rcig import validate
     from rcig.algorithm.runner import baseline_set
     from rcig.io import save
 
     out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")
+    validate.output_file(out, SET_SUFFIXES, "--out")
     team = parallel.join(args.device)  # under torchrun: every rank computes, the leader writes
     ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir,
                       device=team.device)
@@ -105,6 +144,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     it adds ``"archs"`` / ``"compare"`` / ``"ranking"``. Under a ``team`` of several ranks the
     networks are shared out and the leader alone prints and writes ``json_out``.
     """
+    from rcig import validate
+    from rcig.config import depth_for_image_size
     from rcig.data import prepare
     from rcig.evaluation import ProtocolSettings
     from rcig.evaluation.ranking import ranking_scores
@@ -112,6 +153,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     from rcig.io import load
 
     team = team or parallel.solo()
+    if json_out:
+        validate.output_file(json_out, (".json",), "--json")
     ds = load(path)
     meta = ds.meta
     if meta.get("dataset") is None:
@@ -119,16 +162,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
                         "set; re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
     with parallel.leader_first(team):  # the others then find its downloads and caches
         prepared = prepare(meta["dataset"], data_dir)
-    if list(prepared.dataset.class_names) != list(meta.get("class_names", prepared.dataset.class_names)):
-        raise RcigError(f"{path} was made for other classes than {meta['dataset']} has now")
-    if tuple(ds.images.shape[1:]) != tuple(prepared.x_test.shape[1:]):
-        raise RcigError(f"{path} holds {tuple(ds.images.shape[1:])} images, {meta['dataset']} has "
-                        f"{tuple(prepared.x_test.shape[1:])}")
-    if meta.get("preprocess", {}).get("mean") is not None:
-        stored, now = meta["preprocess"], prepared.preprocessor.state()[0]
-        if any(abs(a - b) > 1e-4 for a, b in zip(stored["mean"], now["mean"])):
-            raise RcigError(f"{path} was preprocessed with other statistics than {meta['dataset']} gives now")
-    protocol, defaults = meta.get("protocol", {}), ProtocolSettings()
+    validate.set_fits_dataset(ds.images, ds.labels, meta, prepared, str(path))
+    protocol, defaults = meta.get("protocol") or {}, ProtocolSettings()
     archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or (protocol.get("arch", defaults.arch),)
     baselines = parse_list(compare, BASELINES, "baseline")
     settings = ProtocolSettings(arch=protocol.get("arch", defaults.arch),
@@ -139,6 +174,11 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
                                 test_limit=test_limit,
                                 settings=defaults.settings if which == "both" else (which,))
     models = settings.n_models
+    channels, size = ds.images.shape[1], ds.images.shape[2]
+    for name in archs:
+        validate.network_fits(ARCH_PROTOCOLS[name]["arch"], channels, size, settings.depth, str(path))
+    if "herding" in baselines:  # its features come from a random ConvNet of the dataset's depth
+        validate.network_fits("conv", channels, size, depth_for_image_size(size), meta["dataset"])
     supports = {"distilled": (ds.images, ds.labels)}
     k = ds.labels.shape[1]
     if baselines and len(ds.images) % k:
@@ -153,7 +193,7 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     single = len(archs) == 1
     report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
               "method": meta.get("method"), "models": models, "arch": ",".join(archs), "steps": steps or "default",
-              "test_limit": test_limit, "seconds": round(seconds, 1), "file": str(path)}
+              "test_limit": test_limit, "seconds": round(seconds, 1)}
     if not single:
         report["archs"] = grid["distilled"]
     if baselines:
@@ -174,6 +214,8 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     if json_out:
         from rcig.atomic import atomic_write
 
+        # the scored file relative to the JSON's folder: portable, no machine's absolute path
+        report["file"] = os.path.relpath(os.path.abspath(path), os.path.abspath(Path(json_out).parent))
         text = json.dumps(report, indent=2) + "\n"
         atomic_write(json_out, lambda fh: fh.write(text.encode()))
     return report
@@ -188,9 +230,11 @@ def cmd_eval(args) -> None:
 # -------------------------------------------------------------------------------- show
 
 def cmd_show(args) -> None:
+    from rcig import validate
     from rcig.io import load
     from rcig.viz import save_grid
 
+    validate.output_file(args.out, IMAGE_SUFFIXES, "--out")
     save_grid(load(args.file), args.out, max_per_class=args.max_per_class)
     print(f"rcig: wrote {args.out}")
 
@@ -243,7 +287,7 @@ def add_scale_options(p: argparse.ArgumentParser, what: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from rcig.config import preset_names
 
-    parser = argparse.ArgumentParser(prog="rcig", description="Dataset distillation with Convexified Implicit "
+    parser = Parser(prog="rcig", description="Dataset distillation with Convexified Implicit "
                                      "Gradients (RCIG, Loo et al., ICML 2023).")
     parser.add_argument("--version", action="version", version=f"rcig {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,14 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=positive_int, help="images per class (default 1)")
     p.add_argument("--preset", choices=preset_names(), help="paper config (default: by image size/channels)")
     p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 50 on digits, else the config's)")
-    p.add_argument("--seed", type=non_negative_int, help="seed (default 0)")
+    p.add_argument("--seed", type=seed_int, help="seed (default 0)")
     p.add_argument("--out", help="run directory (default runs/<dataset>_ipc<N>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set inner_lr=1e-4 (repeatable)")
     p.add_argument("--checkpoint-every", type=positive_int, default=10, help="iterations between checkpoints")
     p.add_argument("--eval-every", type=positive_int, help="score the EMA support every N iterations (1 model)")
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes (resumable with --resume)")
+    p.add_argument("--max-minutes", type=positive_minutes, help="stop after this many minutes (resumable with --resume)")
     p.add_argument("--eval", dest="eval", action="store_true", default=None, help="evaluate when done")
     p.add_argument("--no-eval", dest="eval", action="store_false", help="don't evaluate when done")
     p.add_argument("--models", type=positive_int, default=5, help="models for the final evaluation")
@@ -278,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits", help="dataset spec (default digits)")
     p.add_argument("--ipc", type=positive_int, default=10, help="images per class (default 10)")
     p.add_argument("--method", choices=("random", "herding"), default="random")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", help="output file (.safetensors or .npz)")
     p.add_argument("--data-dir", help="folder with the dataset files")
     add_device_option(p)
@@ -293,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "same protocol and seeds, and report DD-Ranking's IOR and ARS")
     p.add_argument("--steps", type=positive_int, help="training steps (default 1000 for <= 10 images, else 2000)")
     p.add_argument("--test-limit", type=positive_int, help="first K test images only (quick checks)")
-    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--data-dir", help="folder with the dataset files")
@@ -326,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="draw a distilled set, one row per class")
     p.add_argument("file")
-    p.add_argument("--out", default="grid.png")
+    p.add_argument("--out", default="grid.png", help=f"picture file ({', '.join(IMAGE_SUFFIXES)})")
     p.add_argument("--max-per-class", type=positive_int)
     p.set_defaults(func=cmd_show)
     return parser
@@ -342,15 +386,24 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except RcigError as exc:
         if parallel.rank_in_env() == 0 or not isinstance(exc, parallel.TeamError):  # said once per team
-            print(f"rcig: error: {exc}", file=sys.stderr)
+            return _fail(f"rcig: error: {_one_line(str(exc))}", 2)
         return 2
     except KeyboardInterrupt:
         if parallel.rank_in_env() == 0:
             print("rcig: interrupted" + ("; continue with --resume" if args.command == "distill" else ""), file=sys.stderr)
         return 130
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        print(f"rcig: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # the filesystem said no: a missing path, permissions, a full disk
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"rcig: error: {_one_line(exc.strerror or str(exc))}{where}", 2)
+    except MemoryError:
+        return _fail("rcig: error: out of memory (try a smaller --ipc, width or batch size)", 2)
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug in rcig
+        if "not enough memory" in str(exc) or "can't allocate memory" in str(exc).lower():
+            return _fail("rcig: error: out of memory (try a smaller --ipc, width or batch size)", 2)
+        if os.environ.get("RCIG_DEBUG"):
+            raise
+        return _fail(f"rcig: internal error (a bug in rcig, please report it): {type(exc).__name__}: "
+                     f"{_one_line(str(exc))[:200]}; run again with RCIG_DEBUG=1 to see the traceback", 70)
     finally:
         parallel.leave()
     return 0
@@ -367,6 +420,16 @@ def without_workers(argv: list[str]) -> list[str]:
         elif not arg.startswith("--workers="):
             out.append(arg)
     return out
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def _fail(line: str, code: int) -> int:
+    sys.stderr.flush()
+    print(line, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

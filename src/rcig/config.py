@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any
@@ -138,6 +139,7 @@ def _jsonable(value: Any) -> Any:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Config))
+MAX_INT = 2 ** 31 - 1  # any larger count or size is a typo, and overflows torch's index types
 
 
 def _check_known(keys, where: str) -> None:
@@ -148,14 +150,96 @@ def _check_known(keys, where: str) -> None:
             raise RcigError(f"unknown config key '{key}' in {where}{hint}")
 
 
-def from_dict(values: dict[str, Any], where: str = "config") -> Config:
-    """Build a Config from plain values (JSON lists become tuples)."""
-    _check_known(values, where)
-    coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+# ------------------------------------------------------------------- types, by field name
+
+def _field_kinds() -> dict[str, tuple[str, bool]]:
+    """name -> (kind, optional) from Config's annotations; kind is "int", "float", "bool",
+    "str", "ints", "strs" (tuples of any length) or "pair" (direct_batch_sizes)."""
+    kinds = {}
+    for f in fields(Config):
+        text = str(f.type).replace(" ", "")
+        optional = text.endswith("|None") and not text.startswith("tuple")
+        base = text.removesuffix("|None")
+        kinds[f.name] = ({"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[int,...]": "ints",
+                          "tuple[str,...]": "strs"}.get(base, "pair" if base.startswith("tuple[int|None") else base),
+                         optional)
+    return kinds
+
+
+_KINDS = _field_kinds()
+assert all(kind in ("int", "float", "bool", "str", "ints", "strs", "pair") for kind, _ in _KINDS.values()), \
+    "a Config field of a new type: teach _field_kinds and _coerce about it"
+_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "ints": "a list of integers", "strs": "a list of names", "pair": "a list of two integers or nulls"}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` as field ``name``'s type: JSON numbers, lists or one bare item for a list field
+    (``test_augmentations=crop`` -> ``("crop",)``), integral floats for ints; RcigError otherwise."""
+    kind, optional = _KINDS[name]
+
+    def bad() -> RcigError:
+        return RcigError(f"bad config: {name} must be {_KIND_WORDS[kind]}" + (" or null" if optional else "")
+                         + f", got {value!r}")
+
+    if value is None:
+        if optional:
+            return None
+        raise bad()
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+            return int(value)
+        if not _is_int(value):
+            raise bad()
+        return value
+    if kind == "float":
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
+            raise bad()
+        return float(value) if _is_int(value) and abs(value) < 2 ** 53 else value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    item = {"ints": "int", "strs": "str", "pair": "int"}[kind]
     try:
-        return Config(**coerced)
-    except TypeError as exc:  # pragma: no cover - guarded by _check_known
-        raise RcigError(f"bad {where}: {exc}") from None
+        if item == "int":
+            items = [None if (kind == "pair" and v is None) else _coerce_item(v) for v in items]
+        elif not all(isinstance(v, str) for v in items):
+            raise ValueError
+    except ValueError:
+        raise bad() from None
+    if kind == "pair" and len(items) != 2:
+        raise RcigError(f"bad config: {name} must be [support_rows, target_rows] (two integers or nulls), got {value!r}")
+    return tuple(items)
+
+
+def _coerce_item(value: Any) -> int:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if not _is_int(value):
+        raise ValueError(value)
+    return value
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> Config:
+    """Build a Config from plain values (JSON lists become tuples), every field's type checked by name."""
+    if not isinstance(values, dict):
+        raise RcigError(f"bad {where}: expected an object of config fields")
+    _check_known(values, where)
+    try:
+        coerced = {k: _coerce(k, v) for k, v in values.items()}
+    except RcigError as exc:
+        raise RcigError(str(exc).replace("bad config:", f"bad {where}:", 1)) from None
+    return Config(**coerced)
 
 
 def _validate(cfg: Config) -> None:
@@ -163,6 +247,16 @@ def _validate(cfg: Config) -> None:
         if not cond:
             raise RcigError(f"bad config: {message}")
 
+    for f in fields(cfg):  # types first, so the range checks below compare like with like
+        if _coerce(f.name, getattr(cfg, f.name)) != getattr(cfg, f.name):
+            raise RcigError(f"bad config: {f.name} must be {_KIND_WORDS[_KINDS[f.name][0]]}, got {getattr(cfg, f.name)!r}")
+
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        for item in (value if isinstance(value, tuple) else (value,)):
+            need(not _is_int(item) or abs(item) <= MAX_INT, f"{f.name} must be at most {MAX_INT}, got {value!r}")
+    need(cfg.width <= 4096 and cfg.depth <= 8, f"width must be at most 4096 and depth at most 8, got {cfg.width} "
+         f"and {cfg.depth}")
     positive_ints = ("depth", "width", "n_max_steps_pool", "pool_size", "max_online_steps",
                      "target_batch_size", "normal_repeats", "lr_adapt_every")
     for name in positive_ints:
@@ -199,8 +293,7 @@ def _validate(cfg: Config) -> None:
                         *[(n, getattr(cfg, n)) for n in ("implicit_batch_size", "hinv_batch_size",
                           "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size")]]:
         need(value is None or (isinstance(value, int) and value > 0), f"{name} must be a positive integer or null")
-    need(all(isinstance(i, int) and i > 0 for i in cfg.checkpoint_iters),
-         "checkpoint_iters must be positive integers")
+    need(all(i > 0 for i in cfg.checkpoint_iters), f"checkpoint_iters must be positive integers, got {list(cfg.checkpoint_iters)}")
     for name in ("test_augmentations", "aug"):
         names = getattr(cfg, name)
         need(isinstance(names, tuple), f'{name} must be a list of transform names like ["crop", "rotate"], got {names!r}')
@@ -250,20 +343,32 @@ def default_preset_name(image_size: int, channels: int) -> str:
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings (values as JSON, else strings) into a dict."""
+    """Parse ``key=value`` strings into a dict, each value read by its field's type: JSON for
+    numbers, booleans, null and lists; the text itself for string fields; for list fields
+    also one bare item (``test_augmentations=crop``) or comma-separated items (``crop,rotate``)."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise RcigError(f"bad override '{item}': expected key=value")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out[key] = value
-    _check_known(out, "overrides")
+        _check_known([key], "overrides")
+        out[key] = _parse_value(_KINDS[key], raw.strip())
     return out
+
+
+def _parse_value(kind: tuple[str, bool], raw: str) -> Any:
+    name, optional = kind
+    if name == "str":
+        return None if optional and raw in ("null", "none", "None") else raw
+    if name in ("ints", "strs", "pair") and not raw.startswith("["):
+        return [_parse_value(("int" if name != "strs" else "str", name == "pair"), part.strip())
+                for part in raw.split(",") if part.strip()] if raw else []
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        lowered = raw.lower()
+        return {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
 
 
 __all__ = ["AUGMENTATIONS", "TEST_AUGMENTATIONS", "Config", "default_preset_name", "depth_for_image_size", "from_dict", "load_preset",

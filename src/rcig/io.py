@@ -81,11 +81,12 @@ def save(ds: DistilledSet, path: str | os.PathLike) -> None:
 
 def load(path: str | os.PathLike) -> DistilledSet:
     """Read a distilled set written by :func:`save`; a one-line RcigError if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise RcigError(f"no such file: {path}")
+    from rcig import validate
+
+    path = validate.input_file(path, "distilled-set file (.safetensors or .npz)")
     try:
         if path.suffix == ".npz":
+            npz_magic(path)
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"])) if "meta" in f.files else None
                 tensors = {k.replace("__", "/"): torch.from_numpy(f[k]) for k in f.files if k != "meta"}
@@ -96,15 +97,26 @@ def load(path: str | os.PathLike) -> DistilledSet:
                 raw = (f.metadata() or {}).get("rcig")
                 meta = json.loads(raw) if raw else None
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except RcigError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any parse failure means "not a distilled set"
-        raise RcigError(f"{path} is not a readable distilled set ({str(exc).splitlines()[0][:120]})") from None
-    if not meta or meta.get("format") != FORMAT:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise RcigError(f"{path} is not a readable distilled set ({first})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise RcigError(f"{path} is not an rcig distilled set (no '{FORMAT}' metadata)")
     images, labels = tensors.get("images"), tensors.get("labels")
     if images is None or labels is None:
         raise RcigError(f"{path} lacks the 'images' or 'labels' array")
-    if images.dim() != 4 or labels.dim() != 2 or len(images) != len(labels):
-        raise RcigError(f"{path}: images {tuple(images.shape)} and labels {tuple(labels.shape)} do not fit "
-                        "(expected N x C x H x W and N x K)")
     arrays = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("preprocess/")}
+    validate.distilled_set(images, labels, meta, arrays, str(path))
     return DistilledSet(images.float(), labels.float(), meta, arrays)
+
+
+def npz_magic(path: Path) -> None:
+    """RcigError unless ``path`` starts like a zip archive (what .npz files are)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise RcigError(f"{path} holds a single .npy array, not an .npz archive of named arrays")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise RcigError(f"{path} is not an .npz archive (not a zip file)")

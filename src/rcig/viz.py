@@ -35,8 +35,15 @@ def display_pixels(ds) -> np.ndarray:
 
 
 def save_grid(ds, path: str | os.PathLike, *, max_per_class: int | None = None) -> None:
-    """PNG of ``ds`` (a DistilledSet): see :func:`grid_image`."""
-    grid_image(ds, max_per_class=max_per_class).save(os.fspath(path))
+    """A picture of ``ds`` (a DistilledSet; see :func:`grid_image`), written atomically in the
+    format its extension names (PNG for any other)."""
+    from PIL import Image
+
+    from rcig.atomic import atomic_write
+
+    image = grid_image(ds, max_per_class=max_per_class)
+    image_format = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
+    atomic_write(path, lambda fh: image.save(fh, format=image_format))
 
 
 def grid_image(ds, *, max_per_class: int | None = None):

@@ -47,8 +47,15 @@ def storable(obj: Any, where: str = "state") -> Any:
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (:func:`rcig.atomic.atomic_write`)."""
+    from rcig.crashpoints import crash_point
+
     state = storable(state)  # fail before touching the disk
-    atomic_write(path, lambda fh: torch.save(state, fh))
+
+    def write(fh) -> None:
+        torch.save(state, fh)
+        crash_point("checkpoint-write")  # tests: killed with the temporary file written, not renamed
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

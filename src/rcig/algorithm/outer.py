@@ -186,10 +186,10 @@ class RunState:
                 "hvp_lr": self.hvp_lr, "generator": self.generator.get_state(),
                 "inner_outcomes": [int(o) for o in self.inner_outcomes]}
 
-    def load_dict(self, d: dict[str, Any]) -> None:
+    def load_dict(self, d: dict[str, Any], where: str = "checkpoint") -> None:
         self.iteration = int(d["iteration"])
         self.support, self.optimiser, self.ema = d["support"], d["optimiser"], d["ema"]
-        self.pool.load_state_dict(d["pool"])
+        self.pool.load_state_dict(d["pool"], where)
         self.inner_lr, self.hvp_lr = float(d["inner_lr"]), float(d["hvp_lr"])
         self.generator.set_state(d["generator"])
         self.inner_outcomes = [Outcome(o) for o in d["inner_outcomes"]]

@@ -23,13 +23,14 @@ def draw_pool_steps(generator: torch.Generator, n_max: int) -> int:
     return int(torch.randint(1, max(n_max, 2), (1,), generator=generator))
 
 
-def fresh_params(make_model: Callable[[], torch.nn.Module], generator: torch.Generator) -> Tree:
-    """A new network's parameters (name -> tensor), its init seeded from ``generator``.
+def draw_seed(generator: torch.Generator) -> int:
+    """A network init seed, drawn from the pool's generator."""
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
 
-    The seed is drawn from the pool's generator and torch's global RNG is forked around the
-    init, so the result depends only on ``generator`` and the global stream is left alone.
-    """
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+
+def params_from_seed(make_model: Callable[[], torch.nn.Module], seed: int) -> Tree:
+    """A new network's parameters (name -> tensor), initialised under ``torch.manual_seed(seed)``
+    with torch's global RNG forked around it: the result depends on ``seed`` alone."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = make_model()
@@ -46,7 +47,10 @@ def loss_and_grads(loss_fn: Callable[[Tree], torch.Tensor], params: Tree) -> tup
 
 
 class ModelPool:
-    """``size`` networks, each ``{"params": Tree, "adam": Adam state, "steps": int}``."""
+    """``size`` networks. A member is ``{"seed": int, "steps": int, "params": Tree | None,
+    "adam": Adam state | None}``: a member that has not trained yet (steps 0) is its init seed
+    alone, its weights built from the seed when first used and never stored in a checkpoint
+    (the weights of a trained one and its Adam moments are: exact resume needs them)."""
 
     def __init__(self, make_model: Callable[[], torch.nn.Module], size: int, lr: float,
                  max_online_steps: int, generator: torch.Generator):
@@ -56,8 +60,7 @@ class ModelPool:
         self.members = [self._new_member() for _ in range(size)]
 
     def _new_member(self) -> dict[str, Any]:
-        params = fresh_params(self.make_model, self.generator)
-        return {"params": params, "adam": self.adam.init(params), "steps": 0}
+        return {"seed": draw_seed(self.generator), "steps": 0, "params": None, "adam": None}
 
     def __len__(self) -> int:
         return len(self.members)
@@ -68,7 +71,10 @@ class ModelPool:
 
     def params(self, index: int) -> Tree:
         """Member ``index``'s current weights theta0 (do not modify in place)."""
-        return self.members[index]["params"]
+        member = self.members[index]
+        if member["params"] is None:
+            member["params"] = params_from_seed(self.make_model, member["seed"])
+        return member["params"]
 
     def steps(self, index: int) -> int:
         """How many training steps member ``index`` has done since its init (the inner
@@ -82,7 +88,8 @@ class ModelPool:
         ``max_online_steps`` it is replaced by a fresh network. Returns the loss before each step.
         """
         member = self.members[index]
-        params, adam_state, losses = member["params"], member["adam"], []
+        params = self.params(index)
+        adam_state, losses = member["adam"] or self.adam.init(params), []
         for _ in range(n_steps):
             loss, grads = loss_and_grads(loss_fn, params)
             losses.append(loss)
@@ -90,28 +97,50 @@ class ModelPool:
         steps = member["steps"] + n_steps
         used_up = steps >= self.max_online_steps
         self.members[index] = self._new_member() if used_up else \
-            {"params": params, "adam": adam_state, "steps": steps}
+            {"seed": member["seed"], "steps": steps, "params": params, "adam": adam_state}
         return losses
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything the pool holds: every member and the generator state (weights_only-safe)."""
-        return {"members": [_copy_member(m) for m in self.members], "generator": self.generator.get_state()}
+        """What exact resume needs: each member's seed and steps, plus the weights and Adam
+        moments of those that have trained; the generator state (weights_only-safe)."""
+        return {"members": [_stored(m) for m in self.members], "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output; the pool then continues bit-exactly."""
-        try:
-            members = [_copy_member(m) for m in state["members"]]
-            self.generator.set_state(state["generator"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise RcigError(f"bad model-pool state in checkpoint: {exc!r}") from None
+    def load_state_dict(self, state: dict[str, Any], where: str = "checkpoint") -> None:
+        """Restore :meth:`state_dict`'s output, checked against this pool's network shapes;
+        the pool then continues bit-exactly."""
+        from rcig.validate import checkpoint_like
+
+        params = params_from_seed(self.make_model, 0)
+        whole = {"seed": 0, "steps": 0, "params": params, "adam": {"count": 0, "mu": params, "nu": params}}
+        checkpoint_like({"members": [], "generator": self.generator.get_state()}, state, where, "pool")
+        members = []
+        for i, member in enumerate(state["members"]):
+            stored_whole = isinstance(member, dict) and "params" in member
+            checkpoint_like(whole if stored_whole else {"seed": 0, "steps": 0}, member, where, f"pool.members[{i}]")
+            if member["steps"] < 0 or not 0 <= member["seed"] < 2 ** 62 or (stored_whole and member["adam"]["count"] != member["steps"]) or \
+                    (not stored_whole and member["steps"] != 0):
+                raise RcigError(f"{where} is not a checkpoint of this run (pool.members[{i}]: inconsistent seed or steps)")
+            members.append({"seed": member["seed"], "steps": member["steps"],
+                            "params": dict(member["params"]) if stored_whole else None,
+                            "adam": _copy_adam(member["adam"]) if stored_whole else None})
+        if len(members) != len(self.members):
+            raise RcigError(f"{where} is not a checkpoint of this run (the pool holds {len(members)} networks, "
+                            f"the config {len(self.members)})")
+        self.generator.set_state(state["generator"])
         self.members = members
 
 
-def _copy_member(member: dict[str, Any]) -> dict[str, Any]:
-    """A member with fresh containers (tensors shared: nothing here updates them in place)."""
-    adam = member["adam"]
-    return {"params": dict(member["params"]), "steps": int(member["steps"]),
-            "adam": {"count": int(adam["count"]), "mu": dict(adam["mu"]), "nu": dict(adam["nu"])}}
+def _copy_adam(adam: dict[str, Any]) -> dict[str, Any]:
+    return {"count": int(adam["count"]), "mu": dict(adam["mu"]), "nu": dict(adam["nu"])}
 
 
-__all__ = ["ModelPool", "draw_pool_steps", "fresh_params", "loss_and_grads"]
+def _stored(member: dict[str, Any]) -> dict[str, Any]:
+    """A member as a checkpoint holds it: seed and steps alone until it has trained (its
+    weights follow from the seed), whole afterwards."""
+    if member["steps"] == 0:
+        return {"seed": member["seed"], "steps": 0}
+    return {"seed": member["seed"], "steps": member["steps"], "params": dict(member["params"]),
+            "adam": _copy_adam(member["adam"])}
+
+
+__all__ = ["ModelPool", "draw_pool_steps", "draw_seed", "loss_and_grads", "params_from_seed"]

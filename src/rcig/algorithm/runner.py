@@ -31,7 +31,7 @@ from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
 from rcig.algorithm.outer import Distiller, RunState
 from rcig.atomic import atomic_write
-from rcig.config import Config, default_preset_name, from_dict, load_preset
+from rcig.config import Config, default_preset_name, depth_for_image_size, from_dict, load_preset
 from rcig.errors import RcigError
 from rcig.models import distillation_network
 from rcig.parallel import Team
@@ -82,7 +82,11 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
 
     prepared = prepare(spec, data_dir)
     cfg = resolve_config(prepared.dataset, None, None, None)
-    if method == "herding":
+    if method == "herding":  # features from a random ConvNet of the dataset's depth
+        from rcig import validate
+
+        size = prepared.dataset.image_size
+        validate.network_fits("conv", prepared.dataset.channels, size, depth_for_image_size(size), spec)
         images, labels = herding(prepared, ipc, seed, device=parallel.resolve_device(str(device)))
     else:
         images, labels = random_real(prepared, ipc, seed)
@@ -99,15 +103,6 @@ def _append_log(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def _truncate_log(path: Path, iteration: int) -> None:
-    """Drop log records past the resumed iteration, so the log matches the state."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("iter", 0) <= iteration]
-    text = "".join(line + "\n" for line in keep)
-    atomic_write(path, lambda fh: fh.write(text.encode()))
-
-
 DEFAULTS = {"dataset": "digits", "ipc": 1, "seed": 0}
 
 
@@ -121,14 +116,65 @@ def stored_config(stored: dict[str, Any]) -> dict[str, Any]:
 
 
 def _stored_run(out_dir: Path | None, resume: bool) -> dict[str, Any] | None:
-    if not resume:
-        return None
+    """The run description in ``out_dir`` to resume (validated), or None for a fresh run,
+    which must not go into a folder holding another run (it would mix two runs' files)."""
+    from rcig import validate
+
     if out_dir is None:
-        raise RcigError("--resume needs --out DIR, the directory of the run to continue")
+        if resume:
+            raise RcigError("--resume needs --out DIR, the directory of the run to continue")
+        return None
     run_file = out_dir / "run.json"
-    if not run_file.exists():
+    if not resume:
+        if run_file.exists() or (out_dir / "checkpoints" / "latest.pt").exists():
+            raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+        return None
+    if not run_file.is_file():
         raise RcigError(f"nothing to resume: {run_file} does not exist")
-    return json.loads(run_file.read_text())
+    return validate.run_description(run_file.read_text(errors="replace"), str(run_file))
+
+
+def _truncate_log(path: Path, iteration: int) -> None:
+    """Drop log records past the resumed iteration (and a line a kill cut short), so the log
+    matches the state."""
+    from rcig import validate
+
+    if not path.exists():
+        return
+    keep = [r for r in validate.log_records(path.read_text(errors="replace"), str(path)) if r["iter"] <= iteration]
+    text = "".join(json.dumps(r) + "\n" for r in keep)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+RUN_FILES = ("run.json", "log.jsonl", "distilled.safetensors", "grid.png", "eval.json",
+             "checkpoints/latest.pt", "checkpoints/iter_*.safetensors")
+
+
+def _remove_stale_temporaries(out_dir: Path) -> None:
+    """The temporary files (``.NAME.XXXX.tmp``, rcig.atomic) of writes of a run's own files
+    that a kill interrupted; a checkpoint's can be large. Nothing else is touched."""
+    for name in RUN_FILES:
+        folder, _, base = name.rpartition("/")
+        for tmp in (out_dir / folder).glob(f".{base}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def _checked_checkpoint(distiller: Distiller, ckpt_path: Path) -> dict[str, Any] | None:
+    """The checkpoint's state, checked against this run's (structure, shapes, pool) by loading
+    it into a scratch state; None when there is none yet (a run killed before its first
+    checkpoint starts from the beginning)."""
+    from rcig import validate
+
+    if not ckpt_path.exists():
+        return None
+    stored = load_checkpoint(ckpt_path)
+    template = {k: v for k, v in distiller.new_state().to_dict().items() if k != "pool"}
+    validate.checkpoint_like({**template, "pool": {}, "inner_outcomes": [0]},
+                             {**stored, "pool": {}}, str(ckpt_path))
+    if stored["iteration"] < 0 or stored["inner_lr"] <= 0 or stored["hvp_lr"] <= 0:
+        raise RcigError(f"{ckpt_path} is not a checkpoint of this run (negative iteration or learning rate)")
+    distiller.new_state().load_dict(stored, str(ckpt_path))  # the pool's own checks
+    return stored
 
 
 def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str | None = None,
@@ -151,26 +197,31 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     """
     from tqdm import tqdm
 
+    from rcig import validate
+    from rcig.crashpoints import crash_point
     from rcig.data import prepare
 
     team = team or parallel.join(device)
     leader = team.leader
     progress = progress and leader
-    out_dir = Path(out) if out is not None else None
+    out_dir = validate.output_dir(out, "--out") if out is not None else None
+    validate.minutes(max_minutes)
     stored = parallel.from_leader(lambda: _stored_run(out_dir, resume), team)
     given = {"dataset": dataset, "ipc": ipc, "seed": seed}
     chosen = {k: v if v is not None else (stored[k] if stored else DEFAULTS[k]) for k, v in given.items()}
-    dataset, ipc, seed = chosen["dataset"], chosen["ipc"], chosen["seed"]
+    dataset, ipc, seed = chosen["dataset"], chosen["ipc"], validate.seed(chosen["seed"])
     if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
         raise RcigError(f"ipc must be a positive integer, got {ipc!r}")
     with parallel.leader_first(team):  # the others then find its downloads and caches
         prepared = prepare(dataset, data_dir)
     ds = prepared.dataset
-    if stored and preset is None and not overrides:
+    if stored and preset is None:  # overrides apply to the stored config (and must agree with it)
         cfg = from_dict(stored_config(stored), where=f"{out_dir}/run.json")
-        cfg = cfg.replace(steps=steps) if steps is not None else cfg  # a resumed run may be extended
+        changes = {**(overrides or {}), **({"steps": steps} if steps is not None else {})}
+        cfg = cfg.replace(**changes) if changes else cfg  # a resumed run may be extended
     else:
         cfg = resolve_config(ds, preset, overrides, steps)
+    validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
     identity = _run_identity(ds.spec, ipc, seed, cfg)
 
     distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
@@ -179,16 +230,14 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     state = distiller.new_state()
     ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir and leader else None
     log_path = out_dir / "log.jsonl" if out_dir and leader else None
+    loaded: list[dict[str, Any]] = []
 
     def open_run_dir() -> bool:
-        """The leader's checks and writes in ``out``; True when a checkpoint is to be resumed."""
+        """The leader's checks (all before any write) and writes in ``out``; True when a
+        checkpoint is to be resumed."""
         if out_dir is None:
             return False
-        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        run_file = out_dir / "run.json"
         if resume:
-            if not ckpt_path.exists():
-                raise RcigError(f"nothing to resume: no checkpoint at {ckpt_path}")
             now = json.loads(json.dumps(identity))
             # a knob added after the run was made ran at its default (which reproduces the old code)
             then = json.loads(json.dumps(from_dict(stored_config(stored), where=f"{out_dir}/run.json").to_dict()))
@@ -196,36 +245,44 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             diff += [f"config.{k}" for k in now["config"] if k != "steps" and then[k] != now["config"][k]]
             if diff:
                 raise RcigError(f"cannot resume {out_dir}: the run there differs in {', '.join(diff)}")
-        elif ckpt_path.exists():
-            raise RcigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+            checkpoint = _checked_checkpoint(distiller, ckpt_path)
+            iteration = checkpoint["iteration"] if checkpoint else 0
+            if iteration > cfg.steps:
+                raise RcigError(f"cannot resume {out_dir} with {cfg.steps} steps: it is at iteration {iteration} "
+                                "already (a run can be extended, not shortened)")
+            _truncate_log(log_path, iteration if checkpoint else -1)  # no checkpoint: the run restarts
+            _remove_stale_temporaries(out_dir)
+            loaded.extend([checkpoint] if checkpoint else [])
         else:
-            log_path.unlink(missing_ok=True)  # a run killed before its first checkpoint left it
+            atomic_write(log_path, lambda fh: None)  # a fresh run never appends to an older log (killed runs')
         text = json.dumps(identity, indent=2) + "\n"
-        atomic_write(run_file, lambda fh: fh.write(text.encode()))
-        return resume
-
-    if parallel.from_leader(open_run_dir, team):
-        saved = parallel.broadcast_state(load_checkpoint(ckpt_path) if leader else None, team)
-        state.load_dict(parallel.to_device(saved, team.device))
-        if leader:
-            _truncate_log(log_path, state.iteration)
-
-    if state.iteration == 0 and cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
-        if progress:
-            tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
-        tune_started, cpu_started = time.perf_counter(), time.process_time()
-        distiller.tune(state, progress)
-        if progress:
-            tqdm.write(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}")
-        if log_path is not None:  # the tuning's cost counts towards the run's (CG needs none)
-            record = {"iter": 0, "tuning": {"inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
-                                            "seconds": round(time.perf_counter() - tune_started, 3),
-                                            "cpu_seconds": round(time.process_time() - cpu_started, 3)}}
-            _append_log(log_path, record)
+        atomic_write(out_dir / "run.json", lambda fh: fh.write(text.encode()))
+        return bool(loaded)
 
     def save_latest() -> None:
         if ckpt_path is not None:
             save_checkpoint(ckpt_path, state.to_dict())
+            crash_point("checkpointed")
+
+    resumed = parallel.from_leader(open_run_dir, team)
+    if resumed:
+        saved = parallel.broadcast_state(loaded[0] if leader else None, team)
+        state.load_dict(parallel.to_device(saved, team.device))
+    else:
+        if cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
+            if progress:
+                tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
+            tune_started, cpu_started = time.perf_counter(), time.process_time()
+            distiller.tune(state, progress)
+            if progress:
+                tqdm.write(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}")
+            if log_path is not None:  # the tuning's cost counts towards the run's (CG needs none)
+                record = {"iter": 0, "tuning": {"inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
+                                                "seconds": round(time.perf_counter() - tune_started, 3),
+                                                "cpu_seconds": round(time.process_time() - cpu_started, 3)}}
+                _append_log(log_path, record)
+        crash_point("tuned")
+        save_latest()  # iteration 0: a run killed from here on resumes without tuning again
 
     started = time.perf_counter()
     # Rank 0 writes (ckpt_path and log_path are None elsewhere); every rank agrees, after
@@ -235,11 +292,13 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     with deferred_interrupt(announce=leader) as interrupted, bar:
         while state.iteration < cfg.steps:
             record = distiller.step(state)
+            crash_point("stepped")
             bar.update(1)
             bar.set_postfix(loss=f"{record['outer_loss']:.3f}", acc=f"{record['outer_acc']:.3f}",
                             s=f"{record['seconds']:.1f}")
             if log_path is not None:
                 _append_log(log_path, record)
+                crash_point("logged")
             if out_dir is not None and leader and state.iteration in cfg.checkpoint_iters:
                 _save_set(distilled_set(state, distiller, prepared, cfg, seed),
                           out_dir / "checkpoints" / f"iter_{state.iteration}.safetensors")
@@ -260,6 +319,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     result = distilled_set(state, distiller, prepared, cfg, seed)
     if out_dir is not None and leader:
         _save_set(result, out_dir / "distilled.safetensors")
+        crash_point("outputs")
         from rcig.viz import save_grid
 
         save_grid(result, out_dir / "grid.png")

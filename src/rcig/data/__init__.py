@@ -49,23 +49,23 @@ class Dataset:
 
 
 def _validate(spec: str, arrays: dict) -> Dataset:
+    """The arrays of a source as a Dataset, checked by :func:`rcig.validate.dataset`."""
+    from rcig import validate
+
     x_train, y_train, x_test, y_test = (arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    if x_train.shape[1] != x_train.shape[2]:
-        raise RcigError(f"{spec}: images must be square, got {x_train.shape[1]}x{x_train.shape[2]} "
-                        "(imagefolder:PATH?size=N resizes)")
-    labels = np.concatenate([y_train, y_test])
+    y_train, y_test = np.asarray(y_train).astype(np.int64), np.asarray(y_test).astype(np.int64)
     names = arrays.get("class_names")
-    num_classes = len(names) if names else int(labels.max()) + 1
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise RcigError(f"{spec}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
-    if not names:
-        names = [str(i) for i in range(num_classes)]
-    return Dataset(spec, np.ascontiguousarray(x_train), y_train.astype(np.int64),
-                   np.ascontiguousarray(x_test), y_test.astype(np.int64), tuple(names))
+    labels = np.concatenate([y_train, y_test])
+    num_classes = len(names) if names else (int(labels.max()) + 1 if len(labels) else 0)
+    names = list(names) if names else [str(i) for i in range(num_classes)]
+    validate.dataset(spec, x_train, y_train, x_test, y_test, num_classes)
+    return Dataset(spec, np.ascontiguousarray(x_train), y_train, np.ascontiguousarray(x_test), y_test, tuple(names))
 
 
 def load(spec: str = "digits", data_dir: str | os.PathLike | None = None, *, download: bool = True) -> Dataset:
     """Load a dataset by spec (see the module docstring)."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise RcigError(f"--data-dir {data_dir} is not a folder" if Path(data_dir).exists() else f"no such folder: {data_dir}")
     kind, _, arg = spec.partition(":")
     if kind in sources.PATH_SPECS:
         if not arg:
@@ -84,6 +84,8 @@ def load(spec: str = "digits", data_dir: str | os.PathLike | None = None, *, dow
 
 def describe_specs(data_dir: str | os.PathLike | None = None) -> list[dict]:
     """For `rcig datasets`: each spec, whether its files were found, and where."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise RcigError(f"--data-dir {data_dir} is not a folder" if Path(data_dir).exists() else f"no such folder: {data_dir}")
     rows = []
     for name, source in sources.NAMED.items():
         where = source.locate(Path(data_dir) if data_dir else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +19,33 @@ def read_images(paths: list[Path], mode: str, size: int | None) -> np.ndarray:
 
     out = []
     for p in tqdm(paths, desc="decode images", unit="img", leave=False, disable=len(paths) < 2000):
-        try:
-            with Image.open(p) as im:
-                im = im.convert(mode)
-                if size is not None and im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                out.append(np.asarray(im, dtype=np.uint8))
-        except OSError as exc:
-            raise RcigError(f"cannot read image {p}: {exc}") from None
+        with _opened(p) as im:
+            im = im.convert(mode)
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            out.append(np.asarray(im, dtype=np.uint8))
+    if not out:
+        return np.zeros((0, size or 1, size or 1, 1 if mode == "L" else 3), np.uint8)
     shapes = {a.shape for a in out}
     if len(shapes) > 1:
         raise RcigError(f"images differ in size ({sorted(shapes)[:3]} ...); add ?size=N to resize them")
     arr = np.stack(out)
     return arr[..., None] if arr.ndim == 3 else arr
+
+
+@contextlib.contextmanager
+def _opened(path: Path):
+    """A decoded PIL image; any decoding failure is an RcigError naming the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            yield im
+    except RcigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, DecompressionBombError ...
+        raise RcigError(f"cannot read image {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -39,10 +54,8 @@ def _image_files(folder: Path) -> list[Path]:
 
 def _mode_of(paths: list[Path]) -> str:
     """"L" when every sampled image is grayscale, else "RGB"."""
-    from PIL import Image
-
     for p in paths[:: max(1, len(paths) // 50)]:
-        with Image.open(p) as im:
+        with _opened(p) as im:
             if im.mode not in ("L", "1", "I;16", "I"):
                 return "RGB"
     return "L"
@@ -56,6 +69,9 @@ def load_imagefolder(root: Path, size: int | None) -> dict:
     split_roots = {"train": root / "train", "test": root / "test"}
     if all(p.is_dir() for p in split_roots.values()):
         classes = sorted(d.name for d in split_roots["train"].iterdir() if d.is_dir())
+        extra = sorted({d.name for d in split_roots["test"].iterdir() if d.is_dir()} - set(classes))
+        if extra:
+            raise RcigError(f"{root}/test holds class folder(s) {', '.join(extra[:5])} that {root}/train lacks")
         listing = {s: [(f, i) for i, c in enumerate(classes) for f in _image_files(r / c)] for s, r in split_roots.items()}
     else:
         classes = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -68,8 +84,14 @@ def load_imagefolder(root: Path, size: int | None) -> dict:
         items = [(f, i) for i, c in enumerate(classes) for f in _image_files(root / c)]
         if not items:
             raise RcigError(f"{root} holds no images")
-        labels = [i for _, i in items]
-        train, test = train_test_split(items, test_size=0.2, stratify=labels, random_state=0)
+        labels = np.array([i for _, i in items])
+        counts = np.bincount(labels, minlength=len(classes))
+        few = [c for c, n in zip(classes, counts) if n < 2]
+        if few:
+            raise RcigError(f"{root}: class folder(s) {', '.join(few[:5])} hold fewer than 2 images; the 80/20 "
+                            f"split needs at least 2 per class (or give {root}/train and {root}/test)")
+        n_test = max(int(np.ceil(0.2 * len(items))), len(classes))  # >= 1 per class; leaves >= 1 per class to train
+        train, test = train_test_split(items, test_size=n_test, stratify=labels, random_state=0)
         listing = {"train": train, "test": test}
     all_files = [f for s in listing.values() for f, _ in s]
     empty = [c for i, c in enumerate(classes) if not any(j == i for _, j in listing["train"])]

@@ -10,6 +10,7 @@ import gzip
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -133,13 +134,15 @@ class FileSource:
             try:
                 with tarfile.open(root, "r:*") as tar:
                     self._members = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-            except (tarfile.TarError, OSError) as exc:
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
                 raise RcigError(f"cannot read archive {root}: {exc}") from None
 
     def has(self, name: str) -> bool:
         return name in self._members if self._members is not None else (self.root / name).is_file()
 
     def read(self, name: str) -> bytes:
+        if not self.has(name):
+            raise RcigError(f"{self.root} lacks {name}: an incomplete copy of the dataset?")
         if self._members is not None:
             return self._members[name]
         return (self.root / name).read_bytes()
@@ -185,13 +188,19 @@ def _pickled_names(source: FileSource, file: str, key: str):
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """keys x_train, y_train, x_test, y_test (+ optional class_names); HxW or HxWxC uint8."""
-    if not path.is_file():
-        raise RcigError(f"no such file: {path}")
+    from rcig import validate
+    from rcig.io import npz_magic
+
+    validate.input_file(path, ".npz dataset file")
+    npz_magic(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as exc:  # noqa: BLE001
-        raise RcigError(f"cannot read {path} as .npz: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if "pickle" in first:
+            first = "an array holds Python objects, which rcig does not load"
+        raise RcigError(f"cannot read {path} as .npz: {first}") from None
     missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
     if missing:
         raise RcigError(f"{path} lacks the key(s) {', '.join(missing)} (has {', '.join(arrays) or 'none'})")
@@ -211,5 +220,8 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         raise RcigError(f"{path}: train images {out['x_train'].shape[1:]} and test images "
                         f"{out['x_test'].shape[1:]} differ in shape")
     if "class_names" in arrays:
-        out["class_names"] = [str(n) for n in arrays["class_names"]]
+        names = arrays["class_names"]
+        if names.ndim != 1 or not (names.dtype.kind in "UiuS"):
+            raise RcigError(f"{path}: class_names must be a 1-d array of strings, got {names.dtype} {names.shape}")
+        out["class_names"] = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names.tolist()]
     return out

@@ -211,6 +211,9 @@ NAMED: dict[str, Source] = {
 
 # ------------------------------------------------------------------------ path specs
 
+MAX_IMAGE_SIZE = 1024  # the paper's largest images are 128 px; beyond this memory runs out
+
+
 def _imagefolder(arg: str) -> dict:
     from rcig.data.folders import load_imagefolder
 
@@ -218,8 +221,8 @@ def _imagefolder(arg: str) -> dict:
     size = None
     if query:
         key, _, value = query.partition("=")
-        if key != "size" or not value.isdigit() or int(value) < 1:
-            raise RcigError(f"bad imagefolder option '{query}': expected size=N")
+        if key != "size" or not value.isdigit() or not 1 <= int(value) <= MAX_IMAGE_SIZE:
+            raise RcigError(f"bad imagefolder option '{query}': expected size=N with N in 1..{MAX_IMAGE_SIZE}")
         size = int(value)
     return load_imagefolder(Path(path).expanduser(), size)
 
