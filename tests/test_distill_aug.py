@@ -193,11 +193,11 @@ def test_a_run_made_before_these_knobs_existed_still_resumes(tmp_path):
 
 @pytest.mark.parametrize("values, message", [
     ({"aug": ["crop", "zoom"]}, "unknown augmentation"),
-    ({"aug": "crop"}, "must be a list"),
+    ({"aug": 3}, "must be a list"),  # one name alone is a list of one (issue 14): ("crop",)
     ({"aug_repeats": -1}, "aug_repeats must be a non-negative integer"),
     ({"aug_repeats": 1}, "aug_repeats needs aug"),
     ({"aug": ["crop"], "solver": "cg"}, "solver cg needs a fixed inner problem"),
-    ({"test_augmentations": "crop"}, "must be a list"),
+    ({"test_augmentations": [1, 2]}, "must be a list"),
     ({"proto_lr_boost": 0.5, "proto_lr_boost_steps": 10}, "proto_lr_boost must be >= 1"),
     ({"proto_lr_boost": 3.0}, "needs proto_lr_boost_steps > 0"),
     ({"proto_lr_boost_steps": -1}, "proto_lr_boost_steps must be a non-negative integer"),
