@@ -215,15 +215,20 @@ def test_fuzz_npz_datasets(arrays, method, ipc):
 
 @st.composite
 def image_folders(draw, root: Path) -> str:
-    split = draw(st.booleans())
-    classes = draw(st.lists(st.sampled_from(["a", "b", "c", "d"]), unique=True, max_size=3))
+    split, hostile = draw(st.booleans()), draw(st.booleans())  # hostile: odd files, modes, sizes, options
+    classes = draw(st.lists(st.sampled_from(["a", "b", "c", "d"]), unique=True, min_size=1 if hostile else 2,
+                            max_size=3))
+    usual_side = draw(st.sampled_from([8, 8, 8, 2, 12]))
     for part in (["train", "test"] if split else [""]):
         for name in classes:
             folder = root / part / name
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(draw(st.integers(0, 4))):
-                kind = draw(st.sampled_from(["L", "RGB", "RGBA", "P", "1", "L", "corrupt", "text", "empty"]))
-                side = draw(st.sampled_from([1, 6, 8, 8, 8, 9]))
+            count = st.integers(0, 5) if hostile else st.integers(1 if part == "test" else 2, 4)
+            for i in range(draw(count)):
+                # mostly decodable images of one size, so that whole folders are often valid
+                kind = draw(st.sampled_from(["L", "RGB", "RGBA", "P", "1", "corrupt", "text", "empty"])) if hostile \
+                    else draw(st.sampled_from(["L", "RGB"]))
+                side = draw(st.sampled_from([usual_side, 1, 6, 9])) if hostile else usual_side
                 path = folder / f"{i}.png"
                 if kind == "corrupt":
                     path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(draw(st.binary(max_size=20))))
@@ -232,10 +237,10 @@ def image_folders(draw, root: Path) -> str:
                 elif kind == "empty":
                     path.write_bytes(b"")
                 else:
-                    rng = np.random.default_rng(i)
+                    rng = np.random.default_rng([ord(name), i, len(part)])
                     pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
                     Image.fromarray(pixels).convert(kind).save(path)
-    query = draw(st.sampled_from(["", "", "?size=8", "?size=0", "?size=x", "?scale=2"]))
+    query = draw(st.sampled_from(["", "?size=8", "?size=0", "?size=x", "?scale=2"])) if hostile else ""
     return f"imagefolder:{root}{query}"
 
 

@@ -127,6 +127,8 @@ def npz_spec(path, **override):
 
 DATASET_CASES = {
     "constant images": (dict(x_train=np.full((20, 8, 8), 9, np.uint8)), "constant"),
+    "one image repeated": (dict(x_train=np.repeat(np.arange(192, dtype=np.uint8).reshape(1, 8, 8, 3), 20, 0),
+                                x_test=np.zeros((4, 8, 8, 3), np.uint8)), "all the same image"),
     "one class": (dict(y_train=np.zeros(20, int), y_test=np.zeros(4, int)), "at least 2 classes"),
     "no test images": (dict(x_test=np.zeros((0, 8, 8), np.uint8), y_test=np.zeros(0, int)), "test split holds no"),
     "class without training images": (dict(y_train=np.zeros(20, int)), "larger than class '1', which has 0"),

@@ -204,7 +204,7 @@ def set_fits_dataset(images: torch.Tensor, labels: torch.Tensor, meta: dict, pre
 def dataset(spec: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
             num_classes: int) -> None:
     """A loaded dataset: uint8 N x H x W x C square images, at least 2 classes, at least one
-    image in each split, labels in range, images not all constant. (Whether each class has
+    image in each split, labels in range, images neither constant nor all identical. (Whether each class has
     enough training images for an ipc is checked where images are sampled.)"""
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if x.ndim != 4 or x.dtype != np.uint8 or x.shape[-1] not in (1, 3):
@@ -229,6 +229,9 @@ def dataset(spec: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     if (flat.max(axis=(0, 1)) == flat.min(axis=(0, 1))).any():
         raise RcigError(f"{spec}: the training images are constant (every pixel of a channel has one value); "
                         "there is nothing to learn and standardisation would divide by zero")
+    if not (x_train != x_train[:1]).any():
+        raise RcigError(f"{spec}: the training images are all the same image; there is nothing to learn "
+                        "(and their covariance, which ZCA whitening inverts, is zero)")
 
 
 def network_fits(arch: str, channels: int, image_size: int, depth: int, where: str) -> None:
