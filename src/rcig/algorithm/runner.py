@@ -254,7 +254,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             _remove_stale_temporaries(out_dir)
             loaded.extend([checkpoint] if checkpoint else [])
         else:
-            atomic_write(log_path, lambda fh: None)  # a fresh run never appends to an older log (killed runs')
+            atomic_write(log_path, lambda fh: None)  # a fresh run never appends to an older log
         text = json.dumps(identity, indent=2) + "\n"
         atomic_write(out_dir / "run.json", lambda fh: fh.write(text.encode()))
         return bool(loaded)
