@@ -1,6 +1,5 @@
 """The benchmark's report writer: tables between markers, honest "not run" cells."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,15 +9,8 @@ BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+def bench(benchmark_script):
+    return benchmark_script("run")
 
 
 def score(*accs):

@@ -1,26 +1,16 @@
 """benchmarks/variants.py: variant names, CPU budgets, resume after a kill, the report."""
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def variants():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_variants", BENCH / "variants.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH))
+def variants(benchmark_script):
+    return benchmark_script("variants")
 
 
 def argv(tmp_path, *more):
@@ -187,8 +177,9 @@ def test_a_real_tiny_distillation_hits_its_budget(variants, tmp_path, monkeypatc
     log = [json.loads(line) for line in (tmp_path / "work" / "faithful" / "log.jsonl").read_text().splitlines()]
     cpu = [r["cpu_seconds"] for r in log]
     assert point["steps"] == len(log) and point["tuning_cpu_seconds"] == 0  # fixed rates: no tuning
-    # past 2.4 s, and at most one step of a chunk (of 2) after the one that got there
-    assert len(log) >= 2 and sum(cpu[:-2]) < 2.4 <= sum(cpu)
+    # past 2.4 s, and at most one step of a chunk (of 2) after the one that got there (one step
+    # may already be past it where a step costs more than 2.4 s of CPU)
+    assert sum(cpu) >= 2.4 and sum(cpu[:-2]) < 2.4
     assert point["cpu_seconds"] == pytest.approx(sum(cpu), abs=0.1)
     assert Path(point["snapshot"]).read_bytes() == (tmp_path / "work" / "faithful" / "distilled.safetensors").read_bytes()
     assert value(evals[0], "--settings") == "both" and point["aug"]["mean"] == 0.3
