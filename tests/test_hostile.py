@@ -212,6 +212,9 @@ def test_list_fields_take_one_bare_value_or_a_comma_list():
     assert from_dict(parse_overrides(["checkpoint_iters=3"])).checkpoint_iters == (3,)
     assert from_dict(parse_overrides(["direct_batch_sizes=4,null"])).direct_batch_sizes == (4, None)
     assert from_dict(parse_overrides(["description=123", "steps=1e3"])).steps == 1000
+    # a string field takes its text or the same text JSON-quoted (what json.dumps writes)
+    assert parse_overrides(['solver="cg"', "norm=batch"]) == {"solver": "cg", "norm": "batch"}
+    assert from_dict(parse_overrides(['solver="cg"'])).solver == "cg"
     # the same from Python (rcig.distill(overrides=...)) and JSON: one value for a list field
     assert from_dict({"test_augmentations": "crop", "checkpoint_iters": 5}).test_augmentations == ("crop",)
     assert from_dict({"checkpoint_iters": 5.0}).checkpoint_iters == (5,)

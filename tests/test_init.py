@@ -54,7 +54,7 @@ def test_reference_init_gives_a_much_larger_feature_kernel_than_torch_defaults()
 def test_protocol_init_setting_changes_the_networks():
     from rcig.evaluation.protocol import ProtocolSettings, make_models
 
-    torch_nets = make_models(ProtocolSettings(width=8), 1, 10, 8, [0])
-    ref_nets = make_models(ProtocolSettings(width=8, init="reference"), 1, 10, 8, [0])
+    torch_nets = make_models(ProtocolSettings(width=8, init="torch"), 1, 10, 8, [0])
+    ref_nets = make_models(ProtocolSettings(width=8), 1, 10, 8, [0])  # the default: the reference's init
     assert torch.count_nonzero(torch_nets[0].classifier.bias) > 0
     assert torch.count_nonzero(ref_nets[0].classifier.bias) == 0

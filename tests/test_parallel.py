@@ -193,3 +193,13 @@ def test_without_workers():
 
     assert without_workers(["eval", "f", "--workers", "2", "--json", "x"]) == ["eval", "f", "--json", "x"]
     assert without_workers(["eval", "--workers=3", "f"]) == ["eval", "f"]
+
+
+def test_making_a_team_flushes_subnormal_floats_to_zero():
+    torch.set_flush_denormal(False)
+    assert torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10) == 16  # 1e-40: subnormal in float32
+    parallel.solo("cpu")
+    assert torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10) == 0
+    torch.set_flush_denormal(False)
+    parallel.join("cpu")
+    assert torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10) == 0

@@ -133,7 +133,7 @@ def cmd_baseline(args) -> None:
 def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | None = None, steps: int | None = None,
                   test_limit: int | None = None, seed: int | None = None, json_out: str | Path | None = None,
                   data_dir: str | None = None, which: str = "both", quiet: bool = False,
-                  compare: str | None = None, team: parallel.Team | None = None) -> dict:
+                  compare: str | None = None, init: str | None = None, team: parallel.Team | None = None) -> dict:
     """Score the set in ``path`` with the protocol stored in it; print and return the scores.
 
     Arguments left as None take the protocol's defaults (:class:`rcig.evaluation.ProtocolSettings`)
@@ -171,7 +171,7 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
                                 n_models=models or defaults.n_models, steps=steps,
                                 seed=defaults.seed if seed is None else seed,
                                 augmentations=tuple(protocol.get("augmentations", defaults.augmentations)),
-                                test_limit=test_limit,
+                                test_limit=test_limit, init=init or defaults.init,
                                 settings=defaults.settings if which == "both" else (which,))
     models = settings.n_models
     channels, size = ds.images.shape[1], ds.images.shape[2]
@@ -193,7 +193,7 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     single = len(archs) == 1
     report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
               "method": meta.get("method"), "models": models, "arch": ",".join(archs), "steps": steps or "default",
-              "test_limit": test_limit, "seconds": round(seconds, 1)}
+              "init": settings.init, "test_limit": test_limit, "seconds": round(seconds, 1)}
     if not single:
         report["archs"] = grid["distilled"]
     if baselines:
@@ -224,7 +224,7 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
 def cmd_eval(args) -> None:
     evaluate_file(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
                   seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings, compare=args.compare,
-                  team=parallel.join(args.device))
+                  init=args.init, team=parallel.join(args.device))
 
 
 # -------------------------------------------------------------------------------- show
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=positive_int, help="first K test images only (quick checks)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
+    p.add_argument("--init", choices=("reference", "torch"), default="reference",
+                   help="the networks' initialisation: the reference release's (flax lecun-normal, default) or "
+                   "torch's (rcig's protocol before session 7)")
     p.add_argument("--json", help="write the scores as JSON here")
     p.add_argument("--data-dir", help="folder with the dataset files")
     add_scale_options(p, "train the networks on N processes")

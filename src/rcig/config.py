@@ -344,7 +344,8 @@ def default_preset_name(image_size: int, channels: int) -> str:
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Parse ``key=value`` strings into a dict, each value read by its field's type: JSON for
-    numbers, booleans, null and lists; the text itself for string fields; for list fields
+    numbers, booleans, null and lists; the text itself (or a JSON string, ``solver="cg"``) for
+    string fields; for list fields
     also one bare item (``test_augmentations=crop``) or comma-separated items (``crop,rotate``)."""
     out: dict[str, Any] = {}
     for item in items:
@@ -360,6 +361,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def _parse_value(kind: tuple[str, bool], raw: str) -> Any:
     name, optional = kind
     if name == "str":
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                return raw
         return None if optional and raw in ("null", "none", "None") else raw
     if name in ("ints", "strs", "pair") and not raw.startswith("["):
         return [_parse_value(("int" if name != "strs" else "str", name == "pair"), part.strip())

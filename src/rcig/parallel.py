@@ -63,7 +63,8 @@ class Team(NamedTuple):
 
 
 def solo(device: str | torch.device = "cpu") -> Team:
-    """A team of one on ``device`` (no process group)."""
+    """A team of one on ``device`` (no process group); subnormals flushed as in :func:`join`."""
+    flush_denormals()
     return Team(0, 1, resolve_device(str(device)))
 
 
@@ -95,6 +96,24 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     raise RcigError(f"unknown device '{name}'; choose {DEVICES}")
 
 
+def flush_denormals() -> bool:
+    """Make this CPU thread, and the threads it starts from now on, treat subnormal floats
+    (|x| < 1.2e-38 in float32) as zero (the FTZ and DAZ bits; False where the CPU has none).
+
+    Why: the distillation network's softplus(beta z) / beta with beta = 60 returns
+    exp(beta z) / beta for z < -1.45, which is subnormal for z in about [-1.72, -1.45], and
+    the JVPs and backward passes then multiply by those values. Subnormal arithmetic takes
+    a slow path on x86: with the reference init (pre-activations of unit scale) a 1 ipc
+    Fashion-MNIST outer step spent 110 CPU s instead of 37 (BENCHMARKS.md, session 7). The
+    values flushed are 1e31 times smaller than anything they are added to, so results
+    change only in the last bits (the oracle tests run in float64, whose subnormals start
+    at 2.2e-308). The setting is per thread and new threads inherit it (POSIX), so it is set
+    before torch starts its thread pool: every rcig entry point makes its team (:func:`join`,
+    :func:`solo`) before it computes.
+    """
+    return bool(torch.set_flush_denormal(True))
+
+
 # ------------------------------------------------------------------ joining and leaving
 
 def rank_in_env() -> int:
@@ -109,9 +128,11 @@ def launched() -> bool:
 
 def join(device: str = "auto") -> Team:
     """This process's team: under torchrun, join the process group (gloo on CPU, nccl on
-    CUDA; once per process); else a team of one."""
+    CUDA; once per process); else a team of one. Subnormal floats are flushed to zero from
+    here on (:func:`flush_denormals`)."""
     import torch.distributed as dist
 
+    flush_denormals()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank)
     if not launched():
