@@ -36,6 +36,16 @@ def test_baseline_eval_show_on_digits(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(tmp_path / "g.png").size[1] > 10 * 8
+    # --init changes the protocol networks (the default is the reference's) and is recorded
+    accs = {}
+    for init in ("reference", "torch"):
+        code, _, _ = run(["eval", str(f), "--models", "1", "--steps", "30", "--test-limit", "100", "--settings",
+                          "no_aug", "--init", init, "--json", str(tmp_path / f"{init}.json")], capsys)
+        report = json.loads((tmp_path / f"{init}.json").read_text())
+        assert code == 0 and report["init"] == init
+        accs[init] = report["no_aug"]["accs"]
+    default = json.loads((tmp_path / "e.json").read_text())["no_aug"]["accs"]
+    assert accs["reference"] == default != accs["torch"]
 
 
 def test_file_round_trip_is_exact_and_atomic(tmp_path):
