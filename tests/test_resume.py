@@ -99,3 +99,27 @@ def test_a_fresh_run_never_appends_to_an_old_log(tmp_path):
     distill("digits", 1, steps=1, seed=0, out=out, overrides=TINY, progress=False)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records] == [1] and "from" not in records[0]
+
+
+def test_a_time_budget_counts_the_tuning_and_still_runs_one_step(tmp_path):
+    # the tuning alone outlasts a 0.06 s budget: one step runs (a resume always advances), then it stops
+    out = tmp_path / "run"
+    distill("digits", 1, steps=5, seed=0, out=out, overrides={k: v for k, v in TINY.items()
+                                                              if k not in ("inner_lr", "hvp_lr")},
+            progress=False, max_minutes=0.001)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "tuning" in records[0] and [r["iter"] for r in records[1:]] == [1]
+    assert (out / "distilled.safetensors").exists()
+    distill(out=out, resume=True, progress=False, max_minutes=0.001)
+    assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["iter"] == 2
+
+
+def test_the_budget_stops_before_a_step_that_would_overrun_it():
+    from rcig.algorithm.runner import past_budget
+
+    # began at 0, loop from 30 s (loading + tuning), steps of 10 s, budget 1 min
+    assert not past_budget(None, 0, 30, 1e9, 1)
+    assert not past_budget(1, 0, 30, 40, 1)  # 40 s done, the next ends at 50 s
+    assert not past_budget(1, 0, 30, 50, 2)  # the next ends at 60 s: still inside
+    assert past_budget(1, 0, 30, 55, 2)  # 12.5 s a step: the next would end at 67.5 s
+    assert past_budget(0.5, 0, 30, 40, 1)  # the tuning counts: 30 s of 30 gone

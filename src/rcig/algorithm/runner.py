@@ -57,6 +57,16 @@ def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None
     return cfg.replace(**changes) if changes else cfg
 
 
+def past_budget(max_minutes: float | None, began: float, loop_started: float, now: float, steps_done: int) -> bool:
+    """Whether a run that began at ``began`` (seconds), started its loop at ``loop_started``
+    and has done ``steps_done`` >= 1 steps since should stop rather than start another: the
+    next step, at the loop's mean time per step so far, would end past ``max_minutes``."""
+    if max_minutes is None:
+        return False
+    mean_step = (now - loop_started) / steps_done
+    return now - began + mean_step > 60 * max_minutes
+
+
 def protocol_defaults(cfg: Config) -> dict[str, Any]:
     """The evaluation protocol a set made with ``cfg`` is scored with by default."""
     return {"arch": "conv", "depth": cfg.depth, "width": cfg.width, "augmentations": list(cfg.test_augmentations)}
@@ -192,8 +202,11 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     Defaults: the embedded ``digits`` set, 1 image per class, seed 0, the dataset's preset.
     With ``out`` set, writes the files listed in the module docstring; with ``resume=True``
     it continues the run found there exactly where its checkpoint left it (arguments left
-    as None are taken from that run; given ones must agree with it). ``max_minutes`` stops
-    early (after a whole iteration, checkpointed) and writes the outputs of the run so far.
+    as None are taken from that run; given ones must agree with it). ``max_minutes`` is this
+    call's wall-clock budget, data loading and learning-rate tuning included: the run stops
+    (checkpointed, and writes the outputs of the run so far) rather than start a step that
+    would end past it at the mean duration of this call's steps; at least one step runs, so
+    a resumed run always advances.
     """
     from tqdm import tqdm
 
@@ -201,6 +214,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     from rcig.crashpoints import crash_point
     from rcig.data import prepare
 
+    began = time.perf_counter()  # --max-minutes counts from here
     team = team or parallel.join(device)
     leader = team.leader
     progress = progress and leader
@@ -284,7 +298,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         crash_point("tuned")
         save_latest()  # iteration 0: a run killed from here on resumes without tuning again
 
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), state.iteration
     # Rank 0 writes (ckpt_path and log_path are None elsewhere); every rank agrees, after
     # each step, on whether to stop and on the support being the same (rcig.parallel).
     bar = tqdm(total=cfg.steps, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
@@ -306,7 +320,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
                 _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path)
             if state.iteration % checkpoint_every == 0 or state.iteration == cfg.steps:
                 save_latest()
-            out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+            out_of_time = past_budget(max_minutes, began, started, time.perf_counter(), state.iteration - first_step)
             stop = parallel.step_control(team, state.iteration, parallel.checksum(state.support),
                                          interrupted(), out_of_time)
             if stop.interrupted:
