@@ -27,6 +27,8 @@ The variants (``B`` = ``--boost-steps``):
 * ``aug``: the support is augmented during distillation (crop, rotate, translate, cutout);
   ``aug_rep``: the same plus one augmented meta-gradient pass per step.
 * ``torch_init``: torch's default initialisation of the networks (before session 6).
+* ``tb256_cg5``: ``tb256`` and ``cg5`` together (the two that cut a step's cost: the target
+  batch and the solves; no tuning).
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -71,7 +73,7 @@ MARKERS = ("<!-- variants -->", "<!-- /variants -->")
 SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
-         "aug_rep", "torch_init")
+         "aug_rep", "torch_init", "tb256_cg5")
 
 
 def variant_overrides(boost_steps: int) -> dict[str, dict]:
@@ -89,6 +91,7 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
         "nonlinear": {"linearize": False},
         "aug_rep": {"aug": AUG, "aug_repeats": 1},
         "torch_init": {"network_init": "torch"},
+        "tb256_cg5": {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]},
     }
     return {name: table[name] for name in ORDER}
 
