@@ -190,3 +190,23 @@ def test_protocol_training_matches_the_plain_reference_per_network(digits, augme
         scores = accuracy([model, ref], digits.x_test, digits.y_test)
         assert abs(scores[0] - scores[1]) <= 1 / len(digits.x_test) + 1e-9
     assert (models[0].classifier.weight - models[1].classifier.weight).abs().max() > 1e-3
+
+
+def test_a_preset_can_extend_the_papers_preset_for_the_datas_shape():
+    import json
+    from importlib import resources
+
+    from rcig.config import load_preset, preset_names
+
+    layered = [n for n in preset_names() if "extends" in json.loads(
+        resources.files("rcig.presets").joinpath(f"{n}.json").read_text())]
+    assert "fast" in layered
+    for name in layered:
+        changes = json.loads(resources.files("rcig.presets").joinpath(f"{name}.json").read_text())
+        changes.pop("extends")
+        for size, channels, base in ((28, 1, "depth_3_no_flip"), (32, 3, "depth_3"), (64, 3, "depth_4_200")):
+            got, paper = load_preset(name, size, channels).to_dict(), load_preset(base).to_dict()
+            assert {k for k in got if got[k] != paper[k]} <= set(changes)  # only what it lists changes
+            assert all(got[k] == (list(v) if isinstance(v, tuple) else v) for k, v in changes.items())
+        with pytest.raises(RcigError, match=f"preset {name} extends the paper's preset"):
+            load_preset(name)

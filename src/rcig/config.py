@@ -314,12 +314,25 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("rcig.presets").iterdir() if p.name.endswith(".json"))
 
 
-def load_preset(name: str) -> Config:
-    """The paper's config ``name`` (see module docstring), validated."""
+def load_preset(name: str, image_size: int | None = None, channels: int | None = None) -> Config:
+    """The config ``name`` (see module docstring), validated.
+
+    A preset file may start from another: ``"extends": "depth_3"`` takes that preset and
+    changes the fields it lists; ``"extends": "paper"`` takes the paper's preset for the
+    data's shape (:func:`default_preset_name`), so it needs ``image_size`` and ``channels``.
+    """
     if name not in preset_names():
         raise RcigError(f"unknown preset '{name}'; choose from {', '.join(preset_names())}")
     text = resources.files("rcig.presets").joinpath(f"{name}.json").read_text()
-    return from_dict(json.loads(text), where=f"preset {name}")
+    data = json.loads(text)
+    base = data.pop("extends", None)
+    if base is None:
+        return from_dict(data, where=f"preset {name}")
+    if base == "paper":
+        if image_size is None or channels is None:
+            raise RcigError(f"preset {name} extends the paper's preset for the data's shape: give its image size and channels")
+        base = default_preset_name(image_size, channels)
+    return from_dict({**load_preset(base).to_dict(), **data}, where=f"preset {name}")
 
 
 def depth_for_image_size(image_size: int) -> int:

@@ -46,7 +46,7 @@ QUICK_STEPS = {"digits": 50}
 def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None, steps: int | None) -> Config:
     """The preset (the dataset's default if None) with overrides and the step count applied."""
     name = preset or default_preset_name(dataset.image_size, dataset.channels)
-    cfg = load_preset(name)
+    cfg = load_preset(name, dataset.image_size, dataset.channels)
     changes = dict(overrides or {})
     if steps is not None:
         changes["steps"] = steps
