@@ -151,8 +151,11 @@ def main(argv=None) -> None:
         except ValueError as exc:
             parser.error(str(exc))
 
-    if args.child:  # inside a subprocess: one case, JSON on stdout
-        print(json.dumps(run_case(args.child, args.steps)))
+    if args.child:  # inside a subprocess: one case, JSON on stdout; subnormals flushed as rcig's commands do
+        from rcig.parallel import subnormals_flushed
+
+        with subnormals_flushed():
+            print(json.dumps(run_case(args.child, args.steps)))
         return
 
     if args.out and os.path.exists(args.out):  # go on from a stopped run: keep its ceiling and cases

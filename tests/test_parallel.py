@@ -195,11 +195,15 @@ def test_without_workers():
     assert without_workers(["eval", "--workers=3", "f"]) == ["eval", "f"]
 
 
-def test_making_a_team_flushes_subnormal_floats_to_zero():
+def test_subnormal_floats_are_flushed_inside_the_block_and_the_callers_mode_comes_back():
+    tiny = lambda: torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10)  # 1e-40: subnormal in float32  # noqa: E731
     torch.set_flush_denormal(False)
-    assert torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10) == 16  # 1e-40: subnormal in float32
-    parallel.solo("cpu")
-    assert torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10) == 0
+    assert tiny() == 16 and not parallel.flushing_subnormals()
+    with parallel.subnormals_flushed():
+        assert tiny() == 0 and parallel.flushing_subnormals()
+    assert tiny() == 16
+    torch.set_flush_denormal(True)  # a caller that flushes keeps flushing
+    with parallel.subnormals_flushed():
+        pass
+    assert tiny() == 0
     torch.set_flush_denormal(False)
-    parallel.join("cpu")
-    assert torch.count_nonzero(torch.full((16,), 1e-30) * 1e-10) == 0

@@ -27,6 +27,7 @@ number of ranks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -63,8 +64,7 @@ class Team(NamedTuple):
 
 
 def solo(device: str | torch.device = "cpu") -> Team:
-    """A team of one on ``device`` (no process group); subnormals flushed as in :func:`join`."""
-    flush_denormals()
+    """A team of one on ``device`` (no process group)."""
     return Team(0, 1, resolve_device(str(device)))
 
 
@@ -96,9 +96,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     raise RcigError(f"unknown device '{name}'; choose {DEVICES}")
 
 
-def flush_denormals() -> bool:
-    """Make this CPU thread, and the threads it starts from now on, treat subnormal floats
-    (|x| < 1.2e-38 in float32) as zero (the FTZ and DAZ bits; False where the CPU has none).
+def flushing_subnormals() -> bool:
+    """Whether this CPU thread treats subnormal floats as zero (probed: 1e-30 * 1e-10)."""
+    return bool((torch.full((1,), 1e-30) * 1e-10).item() == 0)
+
+
+@contextlib.contextmanager
+def subnormals_flushed():
+    """Treat subnormal floats (|x| < 1.2e-38 in float32) as zero inside the block (the FTZ
+    and DAZ bits of this thread and of the threads it starts), then restore the caller's mode.
 
     Why: the distillation network's softplus(beta z) / beta with beta = 60 returns
     exp(beta z) / beta for z < -1.45, which is subnormal for z in about [-1.72, -1.45], and
@@ -107,11 +113,27 @@ def flush_denormals() -> bool:
     Fashion-MNIST outer step spent 110 CPU s instead of 37 (BENCHMARKS.md, session 7). The
     values flushed are 1e31 times smaller than anything they are added to, so results
     change only in the last bits (the oracle tests run in float64, whose subnormals start
-    at 2.2e-308). The setting is per thread and new threads inherit it (POSIX), so it is set
-    before torch starts its thread pool: every rcig entry point makes its team (:func:`join`,
-    :func:`solo`) before it computes.
+    at 2.2e-308). The mode is per thread and new threads inherit it (POSIX), so the command
+    line enters this block before torch starts its thread pool; a library caller whose pool
+    already runs gets it on the calling thread only. The caller's mode comes back on exit
+    (a process-wide flush is what ``-ffast-math`` is blamed for).
     """
-    return bool(torch.set_flush_denormal(True))
+    was = flushing_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if not was:
+            torch.set_flush_denormal(False)
+
+
+def with_subnormals_flushed(fn: Callable) -> Callable:
+    """``fn`` run inside :func:`subnormals_flushed` (same signature and docstring)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with subnormals_flushed():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 # ------------------------------------------------------------------ joining and leaving
@@ -128,11 +150,9 @@ def launched() -> bool:
 
 def join(device: str = "auto") -> Team:
     """This process's team: under torchrun, join the process group (gloo on CPU, nccl on
-    CUDA; once per process); else a team of one. Subnormal floats are flushed to zero from
-    here on (:func:`flush_denormals`)."""
+    CUDA; once per process); else a team of one."""
     import torch.distributed as dist
 
-    flush_denormals()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     where = resolve_device(device, local_rank)
     if not launched():

@@ -187,6 +187,7 @@ def _checked_checkpoint(distiller: Distiller, ckpt_path: Path) -> dict[str, Any]
     return stored
 
 
+@parallel.with_subnormals_flushed
 def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str | None = None,
             steps: int | None = None, seed: int | None = None, out: str | os.PathLike | None = None,
             resume: bool = False, overrides: dict[str, Any] | None = None, data_dir: str | None = None,
