@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a dataset with RCIG (no arguments: a short run on digits + eval)")
     p.add_argument("--dataset", help="dataset spec (default digits; see `rcig datasets`)")
     p.add_argument("--ipc", type=positive_int, help="images per class (default 1)")
-    p.add_argument("--preset", choices=preset_names(), help="paper config (default: by image size/channels)")
+    p.add_argument("--preset", choices=preset_names(), help="the paper's config (default: by image size/channels), or "
+                   "fast: the CPU recipe on top of it (256 target images, 5 CG iterations per solve)")
     p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 50 on digits, else the config's)")
     p.add_argument("--seed", type=seed_int, help="seed (default 0)")
     p.add_argument("--out", help="run directory (default runs/<dataset>_ipc<N>)")

@@ -15,6 +15,8 @@ cifar100_50        CIFAR-100 at 50 ipc: subsampled support gradients (2,000)
 depth_4_200        Tiny-ImageNet 1 ipc: 64 px, ReLU, 400 target rows
 depth_4_big        Tiny-ImageNet 10 ipc: 64 px, subsampling 500/256
 depth_5            ImageNette/ImageWoof: 128 px, l2_rate 0.05
+fast               not the paper's: its preset for the data's shape ("extends": "paper")
+                   with 256 target images and 5 CG iterations per solve, for CPUs
 =================  ==========================================================
 
 Two groups of knobs are off in every preset (the paper does not use them):
