@@ -115,8 +115,9 @@ def subnormals_flushed():
     change only in the last bits (the oracle tests run in float64, whose subnormals start
     at 2.2e-308). The mode is per thread and new threads inherit it (POSIX), so the command
     line enters this block before torch starts its thread pool; a library caller whose pool
-    already runs gets it on the calling thread only. The caller's mode comes back on exit
-    (a process-wide flush is what ``-ffast-math`` is blamed for).
+    already runs gets it on the calling thread only. The calling thread's mode comes back on
+    exit (a process left flushing is what ``-ffast-math`` is blamed for); threads started
+    inside the block keep flushing.
     """
     was = flushing_subnormals()
     torch.set_flush_denormal(True)
