@@ -40,7 +40,7 @@ class ProtocolSettings:
     test_limit: int | None = None
     settings: tuple[str, ...] = ("no_aug", "aug")  # which of the two settings to run
     # network init: the reference release's flax defaults (lecun-normal kernels, zero biases) or
-    # torch's ("torch", the protocol's init before session 7: scores ~1-4 points lower on digits)
+    # torch's ("torch", the protocol's init before session 7: sets scored 1-5 points lower with it on digits, session 6)
     init: str = "reference"
 
 
