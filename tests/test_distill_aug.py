@@ -8,7 +8,7 @@ import torch
 
 import rcig.algorithm.outer as distill_module
 from rcig.algorithm.outer import Distiller, boost_scale
-from rcig.algorithm.meta import MetaResult, direct_gradient, meta_gradient, support_augmentation
+from rcig.algorithm.meta import MetaResult, direct_gradient, held_augmentation, meta_gradient, support_augmentation
 from rcig.algorithm.runner import distill
 from rcig.config import AUGMENTATIONS, Config, from_dict, parse_overrides
 from rcig.data import prepare
@@ -95,6 +95,35 @@ def test_a_normal_pass_keeps_the_outer_problem_plain_and_an_augmented_pass_does_
     assert any(not torch.equal(stepped[0][k], stepped[1][k]) for k in stepped[0])
 
 
+def test_a_held_augmentation_replays_one_draw_at_every_call():
+    x = torch.randn(16, 1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    first, second = held_augmentation(tuple(GRAY), g), held_augmentation(tuple(GRAY), g)
+    assert torch.equal(first(x), first(x)) and not torch.equal(first(x), x)
+    assert not torch.equal(first(x), second(x))  # each held draw takes its own seed from g
+
+
+@pytest.mark.parametrize("solver", ["adam", "cg"])
+def test_an_aug_per_pass_pass_is_the_plain_pass_of_the_transformed_support(solver):
+    """Oracle, with a flip of every row as the transform: an augmented pass holding it is the
+    plain meta-gradient of the flipped support, chain-ruled back (x: flipped; y: equal), inner
+    solve and H^-1 g included, so CG can run it; a plain pass is plain throughout."""
+    f, body0, support, x_t, y_t = tiny_problem()
+    plain_cfg = Config(n_inner_steps=4, n_hinv_steps=4, solver=solver)
+    held_cfg = plain_cfg.replace(aug=("flip",), aug_per_pass=True)
+    run = lambda cfg, s, aug_pass: meta_gradient(f, body0, s, x_t, y_t, cfg, 3e-3, 3e-3,  # noqa: E731
+                                                 torch.Generator().manual_seed(0), aug_pass)
+    flipped = {**support, "x": support["x"].flip(-1)}
+    held, oracle = run(held_cfg, support, True), run(plain_cfg, flipped, False)
+    assert torch.allclose(held.grads["x"], oracle.grads["x"].flip(-1), atol=1e-7, rtol=1e-4)
+    assert torch.allclose(held.grads["y"], oracle.grads["y"], atol=1e-7, rtol=1e-4)
+    assert all(torch.allclose(held.delta[k], oracle.delta[k], atol=1e-7, rtol=1e-4) for k in held.delta)
+    plain = run(plain_cfg, support, False)
+    assert not torch.allclose(held.grads["x"], plain.grads["x"], atol=1e-7, rtol=1e-4)  # the flip mattered
+    normal = run(held_cfg, support, False)
+    assert all(torch.equal(normal.grads[k], plain.grads[k]) for k in ("x", "y"))
+
+
 def distiller(cfg, seed=0):
     prepared = prepare("digits")
     ds = prepared.dataset
@@ -103,7 +132,7 @@ def distiller(cfg, seed=0):
                                           image_size=ds.image_size))
 
 
-@pytest.mark.parametrize("normal, aug", [(1, 0), (2, 3), (1, 1)])
+@pytest.mark.parametrize("normal, aug", [(1, 0), (2, 3), (1, 1), (0, 2)])
 def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, normal, aug):
     """Each outer step runs `normal_repeats` plain passes, then `aug_repeats` augmented ones,
     each on its own target batch, and steps the support with their plain mean."""
@@ -197,6 +226,9 @@ def test_a_run_made_before_these_knobs_existed_still_resumes(tmp_path):
     ({"aug_repeats": -1}, "aug_repeats must be a non-negative integer"),
     ({"aug_repeats": 1}, "aug_repeats needs aug"),
     ({"aug": ["crop"], "solver": "cg"}, "solver cg needs a fixed inner problem"),
+    ({"aug_per_pass": True}, "aug_per_pass needs aug"),
+    ({"normal_repeats": 0}, "normal_repeats \\+ aug_repeats must be at least 1"),
+    ({"normal_repeats": -1}, "normal_repeats must be a non-negative integer"),
     ({"test_augmentations": [1, 2]}, "must be a list"),
     ({"proto_lr_boost": 0.5, "proto_lr_boost_steps": 10}, "proto_lr_boost must be >= 1"),
     ({"proto_lr_boost": 3.0}, "needs proto_lr_boost_steps > 0"),
@@ -205,6 +237,12 @@ def test_a_run_made_before_these_knobs_existed_still_resumes(tmp_path):
 def test_bad_settings_are_one_line_errors(values, message):
     with pytest.raises(RcigError, match=message):
         from_dict(values)
+
+
+def test_cg_runs_augmented_passes_that_hold_their_draw():
+    runs = [run_hash({"solver": "cg", "n_inner_steps": 3, "n_hinv_steps": 3, **extra}) for extra in
+            ({}, {"aug": GRAY, "aug_per_pass": True, "normal_repeats": 0, "aug_repeats": 1})]
+    assert not torch.equal(runs[0][0], runs[1][0]) and torch.isfinite(runs[1][0]).all()
 
 
 def test_command_line_lists_parse_to_transform_tuples():

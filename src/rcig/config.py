@@ -29,6 +29,10 @@ Two groups of knobs are off in every preset (the paper does not use them):
   implicit gradient through the transforms, into the images), are averaged with equal
   weight with the ``normal_repeats`` unaugmented ones. The learning-rate tuning and the
   H^-1 g solve stay unaugmented, as in the reference.
+  ``aug_per_pass`` (not the reference's): an augmented pass draws one transform per row
+  and holds it through its inner solve, H^-1 g solve and both gradients (the pass then
+  solves one fixed convex problem, so ``solver=cg`` can run it), and plain passes see no
+  augmentation at all; ``normal_repeats=0, aug_repeats=1`` makes every pass augmented.
 * A support learning-rate boost for short CPU budgets: the AdaBelief rate of ``x`` and
   ``y`` starts at ``proto_lr_boost`` x ``proto_lr`` and decays (cosine) to ``proto_lr`` over
   the first ``proto_lr_boost_steps`` outer steps, then stays there. ``log_temp`` keeps
@@ -114,6 +118,7 @@ class Config:
     # -- augmentation during distillation (the reference's option; () = off, as in the paper) --
     aug: tuple[str, ...] = ()  # transforms of the support in the inner solve, pool training, aug passes
     aug_repeats: int = 0  # extra augmented meta-gradient passes averaged with the normal_repeats ones
+    aug_per_pass: bool = False  # one transform per row held through a whole augmented pass (cg-compatible)
 
     # -- the run --
     steps: int = 1000
@@ -260,12 +265,12 @@ def _validate(cfg: Config) -> None:
     need(cfg.width <= 4096 and cfg.depth <= 8, f"width must be at most 4096 and depth at most 8, got {cfg.width} "
          f"and {cfg.depth}")
     positive_ints = ("depth", "width", "n_max_steps_pool", "pool_size", "max_online_steps",
-                     "target_batch_size", "normal_repeats", "lr_adapt_every")
+                     "target_batch_size", "lr_adapt_every")
     for name in positive_ints:
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
              f"{name} must be a positive integer, got {value!r}")
-    for name in ("n_inner_steps", "n_hinv_steps", "steps", "aug_repeats", "proto_lr_boost_steps"):
+    for name in ("n_inner_steps", "n_hinv_steps", "steps", "normal_repeats", "aug_repeats", "proto_lr_boost_steps"):
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
              f"{name} must be a non-negative integer, got {value!r}")
@@ -302,8 +307,11 @@ def _validate(cfg: Config) -> None:
         unknown = [a for a in names if a not in AUGMENTATIONS]
         need(not unknown, f"unknown augmentation(s) {unknown} in {name}; choose from {list(AUGMENTATIONS)}")
     need(cfg.aug_repeats == 0 or cfg.aug, "aug_repeats needs aug: the list of transforms of the augmented passes")
-    need(not (cfg.solver == "cg" and cfg.aug),
-         "solver cg needs a fixed inner problem: set aug to [] (augmentation redraws the support at every inner step)")
+    need(cfg.normal_repeats + cfg.aug_repeats > 0, "normal_repeats + aug_repeats must be at least 1 (passes per step)")
+    need(not cfg.aug_per_pass or cfg.aug, "aug_per_pass needs aug: the list of transforms of the augmented passes")
+    need(not (cfg.solver == "cg" and cfg.aug and not cfg.aug_per_pass),
+         "solver cg needs a fixed inner problem: set aug_per_pass=true or aug to [] (augmentation otherwise "
+         "redraws the support at every inner step)")
     need(isinstance(cfg.proto_lr_boost, (int, float)) and not isinstance(cfg.proto_lr_boost, bool)
          and cfg.proto_lr_boost >= 1, f"proto_lr_boost must be >= 1 (1 = off), got {cfg.proto_lr_boost!r}")
     need(cfg.proto_lr_boost == 1 or cfg.proto_lr_boost_steps > 0,

@@ -17,7 +17,11 @@ With ``cfg.aug`` set (augmentation during distillation, the reference's option),
 step of the inner solve sees the support with a fresh random transform per row, and an
 *augmented* pass (``augmented_pass=True``) takes steps 2 and 4 on a fresh augmentation each,
 differentiably, so the gradients reach the images through the transforms. The H^-1 g
-solve stays on the plain support, as in the reference.
+solve stays on the plain support, as in the reference. With ``cfg.aug_per_pass`` instead,
+an augmented pass draws one transform per row and holds it (:func:`held_augmentation`)
+through all four parts, so it solves one fixed convex problem of the transformed support
+(CG can solve it, and the implicit gradient is that problem's), and a plain pass is plain
+throughout.
 """
 
 from __future__ import annotations
@@ -78,6 +82,13 @@ def support_augmentation(names: tuple[str, ...], generator: torch.Generator | No
     if not names:
         return None
     return lambda x: augment_batch(x, names, generator)
+
+
+def held_augmentation(names: tuple[str, ...], generator: torch.Generator) -> Augment:
+    """Like :func:`support_augmentation`, but every call applies the *same* transforms: the
+    draw is one seed taken from ``generator`` now, replayed at each call (same row count)."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    return lambda x: augment_batch(x, names, torch.Generator().manual_seed(seed))
 
 
 def augmented(x: Tensor, augment: Augment | None) -> Tensor:
@@ -302,7 +313,8 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     supports (``direct_batch_sizes``, ``inner_train_batch_size``, ``hinv_batch_size``,
     ``implicit_batch_size``) and the augmentations (``cfg.aug``); with none of them set it
     is not used. ``augmented_pass``: an ``aug_repeats`` pass (direct and implicit gradient
-    on fresh augmentations, see the module docstring). ``base_steps``: how many
+    on fresh augmentations, or on one held draw with ``cfg.aug_per_pass``; see the module
+    docstring). ``base_steps``: how many
     pool-training steps the base network has done (the inner Adam's starting count, see
     :func:`rcig.algorithm.inner.solve_inner`).
 
@@ -315,12 +327,17 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     solve_inner, solve_hinv = SOLVERS[cfg.solver]
     l2 = l2_strength(cfg, support["x"].shape[0])
     clock = Stopwatch()
-    augment = support_augmentation(cfg.aug, generator)
-    outer_augment = augment if augmented_pass else None
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
+    if cfg.aug_per_pass:  # one draw for the whole pass: its inner problem is fixed
+        inner_augment = None
+        outer_augment = held_augmentation(cfg.aug, generator) if augmented_pass else None
+        x_s = augmented(x_s, outer_augment)
+    else:  # the reference's: a fresh draw at every inner step, plain H^-1 g
+        inner_augment = support_augmentation(cfg.aug, generator)
+        outer_augment = inner_augment if augmented_pass else None
     problem_args = (f, body0, x_s, y_s, l2, cfg.linearize)
     full = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else make_inner(*problem_args)
-    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, augment)
+    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, inner_augment)
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps, base_steps)
     clock.lap("inner_solve")
     support_k, target_k = cfg.direct_batch_sizes
@@ -360,5 +377,5 @@ class Stopwatch:
 
 
 __all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "RowSampledInner", "augmented", "clip_to",
-           "direct_gradient", "expand_support", "implicit_gradient", "inner_prediction", "l2_strength", "label_margin",
-           "meta_gradient", "outer_loss", "support_augmentation"]
+           "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient", "inner_prediction",
+           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "support_augmentation"]

@@ -17,7 +17,8 @@
 
 With ``cfg.aug`` set, the inner solves and the pool steps see freshly augmented support
 rows, and ``aug_repeats`` augmented meta-gradients join the ``normal_repeats`` plain ones
-in the average (:mod:`rcig.algorithm.meta`, :mod:`rcig.config`).
+in the average; with ``cfg.aug_per_pass`` an augmented pass holds one draw throughout and
+plain passes are plain (:mod:`rcig.algorithm.meta`, :mod:`rcig.config`).
 
 Everything random flows from one seeded generator (plus the pool's own), and everything
 that changes is in :class:`RunState`, which a checkpoint stores whole: a run killed at any
