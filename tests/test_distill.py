@@ -147,6 +147,25 @@ def test_short_distillation_learns():
     assert after["no_aug"]["mean"] > before["no_aug"]["mean"] + 0.05
 
 
+def test_herding_init_starts_from_the_herding_baseline_of_the_runs_seed():
+    """init="herding": the support before any step is the herding baseline's set of the same
+    seed (images and labels), not the random-real start, and a run from it moves off it."""
+    from rcig.algorithm.outer import init_support
+    from rcig.data import prepare
+    from rcig.evaluation import herding
+
+    prepared = prepare("digits")
+    start = init_support(prepared.x_train, prepared.y_train, 10, 2, "herding", torch.Generator().manual_seed(0), 3)
+    images, labels = herding(prepared, 2, seed=3)
+    assert torch.equal(start["x"], images) and torch.equal(start["y"], labels)
+    assert not torch.equal(start["x"], herding(prepared, 2, seed=4)[0])  # the seed reaches the embedding
+    real = init_support(prepared.x_train, prepared.y_train, 10, 2, "real", torch.Generator().manual_seed(0), 3)
+    assert not torch.equal(start["x"], real["x"])
+    overrides = {"width": 8, "pool_size": 2, "target_batch_size": 64, "init": "herding"}
+    result = distill("digits", 2, steps=1, seed=3, overrides=overrides, progress=False)
+    assert result.images.shape == images.shape and not torch.equal(result.images, images)
+
+
 def tiny_network():
     """``(f, body0)`` of a seeded width-4 softplus ConvNet on 8x8 gray images, 3 classes."""
     from rcig.algorithm.inner import network, split_params

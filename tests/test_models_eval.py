@@ -29,7 +29,7 @@ def test_one_depth_rule_for_the_presets_and_herding(monkeypatch):
     (48 px: depth 3, as the presets have it)."""
     from types import SimpleNamespace
 
-    import rcig.evaluation.baselines as baselines
+    import rcig.data.sampling as sampling
     from rcig.config import default_preset_name, depth_for_image_size, load_preset
 
     assert [depth_for_image_size(s) for s in (8, 28, 32, 48, 63, 64, 100, 128, 256)] == [3, 3, 3, 3, 3, 4, 4, 5, 5]
@@ -37,7 +37,7 @@ def test_one_depth_rule_for_the_presets_and_herding(monkeypatch):
         for channels in (1, 3):
             assert load_preset(default_preset_name(size, channels)).depth == depth_for_image_size(size)
     depths = []
-    monkeypatch.setattr(baselines, "embed", lambda x, seed, depth, **_: depths.append(depth) or x.flatten(1))
+    monkeypatch.setattr(sampling, "embed", lambda x, seed, depth, **_: depths.append(depth) or x.flatten(1))
     dataset = SimpleNamespace(num_classes=2, image_size=48, class_names=("a", "b"))
     prepared = SimpleNamespace(dataset=dataset, x_train=torch.randn(6, 3, 48, 48), y_train=torch.tensor([0, 1] * 3))
     herding(prepared, 2, seed=0)
@@ -125,7 +125,7 @@ def test_baselines_are_class_balanced_and_seeded(digits):
 
 
 def test_herding_tracks_the_class_mean_better_than_random(digits):
-    from rcig.evaluation.baselines import embed
+    from rcig.data.sampling import embed
 
     xh, _ = herding(digits, 5, seed=0)
     gaps = {"herding": [], "random": []}

@@ -73,7 +73,7 @@ class Config:
     network_init: str = "reference"
 
     # -- the learned support --
-    init: str = "real"  # "real": seeded real images per class | "noise": 0.3 * N(0, 1)
+    init: str = "real"  # "real": seeded real images per class | "herding": the herding baseline's | "noise"
     learn_labels: bool = True
     flip: bool = False  # flip trick: the inner model sees [x, flip(x)] with labels [y, y]
     proto_lr: float = 0.003  # AdaBelief lr for images and labels
@@ -286,7 +286,7 @@ def _validate(cfg: Config) -> None:
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
     need(cfg.norm in ("none", "batch", "instance"), f"norm must be none|batch|instance, got {cfg.norm!r}")
     need(cfg.network_init in ("reference", "torch"), f"network_init must be reference|torch, got {cfg.network_init!r}")
-    need(cfg.init in ("real", "noise"), f"init must be real|noise, got {cfg.init!r}")
+    need(cfg.init in ("real", "herding", "noise"), f"init must be real|herding|noise, got {cfg.init!r}")
     need(cfg.solver in ("adam", "cg"), f"solver must be adam|cg, got {cfg.solver!r}")
     if cfg.solver == "cg":
         need(cfg.linearize is True, "solver cg needs linearize=true (the non-linearised inner loss is not convex)")

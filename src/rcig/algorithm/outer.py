@@ -1,6 +1,6 @@
 """The RCIG outer loop, top to bottom: init, tune, then meta-steps with a model pool.
 
-    support = seeded real images per class, centred one-hot labels, log_temp = 0
+    support = seeded real images per class (random, or herded), centred one-hot labels, log_temp = 0
     networks  = the config's ConvNet, flax's init as the reference (rcig.models.init)
     inner_lr, hvp_lr = tuned on one fresh network (x1.2 after each trial, stop after
                        the first unstable one, then x0.7;
@@ -43,7 +43,7 @@ from rcig.algorithm.meta import (
 from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
 from rcig.config import Config
-from rcig.data.sampling import centred_one_hot, sample_per_class
+from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
 from rcig.parallel import Team
 from rcig.errors import RcigError
 
@@ -51,10 +51,14 @@ from rcig.errors import RcigError
 # ------------------------------------------------------------------------- the support
 
 def init_support(x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
-                 init: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """``ipc`` seeded real images per class (class-ordered), or 0.3 N(0, 1) noise; centred
-    one-hot labels, ``log_temp = 0``. Draws from ``generator`` (the run's)."""
-    index = sample_per_class(y_train, num_classes, ipc, generator)
+                 init: str, generator: torch.Generator, seed: int = 0) -> dict[str, torch.Tensor]:
+    """``ipc`` real images per class (class-ordered): seeded random ones ("real", drawn from
+    ``generator``, the run's), or the herding baseline's of ``seed`` ("herding"); or 0.3 N(0, 1)
+    noise in place of random real ones ("noise"). Centred one-hot labels, ``log_temp = 0``."""
+    if init == "herding":
+        index = herding_per_class(x_train, y_train, num_classes, ipc, seed, device=x_train.device)
+    else:
+        index = sample_per_class(y_train, num_classes, ipc, generator)
     x = x_train[index].clone().float()
     if init == "noise":  # drawn on the CPU (the generator's device) so every device gets the same
         x = (0.3 * torch.randn(x.shape, generator=generator)).to(x.device)
@@ -220,7 +224,8 @@ class Distiller:
 
     def new_state(self) -> RunState:
         generator = torch.Generator().manual_seed(self.seed)
-        support = init_support(self.x_train, self.y_train, self.num_classes, self.ipc, self.cfg.init, generator)
+        support = init_support(self.x_train, self.y_train, self.num_classes, self.ipc, self.cfg.init, generator,
+                               self.seed)
         pool = ModelPool(self.make_model, self.cfg.pool_size, self.cfg.pool_lr, self.cfg.max_online_steps,
                          torch.Generator().manual_seed(self.seed + 1))
         return RunState(0, support, self.adabelief.init(support), self.ema.init(support), pool,
