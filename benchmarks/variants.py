@@ -28,7 +28,12 @@ The variants (``B`` = ``--boost-steps``):
   ``aug_rep``: the same plus one augmented meta-gradient pass per step.
 * ``torch_init``: torch's default initialisation of the networks (before session 6).
 * ``tb256_cg5``: ``tb256`` and ``cg5`` together (the two that cut a step's cost: the target
-  batch and the solves; no tuning).
+  batch and the solves; no tuning): ``--preset fast``. Then one change each on top of it:
+* ``fast_aug``: every meta-gradient pass augmented, one transform per row held through the
+  pass (``aug_per_pass``, so CG can solve it; ``normal_repeats=0, aug_repeats=1``), pool
+  steps augmented.
+* ``fast_herding``: the support starts from the herding baseline's images (``init=herding``).
+* ``fast_lr3x``: ``lr3x`` decaying over 300 outer steps (fast's steps are 4x cheaper).
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -44,9 +49,10 @@ and a distillation resumes from its checkpoint. A variant whose distillation fai
 
 The sweep goes budget by budget (every variant to 5 minutes, then every variant to 10, ...),
 so the comparison is complete at each budget as early as possible; variants run in the
-order of ``ORDER``. ``--only report`` writes ``benchmarks/variants.json``,
-``benchmarks/variants.png`` and the table between the ``<!-- variants -->`` markers of
-BENCHMARKS.md.
+order of ``ORDER``; then ``--baselines`` (random real and herding sets of the same size and
+seed, ``rcig baseline``) are made and scored once each. ``--only report`` writes
+``benchmarks/variants.json``, ``benchmarks/variants.png`` and the table between the
+``<!-- variants -->`` markers of BENCHMARKS.md, the baselines as rows and dashed lines.
 """
 
 from __future__ import annotations
@@ -69,11 +75,14 @@ PRESET = "depth_3_no_flip"
 SEED = 0
 SETTINGS = ("no_aug", "aug")
 AUG = ["crop", "rotate", "translate", "cutout"]
+BASELINES = ("random", "herding")  # rcig baseline --method, same size and seed, same protocol
+BASELINE_NAMES = {"random": "random real", "herding": "herding"}
 MARKERS = ("<!-- variants -->", "<!-- /variants -->")
 SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
+FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # = --preset fast
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
-         "aug_rep", "torch_init", "tb256_cg5")
+         "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_herding", "fast_lr3x")
 
 
 def variant_overrides(boost_steps: int) -> dict[str, dict]:
@@ -91,7 +100,10 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
         "nonlinear": {"linearize": False},
         "aug_rep": {"aug": AUG, "aug_repeats": 1},
         "torch_init": {"network_init": "torch"},
-        "tb256_cg5": {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]},
+        "tb256_cg5": FAST,
+        "fast_aug": {**FAST, "aug": AUG, "aug_per_pass": True, "normal_repeats": 0, "aug_repeats": 1},
+        "fast_herding": {**FAST, "init": "herding"},
+        "fast_lr3x": {**FAST, "proto_lr_boost": 3, "proto_lr_boost_steps": 300},
     }
     return {name: table[name] for name in ORDER}
 
@@ -151,6 +163,18 @@ def parse_variants(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown variant {', '.join(unknown) or repr(text)}; "
                                          f"known: {', '.join(ORDER)}")
     return [n for n in ORDER if n in names]
+
+
+def parse_baselines(text: str) -> list[str]:
+    """``"random,herding"`` -> those of ``BASELINES`` (in its order); ``"none"`` -> []."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown baseline {', '.join(unknown) or repr(text)}; "
+                                         f"known: {', '.join(BASELINES)}, or none")
+    return [n for n in BASELINES if n in names]
 
 
 def positive_int(text: str) -> int:
@@ -253,6 +277,25 @@ class Sweep:
         print(f"[{name}] {key} CPU min: {point['steps']} steps, " + ", ".join(
             f"{s} {100 * point[s]['mean']:.2f}" for s in SETTINGS if s in point), flush=True)
 
+    def baseline(self, method: str) -> None:
+        """Make and score the ``method`` baseline set of the same dataset, ipc and seed (once)."""
+        path = self.work / f"baseline_{method}.json"
+        identity = {"baseline": method, "dataset": self.args.dataset, "ipc": self.args.ipc, "seed": SEED}
+        piece = json.loads(path.read_text()) if path.exists() else identity
+        if {k: piece.get(k) for k in identity} != identity:
+            raise SweepError(f"{path} was made for another dataset or ipc; delete it or use another --work")
+        missing = [s for s in self.settings() if s not in piece]
+        if missing:
+            snapshot = self.work / f"baseline_{method}.safetensors"
+            if not snapshot.exists():
+                self.work.mkdir(parents=True, exist_ok=True)
+                rcig("baseline", "--dataset", self.args.dataset, "--ipc", str(self.args.ipc), "--method", method,
+                     "--seed", str(SEED), "--out", str(snapshot), threads=self.args.threads)
+            piece.update(self.score(snapshot, missing))
+            write_json(piece, path)
+        print(f"[baseline {method}] " + ", ".join(f"{s} {100 * piece[s]['mean']:.2f}" for s in SETTINGS if s in piece),
+              flush=True)
+
     def settings(self) -> tuple[str, ...]:
         return SETTINGS if self.args.settings == "both" else (self.args.settings,)
 
@@ -287,8 +330,10 @@ class Sweep:
     def report(self) -> dict:
         paths = [self.work / f"{name}.json" for name in ORDER]
         pieces = {path.stem: json.loads(path.read_text()) for path in paths if path.exists()}
+        baselines = {m: json.loads(p.read_text()) for m in BASELINES if (p := self.work / f"baseline_{m}.json").exists()}
         results = {"dataset": self.args.dataset, "ipc": self.args.ipc, "preset": PRESET, "seed": SEED,
-                   "threads": self.args.threads, "models": self.args.models, "variants": pieces}
+                   "threads": self.args.threads, "models": self.args.models, "variants": pieces,
+                   "baselines": baselines}
         write_json(results, self.args.json)
         plot(results, Path(self.args.png))
         table = markdown_table(results)
@@ -348,6 +393,10 @@ def markdown_table(results: dict) -> str:
         if "error" in piece:
             row[-2] = f"failed: {piece['error']}"
         lines.append("| " + " | ".join(row) + " |")
+    for method, piece in results.get("baselines", {}).items():
+        acc = " / ".join(f"{100 * piece[s]['mean']:.1f}" if s in piece else "-" for s in SETTINGS)
+        lines.append("| " + " | ".join([f"*{BASELINE_NAMES[method]}* (baseline)", *[acc] * len(points), "-", "-"])
+                     + " |")
     lines += ["", f"{results['dataset']}, {results['ipc']} ipc, preset {results['preset']} with one change each, "
                   f"seed {results['seed']}; cells: test accuracy in % without / with augmentation "
                   f"({results['models']} protocol network(s) each) and the outer steps done within the budget "
@@ -373,14 +422,19 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharey=True)
+    colours = plt.get_cmap("tab20").colors
     for ax, setting, title in zip(axes, SETTINGS, ("without augmentation", "with augmentation")):
-        for name, piece in results["variants"].items():
+        for i, (name, piece) in enumerate(results["variants"].items()):
             points = sorted({(p["cpu_seconds"] / 60, 100 * p[setting]["mean"])  # a set: shared points once
                              for p in piece["points"].values() if setting in p})
             if points:
                 bold = name == "faithful"
-                ax.plot(*zip(*points), "o-", label=name, lw=3 if bold else 1.2, color="black" if bold else None,
-                        zorder=3 if bold else 2)
+                ax.plot(*zip(*points), "o-", label=name, lw=3 if bold else 1.2,
+                        color="black" if bold else colours[i % len(colours)], zorder=3 if bold else 2)
+        for method, piece in results.get("baselines", {}).items():
+            if setting in piece:
+                ax.axhline(100 * piece[setting]["mean"], ls="--" if method == "herding" else ":", color="grey",
+                           lw=1.2, label=f"{BASELINE_NAMES[method]} (baseline)")
         ax.set_title(f"{results['dataset']}, {results['ipc']} ipc, {title}")
         ax.set_xlabel("CPU minutes (tuning + outer steps)")
         ax.grid(alpha=0.3)
@@ -400,6 +454,8 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--points", type=parse_points, default=[5.0, 10.0, 20.0, 40.0], help="CPU-minute budgets to score at (default 5,10,20,40)")
     parser.add_argument("--boost-steps", type=positive_int, default=100,
                         help="lr3x/lr10x: outer steps over which the boost decays to the paper's rate (default 100)")
+    parser.add_argument("--baselines", type=parse_baselines, default=list(BASELINES),
+                        help="baseline sets scored once beside the variants: random,herding (default) or none")
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--ipc", type=positive_int, default=1)
     parser.add_argument("--models", type=positive_int, default=1, help="protocol networks per setting and point (default 1)")
@@ -423,6 +479,8 @@ def main(argv=None) -> dict | None:
                     sweep.point(name, minutes)
                     print(f"[{name}] {minutes:g} CPU min point took {(time.perf_counter() - started) / 60:.1f} "
                           "wall min", flush=True)
+            for method in args.baselines:
+                sweep.baseline(method)
         return sweep.report() if args.only != "run" else None
     except SweepError as error:
         parser.exit(2, f"variants: error: {error}\n")

@@ -36,6 +36,8 @@ class FakeRcig:
         self.calls.append((command, *args))
         if command == "distill":
             self.distill(args)
+        elif command == "baseline":  # a baseline set scores as a set of step 0
+            Path(value(args, "--out")).write_text("0")
         else:
             self.eval(args)
 
@@ -73,7 +75,9 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
     assert list(variants.variant_overrides(7)) == list(variants.ORDER)
     assert variants.variant_overrides(7)["lr10x"] == {"proto_lr_boost": 10, "proto_lr_boost_steps": 7}
     assert variants.parse_variants("cg5, faithful") == ["faithful", "cg5"]  # run in ORDER's order
-    for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"]):
+    assert variants.parse_baselines("herding,random") == ["random", "herding"] and variants.parse_baselines("none") == []
+    for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"],
+                ["--baselines", "kmeans"]):
         with pytest.raises(SystemExit) as stop:
             variants.main(argv(tmp_path, *bad))
         assert stop.value.code == 2
@@ -111,12 +115,14 @@ def test_a_killed_sweep_goes_on_without_redoing_scored_points(variants, tmp_path
     fake.fail_eval_at, fake.calls = None, []
     variants.main(args)
     # the snapshot of step 28 is scored; nothing is distilled again and step 13 is not re-scored
-    assert fake.runs("distill") == [] and [Path(c[1]).name for c in fake.runs("eval")] == ["1min.safetensors"]
+    assert fake.runs("distill") == [] and [Path(c[1]).name for c in fake.runs("eval")] == \
+        ["1min.safetensors", "baseline_random.safetensors", "baseline_herding.safetensors"]  # baselines: after
     piece = json.loads((tmp_path / "work" / "faithful.json").read_text())
     assert piece["points"]["1"]["aug"]["mean"] == pytest.approx(0.78) and "running" not in piece
     fake.calls = []
     variants.main(args + ["--points", "0.5,1,1.5"])  # a larger budget: the run resumes from step 28
     assert int(value(fake.runs("distill")[0], "--steps")) > 28 and "--resume" in fake.runs("distill")[0]
+    assert not fake.runs("baseline") and all("baseline" not in c[1] for c in fake.runs("eval"))  # scored once
     # a budget one step already passed is that step's point (tuning 5 s > 3 s): scored once
     fake.calls = []
     variants.main(argv(tmp_path, "--variants", "tb256", "--points", "0.05,0.1", "--only", "run"))
@@ -138,7 +144,8 @@ def test_a_killed_sweep_goes_on_without_redoing_scored_points(variants, tmp_path
 
 
 def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
-    monkeypatch.setattr(variants, "rcig", FakeRcig())
+    FakeRcig.last = FakeRcig()
+    monkeypatch.setattr(variants, "rcig", FakeRcig.last)
     variants.main(argv(tmp_path, "--variants", "faithful,lr3x", "--points", "0.5,1", "--only", "run"))
     (tmp_path / "work" / "lr10x.json").write_text(json.dumps(
         {"variant": "lr10x", "points": {}, "error": "rcig: error: diverged at iteration 3"}))
@@ -155,6 +162,12 @@ def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
     assert rows[4].startswith("| lr10x | - | - | failed: rcig: error: diverged")
     variants.main(argv(tmp_path, "--only", "report"))  # rewritten in place, not appended
     assert (tmp_path / "B.md").read_text() == text
+    # the baselines: made once with the sweep's dataset, ipc and seed, rows under the variants
+    assert rows[5] == "| *random real* (baseline) | 50.0 / 50.0 | 50.0 / 50.0 | - | - |"
+    assert rows[6].startswith("| *herding* (baseline) |")
+    assert results["baselines"]["herding"]["aug"]["mean"] == 0.5
+    made = [c for c in FakeRcig.last.calls if c[0] == "baseline"]
+    assert [value(c, "--method") for c in made] == ["random", "herding"] and value(made[0], "--ipc") == "1"
 
 
 def test_a_real_tiny_distillation_hits_its_budget(variants, tmp_path, monkeypatch):
@@ -172,6 +185,7 @@ def test_a_real_tiny_distillation_hits_its_budget(variants, tmp_path, monkeypatc
     tiny = ["width=8", "pool_size=3", "target_batch_size=128", "max_online_steps=6", "inner_lr=0.003",
             "hvp_lr=0.003"]
     variants.main(argv(tmp_path, "--variants", "faithful", "--points", "0.04", "--chunk", "2", "--only", "run",
+                       "--baselines", "none",
                        *[a for item in tiny for a in ("--set", item)]))
     point = json.loads((tmp_path / "work" / "faithful.json").read_text())["points"]["0.04"]
     log = [json.loads(line) for line in (tmp_path / "work" / "faithful" / "log.jsonl").read_text().splitlines()]
