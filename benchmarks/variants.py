@@ -123,9 +123,10 @@ def read_progress(log: Path) -> Progress:
     if log.exists():
         for line in log.read_text().splitlines():
             record = json.loads(line)
-            if "tuning" in record:
-                tuning_cpu += record["tuning"]["cpu_seconds"]
-                tuning_wall += record["tuning"]["seconds"]
+            if "tuning" in record or "init" in record:  # the run's setup: tuning, herding's init
+                setup = record.get("tuning") or record["init"]
+                tuning_cpu += setup["cpu_seconds"]
+                tuning_wall += setup["seconds"]
             elif "outer_loss" in record:
                 steps, cpu, wall = record["iter"], cpu + record["cpu_seconds"], wall + record["seconds"]
     return Progress(steps, cpu + tuning_cpu, wall + tuning_wall, cpu, tuning_cpu)
@@ -382,7 +383,7 @@ def cell(point: dict | None) -> str:
 
 def markdown_table(results: dict) -> str:
     points = budgets(results)
-    head = ["variant", *(f"{b:g} CPU min" for b in points), "s/step (CPU)", "tuning (CPU s)"]
+    head = ["variant", *(f"{b:g} CPU min" for b in points), "s/step (CPU)", "tuning, init (CPU s)"]
     lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
     for name, piece in results["variants"].items():
         by_budget = {p["budget_minutes"]: p for p in piece["points"].values()}

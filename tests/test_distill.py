@@ -149,7 +149,7 @@ def test_short_distillation_learns():
 
 def test_herding_init_starts_from_the_herding_baseline_of_the_runs_seed():
     """init="herding": the support before any step is the herding baseline's set of the same
-    seed (images and labels), not the random-real start, and a run from it moves off it."""
+    seed (images and labels), not the random-real start."""
     from rcig.algorithm.outer import init_support
     from rcig.data import prepare
     from rcig.evaluation import herding
@@ -161,9 +161,25 @@ def test_herding_init_starts_from_the_herding_baseline_of_the_runs_seed():
     assert not torch.equal(start["x"], herding(prepared, 2, seed=4)[0])  # the seed reaches the embedding
     real = init_support(prepared.x_train, prepared.y_train, 10, 2, "real", torch.Generator().manual_seed(0), 3)
     assert not torch.equal(start["x"], real["x"])
-    overrides = {"width": 8, "pool_size": 2, "target_batch_size": 64, "init": "herding"}
-    result = distill("digits", 2, steps=1, seed=3, overrides=overrides, progress=False)
-    assert result.images.shape == images.shape and not torch.equal(result.images, images)
+
+
+def test_herding_init_is_logged_and_not_recomputed_on_resume(tmp_path, monkeypatch):
+    """The herding pass is made once per run (an iteration-0 "init" record holds its cost); a
+    resume loads the checkpoint into a blank state and does not embed the training set again."""
+    overrides = {"width": 8, "pool_size": 2, "target_batch_size": 64, "init": "herding",
+                 "inner_lr": 3e-3, "hvp_lr": 3e-3}
+    calls = []
+    real = outer_module.init_support
+    monkeypatch.setattr(outer_module, "init_support", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    first = distill("digits", 2, steps=1, seed=3, out=tmp_path, overrides=overrides, checkpoint_every=1,
+                    progress=False)
+    assert calls == ["herding"]
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[0]["iter"] == 0 and records[0]["init"]["method"] == "herding"
+    assert records[0]["init"]["cpu_seconds"] > 0
+    resumed = distill(out=tmp_path, steps=2, resume=True, progress=False)
+    assert calls == ["herding"] and resumed.meta["iteration"] == 2
+    assert not torch.equal(resumed.images, first.images)
 
 
 def tiny_network():

@@ -157,7 +157,7 @@ def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
     text = (tmp_path / "B.md").read_text()
     assert text.startswith("# Benchmarks\n\nintro\n") and variants.SECTION in text
     rows = text.split(variants.MARKERS[0])[1].split(variants.MARKERS[1])[0].strip().splitlines()
-    assert rows[0] == "| variant | 0.5 CPU min | 1 CPU min | s/step (CPU) | tuning (CPU s) |"
+    assert rows[0] == "| variant | 0.5 CPU min | 1 CPU min | s/step (CPU) | tuning, init (CPU s) |"
     assert rows[2] == "| **faithful** | 63.0 / 63.0 (13) | 78.0 / 78.0 (28) | 2.0 | 5 |"
     assert rows[4].startswith("| lr10x | - | - | failed: rcig: error: diverged")
     variants.main(argv(tmp_path, "--only", "report"))  # rewritten in place, not appended

@@ -222,10 +222,17 @@ class Distiller:
         self.adabelief = AdaBelief({"x": cfg.proto_lr, "y": cfg.proto_lr, "log_temp": cfg.temp_lr})
         self.ema = EMA(cfg.ema_decay)
 
-    def new_state(self) -> RunState:
+    def new_state(self, blank: bool = False) -> RunState:
+        """The state before step 1: the initial support (:func:`init_support`), fresh optimiser,
+        EMA and pool. ``blank``: zeros of the support's shapes instead, a template to load a
+        checkpoint into without paying for the init (herding embeds the whole training set)."""
         generator = torch.Generator().manual_seed(self.seed)
-        support = init_support(self.x_train, self.y_train, self.num_classes, self.ipc, self.cfg.init, generator,
-                               self.seed)
+        if blank:
+            x = self.x_train.new_zeros((self.num_classes * self.ipc, *self.x_train.shape[1:]), dtype=torch.float32)
+            support = {"x": x, "y": x.new_zeros((len(x), self.num_classes)), "log_temp": x.new_zeros(())}
+        else:
+            support = init_support(self.x_train, self.y_train, self.num_classes, self.ipc, self.cfg.init, generator,
+                                   self.seed)
         pool = ModelPool(self.make_model, self.cfg.pool_size, self.cfg.pool_lr, self.cfg.max_online_steps,
                          torch.Generator().manual_seed(self.seed + 1))
         return RunState(0, support, self.adabelief.init(support), self.ema.init(support), pool,

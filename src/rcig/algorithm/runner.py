@@ -9,7 +9,8 @@ Output directory layout::
     DIR/distilled.safetensors   the EMA support (rcig.io format), written at the end
     DIR/grid.png                the distilled images, one row per class
     DIR/log.jsonl               one JSON record per iteration (+ "eval" records, and an
-                                iteration-0 "tuning" record: the tuned rates, its wall and CPU seconds)
+                                iteration-0 "tuning" record: the tuned rates, its wall and CPU seconds;
+                                with init=herding an iteration-0 "init" record: its seconds)
     DIR/run.json                dataset, ipc, seed, config: what --resume checks against
     DIR/checkpoints/latest.pt   the whole RunState, every `checkpoint_every` iterations
     DIR/checkpoints/iter_N.safetensors   the EMA support at the config's checkpoint_iters
@@ -178,12 +179,12 @@ def _checked_checkpoint(distiller: Distiller, ckpt_path: Path) -> dict[str, Any]
     if not ckpt_path.exists():
         return None
     stored = load_checkpoint(ckpt_path)
-    template = {k: v for k, v in distiller.new_state().to_dict().items() if k != "pool"}
+    template = {k: v for k, v in distiller.new_state(blank=True).to_dict().items() if k != "pool"}
     validate.checkpoint_like({**template, "pool": {}, "inner_outcomes": [0]},
                              {**stored, "pool": {}}, str(ckpt_path))
     if stored["iteration"] < 0 or stored["inner_lr"] <= 0 or stored["hvp_lr"] <= 0:
         raise RcigError(f"{ckpt_path} is not a checkpoint of this run (negative iteration or learning rate)")
-    distiller.new_state().load_dict(stored, str(ckpt_path))  # the pool's own checks
+    distiller.new_state(blank=True).load_dict(stored, str(ckpt_path))  # the pool's own checks
     return stored
 
 
@@ -242,7 +243,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
                           distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
                                                image_size=ds.image_size), team)
-    state = distiller.new_state()
+    state = distiller.new_state(blank=True)  # the initial support is made below unless a checkpoint is resumed
     ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir and leader else None
     log_path = out_dir / "log.jsonl" if out_dir and leader else None
     loaded: list[dict[str, Any]] = []
@@ -284,6 +285,12 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         saved = parallel.broadcast_state(loaded[0] if leader else None, team)
         state.load_dict(parallel.to_device(saved, team.device))
     else:
+        init_started, cpu_started = time.perf_counter(), time.process_time()
+        state = distiller.new_state()
+        if log_path is not None and cfg.init == "herding":  # its pass over the training set counts too
+            _append_log(log_path, {"iter": 0, "init": {"method": cfg.init,
+                                                       "seconds": round(time.perf_counter() - init_started, 3),
+                                                       "cpu_seconds": round(time.process_time() - cpu_started, 3)}})
         if cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
             if progress:
                 tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
