@@ -124,6 +124,28 @@ def test_an_aug_per_pass_pass_is_the_plain_pass_of_the_transformed_support(solve
     assert all(torch.equal(normal.grads[k], plain.grads[k]) for k in ("x", "y"))
 
 
+def test_aug_copies_make_the_pass_support_k_transformed_copies_with_their_labels():
+    """Oracle: with a flip of every row and aug_copies=2, an augmented pass is the plain pass of
+    the support [flip(x); flip(x)] with labels [y; y] (at the same l2, so l2_rate halved there),
+    each image's gradient summing its two copies' (chain rule through the tiling)."""
+    f, body0, support, x_t, y_t = tiny_problem()
+    held_cfg = Config(n_inner_steps=4, n_hinv_steps=4, solver="cg", aug=("flip",), aug_per_pass=True, aug_copies=2)
+    held = meta_gradient(f, body0, support, x_t, y_t, held_cfg, 3e-3, 3e-3, torch.Generator().manual_seed(0), True)
+    n = len(support["x"])
+    tiled = {"x": support["x"].flip(-1).repeat(2, 1, 1, 1), "y": support["y"].repeat(2, 1),
+             "log_temp": support["log_temp"]}
+    oracle_cfg = Config(n_inner_steps=4, n_hinv_steps=4, solver="cg", l2_rate=held_cfg.l2_rate / 2)
+    oracle = meta_gradient(f, body0, tiled, x_t, y_t, oracle_cfg, 3e-3, 3e-3, torch.Generator().manual_seed(0))
+    # the direct parts are exact; the implicit part is clipped per leaf, so compare direct + implicit
+    for part in ("direct", "implicit"):
+        got, want = getattr(held, part), getattr(oracle, part)
+        assert torch.allclose(got["x"], (want["x"][:n] + want["x"][n:]).flip(-1), atol=1e-6, rtol=1e-4)
+        assert torch.allclose(got["y"], want["y"][:n] + want["y"][n:], atol=1e-6, rtol=1e-4)
+    one = meta_gradient(f, body0, support, x_t, y_t, held_cfg.replace(aug_copies=1), 3e-3, 3e-3,
+                        torch.Generator().manual_seed(0), True)
+    assert not torch.allclose(one.direct["y"], held.direct["y"], atol=1e-6, rtol=1e-4)  # the copies mattered
+
+
 def distiller(cfg, seed=0):
     prepared = prepare("digits")
     ds = prepared.dataset
@@ -227,6 +249,8 @@ def test_a_run_made_before_these_knobs_existed_still_resumes(tmp_path):
     ({"aug_repeats": 1}, "aug_repeats needs aug"),
     ({"aug": ["crop"], "solver": "cg"}, "solver cg needs a fixed inner problem"),
     ({"aug_per_pass": True}, "aug_per_pass needs aug"),
+    ({"aug": ["crop"], "aug_copies": 2}, "aug_copies > 1 needs aug_per_pass"),
+    ({"aug": ["crop"], "aug_per_pass": True, "aug_copies": 0}, "aug_copies must be a positive integer"),
     ({"normal_repeats": 0}, "normal_repeats \\+ aug_repeats must be at least 1"),
     ({"normal_repeats": -1}, "normal_repeats must be a non-negative integer"),
     ({"test_augmentations": [1, 2]}, "must be a list"),

@@ -32,7 +32,8 @@ Two groups of knobs are off in every preset (the paper does not use them):
   ``aug_per_pass`` (not the reference's): an augmented pass draws one transform per row
   and holds it through its inner solve, H^-1 g solve and both gradients (the pass then
   solves one fixed convex problem, so ``solver=cg`` can run it), and plain passes see no
-  augmentation at all; ``normal_repeats=0, aug_repeats=1`` makes every pass augmented.
+  augmentation at all; ``normal_repeats=0, aug_repeats=1`` makes every pass augmented, and
+  ``aug_copies`` = K makes an augmented pass's support K transformed copies of each row.
 * A support learning-rate boost for short CPU budgets: the AdaBelief rate of ``x`` and
   ``y`` starts at ``proto_lr_boost`` x ``proto_lr`` and decays (cosine) to ``proto_lr`` over
   the first ``proto_lr_boost_steps`` outer steps, then stays there. ``log_temp`` keeps
@@ -119,6 +120,7 @@ class Config:
     aug: tuple[str, ...] = ()  # transforms of the support in the inner solve, pool training, aug passes
     aug_repeats: int = 0  # extra augmented meta-gradient passes averaged with the normal_repeats ones
     aug_per_pass: bool = False  # one transform per row held through a whole augmented pass (cg-compatible)
+    aug_copies: int = 1  # with aug_per_pass: an augmented pass's support is this many transformed copies
 
     # -- the run --
     steps: int = 1000
@@ -265,7 +267,7 @@ def _validate(cfg: Config) -> None:
     need(cfg.width <= 4096 and cfg.depth <= 8, f"width must be at most 4096 and depth at most 8, got {cfg.width} "
          f"and {cfg.depth}")
     positive_ints = ("depth", "width", "n_max_steps_pool", "pool_size", "max_online_steps",
-                     "target_batch_size", "lr_adapt_every")
+                     "target_batch_size", "lr_adapt_every", "aug_copies")
     for name in positive_ints:
         value = getattr(cfg, name)
         need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
@@ -309,6 +311,7 @@ def _validate(cfg: Config) -> None:
     need(cfg.aug_repeats == 0 or cfg.aug, "aug_repeats needs aug: the list of transforms of the augmented passes")
     need(cfg.normal_repeats + cfg.aug_repeats > 0, "normal_repeats + aug_repeats must be at least 1 (passes per step)")
     need(not cfg.aug_per_pass or cfg.aug, "aug_per_pass needs aug: the list of transforms of the augmented passes")
+    need(cfg.aug_copies == 1 or cfg.aug_per_pass, "aug_copies > 1 needs aug_per_pass=true")
     need(not (cfg.solver == "cg" and cfg.aug and not cfg.aug_per_pass),
          "solver cg needs a fixed inner problem: set aug_per_pass=true or aug to [] (augmentation otherwise "
          "redraws the support at every inner step)")

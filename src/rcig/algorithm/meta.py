@@ -21,7 +21,9 @@ solve stays on the plain support, as in the reference. With ``cfg.aug_per_pass``
 an augmented pass draws one transform per row and holds it (:func:`held_augmentation`)
 through all four parts, so it solves one fixed convex problem of the transformed support
 (CG can solve it, and the implicit gradient is that problem's), and a plain pass is plain
-throughout.
+throughout; ``cfg.aug_copies`` = K makes that support K transformed copies of each row
+(labels repeated), closer to the many transformed views a network trained with
+augmentation sees.
 """
 
 from __future__ import annotations
@@ -84,16 +86,24 @@ def support_augmentation(names: tuple[str, ...], generator: torch.Generator | No
     return lambda x: augment_batch(x, names, generator)
 
 
-def held_augmentation(names: tuple[str, ...], generator: torch.Generator) -> Augment:
+def held_augmentation(names: tuple[str, ...], generator: torch.Generator, copies: int = 1) -> Augment:
     """Like :func:`support_augmentation`, but every call applies the *same* transforms: the
-    draw is one seed taken from ``generator`` now, replayed at each call (same row count)."""
+    draw is one seed taken from ``generator`` now, replayed at each call (same row count).
+    ``copies``: the rows are tiled that many times first ((n, ...) -> (copies n, ...)), each
+    copy with its own transform; :func:`augmented_rows` tiles the labels to match."""
     seed = int(torch.randint(0, 2**62, (), generator=generator))
-    return lambda x: augment_batch(x, names, torch.Generator().manual_seed(seed))
+    return lambda x: augment_batch(x.repeat(copies, *[1] * (x.dim() - 1)), names, torch.Generator().manual_seed(seed))
 
 
 def augmented(x: Tensor, augment: Augment | None) -> Tensor:
     """``augment(x)``, or x itself without augmentation."""
     return x if augment is None else augment(x)
+
+
+def augmented_rows(x: Tensor, y: Tensor, augment: Augment | None) -> tuple[Tensor, Tensor]:
+    """``(augment(x), y)`` with y tiled to the transformed rows (an augmentation may make copies)."""
+    x = augmented(x, augment)
+    return x, y.repeat(len(x) // len(y), 1)
 
 
 def label_margin(y: Tensor) -> Tensor:
@@ -220,8 +230,7 @@ def direct_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta
         y = support["y"].detach().requires_grad_(learn_labels)
         log_temp = support["log_temp"].detach().requires_grad_()
         d = {k: v.detach().requires_grad_() for k, v in delta.items()}
-        x_s, y_s = expand_support(x, y, flip)
-        x_s = augmented(x_s, augment)
+        x_s, y_s = augmented_rows(*expand_support(x, y, flip), augment)
         phi_s, u_s, order_s = partial_features(f, body0, x_s, d, linearize, support_rows, chunk)
         phi_t, u_t, order_t = partial_features(f, body0, x_t, d, linearize, target_rows, chunk)
         y_s, y_t = y_s[order_s], y_t[order_t]
@@ -249,8 +258,7 @@ def implicit_gradient(f: Network, body0: Params, support: dict[str, Tensor], del
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
         y = support["y"].detach().requires_grad_(learn_labels)
-        x_s, y_s = expand_support(x, y, flip)
-        x_s = augmented(x_s, augment)
+        x_s, y_s = augmented_rows(*expand_support(x, y, flip), augment)
         n, c = y_s.shape
         scale = l2 / (n * c)
         if linearize:
@@ -330,8 +338,8 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
     if cfg.aug_per_pass:  # one draw for the whole pass: its inner problem is fixed
         inner_augment = None
-        outer_augment = held_augmentation(cfg.aug, generator) if augmented_pass else None
-        x_s = augmented(x_s, outer_augment)
+        outer_augment = held_augmentation(cfg.aug, generator, cfg.aug_copies) if augmented_pass else None
+        x_s, y_s = augmented_rows(x_s, y_s, outer_augment)
     else:  # the reference's: a fresh draw at every inner step, plain H^-1 g
         inner_augment = support_augmentation(cfg.aug, generator)
         outer_augment = inner_augment if augmented_pass else None
@@ -376,6 +384,6 @@ class Stopwatch:
         self._last = now
 
 
-__all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "RowSampledInner", "augmented", "clip_to",
+__all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
            "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient", "inner_prediction",
            "l2_strength", "label_margin", "meta_gradient", "outer_loss", "support_augmentation"]
