@@ -161,6 +161,10 @@ def test_herding_init_starts_from_the_herding_baseline_of_the_runs_seed():
     assert not torch.equal(start["x"], herding(prepared, 2, seed=4)[0])  # the seed reaches the embedding
     real = init_support(prepared.x_train, prepared.y_train, 10, 2, "real", torch.Generator().manual_seed(0), 3)
     assert not torch.equal(start["x"], real["x"])
+    # "auto": herding at 1 ipc, random real images from 2 ipc on
+    auto = {ipc: init_support(prepared.x_train, prepared.y_train, 10, ipc, "auto", torch.Generator().manual_seed(0), 3)
+            for ipc in (1, 2)}
+    assert torch.equal(auto[1]["x"], herding(prepared, 1, seed=3)[0]) and torch.equal(auto[2]["x"], real["x"])
 
 
 def test_herding_init_is_logged_and_not_recomputed_on_resume(tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ depth_4_200        Tiny-ImageNet 1 ipc: 64 px, ReLU, 400 target rows
 depth_4_big        Tiny-ImageNet 10 ipc: 64 px, subsampling 500/256
 depth_5            ImageNette/ImageWoof: 128 px, l2_rate 0.05
 fast               not the paper's: its preset for the data's shape ("extends": "paper")
-                   with 256 target images and 5 CG iterations per solve, for CPUs
+                   with 256 target images and 5 CG iterations per solve, for CPUs;
+                   init auto (herding's images at 1 ipc)
 =================  ==========================================================
 
 Two groups of knobs are off in every preset (the paper does not use them):
@@ -74,7 +75,8 @@ class Config:
     network_init: str = "reference"
 
     # -- the learned support --
-    init: str = "real"  # "real": seeded real images per class | "herding": the herding baseline's | "noise"
+    init: str = "real"  # "real": seeded real images per class | "herding": the herding baseline's | "noise" |
+    # "auto": herding at 1 ipc, else real (rcig.algorithm.outer.start_images)
     learn_labels: bool = True
     flip: bool = False  # flip trick: the inner model sees [x, flip(x)] with labels [y, y]
     proto_lr: float = 0.003  # AdaBelief lr for images and labels
@@ -288,7 +290,7 @@ def _validate(cfg: Config) -> None:
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
     need(cfg.norm in ("none", "batch", "instance"), f"norm must be none|batch|instance, got {cfg.norm!r}")
     need(cfg.network_init in ("reference", "torch"), f"network_init must be reference|torch, got {cfg.network_init!r}")
-    need(cfg.init in ("real", "herding", "noise"), f"init must be real|herding|noise, got {cfg.init!r}")
+    need(cfg.init in ("real", "herding", "noise", "auto"), f"init must be real|herding|noise|auto, got {cfg.init!r}")
     need(cfg.solver in ("adam", "cg"), f"solver must be adam|cg, got {cfg.solver!r}")
     if cfg.solver == "cg":
         need(cfg.linearize is True, "solver cg needs linearize=true (the non-linearised inner loss is not convex)")

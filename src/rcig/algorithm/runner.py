@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
-from rcig.algorithm.outer import Distiller, RunState
+from rcig.algorithm.outer import Distiller, RunState, start_images
 from rcig.atomic import atomic_write
 from rcig.config import Config, default_preset_name, depth_for_image_size, from_dict, load_preset
 from rcig.errors import RcigError
@@ -287,8 +287,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     else:
         init_started, cpu_started = time.perf_counter(), time.process_time()
         state = distiller.new_state()
-        if log_path is not None and cfg.init == "herding":  # its pass over the training set counts too
-            _append_log(log_path, {"iter": 0, "init": {"method": cfg.init,
+        if log_path is not None and start_images(cfg.init, ipc) == "herding":  # its pass over the data counts too
+            _append_log(log_path, {"iter": 0, "init": {"method": "herding",
                                                        "seconds": round(time.perf_counter() - init_started, 3),
                                                        "cpu_seconds": round(time.process_time() - cpu_started, 3)}})
         if cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
