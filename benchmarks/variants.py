@@ -400,10 +400,11 @@ def markdown_table(results: dict) -> str:
         acc = " / ".join(f"{100 * piece[s]['mean']:.1f}" if s in piece else "-" for s in SETTINGS)
         lines.append("| " + " | ".join([f"*{BASELINE_NAMES[method]}* (baseline)", *[acc] * len(points), "-", "-"])
                      + " |")
-    lines += ["", f"{results['dataset']}, {results['ipc']} ipc, preset {results['preset']} with one change each, "
+    lines += ["", f"{results['dataset']}, {results['ipc']} ipc, preset {results['preset']} with each variant's changes "
+                  "(benchmarks/variants.py), "
                   f"seed {results['seed']}; cells: test accuracy in % without / with augmentation "
                   f"({results['models']} protocol network(s) each) and the outer steps done within the budget "
-                  f"(CPU time of the tuning and the steps, {results['threads']} thread(s))."]
+                  f"(CPU time of the tuning, the herding start and the steps, {results['threads']} thread(s))."]
     return "\n".join(lines)
 
 
@@ -439,7 +440,7 @@ def plot(results: dict, path: Path) -> None:
                 ax.axhline(100 * piece[setting]["mean"], ls="--" if method == "herding" else ":", color="grey",
                            lw=1.2, label=f"{BASELINE_NAMES[method]} (baseline)")
         ax.set_title(f"{results['dataset']}, {results['ipc']} ipc, {title}")
-        ax.set_xlabel("CPU minutes (tuning + outer steps)")
+        ax.set_xlabel("CPU minutes (tuning or herding start + outer steps)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].legend(fontsize=8, ncol=2)

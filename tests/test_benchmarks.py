@@ -1,5 +1,6 @@
 """The benchmark's report writer: tables between markers, honest "not run" cells."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -137,3 +138,22 @@ def test_gpu_check_runs_tiny_on_the_cpu():
     assert float(cells[1]) > 0 and cells[2] == "-"  # s/step measured; no CPU reference for digits
     assert 0 <= float(cells[4]) <= 100 and 0 <= float(cells[5]) <= 100
     assert "device tests: not run" in done.stdout
+
+
+def test_aug_fragility_scores_each_case_of_the_augmentation_setting(benchmark_script, tmp_path, capsys):
+    """One-hot labels on a random-real set (already one-hot) score exactly the protocol; one
+    transform alone is another run; an unknown case is a one-line error."""
+    from rcig.algorithm.runner import baseline_set
+    from rcig.io import save
+
+    fragility = benchmark_script("aug_fragility")
+    path = tmp_path / "random.safetensors"
+    save(baseline_set("digits", 1, method="random", seed=0), path)
+    scores = fragility.main([str(path), "--cases", "protocol,onehot,crop,steps=7", "--steps", "20",
+                             "--test-limit", "200", "--json", str(tmp_path / "f.json")])
+    assert list(scores) == ["protocol", "onehot", "crop", "steps=7"] and all(0 <= s <= 1 for s in scores.values())
+    assert scores["onehot"] == scores["protocol"]
+    assert json.loads((tmp_path / "f.json").read_text())["scores"] == scores
+    with pytest.raises(SystemExit) as stop:
+        fragility.main([str(path), "--cases", "protocol,zoom"])
+    assert stop.value.code == 2 and "unknown case 'zoom'" in capsys.readouterr().err
