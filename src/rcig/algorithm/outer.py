@@ -44,7 +44,7 @@ from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
 from rcig.config import Config
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
-from rcig.parallel import Team
+from rcig.parallel import Team, solo
 from rcig.errors import RcigError
 
 
@@ -224,7 +224,7 @@ class Distiller:
 
     def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
                  cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module], team: Team | None = None):
-        self.team = team or Team(0, 1, x_train.device)
+        self.team = team or solo(x_train.device)
         device = self.team.device
         self.x_train, self.y_train = x_train.to(device), y_train.to(device)
         self.num_classes, self.ipc, self.cfg, self.seed = num_classes, ipc, cfg, seed

@@ -179,12 +179,13 @@ def _checked_checkpoint(distiller: Distiller, ckpt_path: Path) -> dict[str, Any]
     if not ckpt_path.exists():
         return None
     stored = load_checkpoint(ckpt_path)
-    template = {k: v for k, v in distiller.new_state(blank=True).to_dict().items() if k != "pool"}
+    scratch = distiller.new_state(blank=True)
+    template = {k: v for k, v in scratch.to_dict().items() if k != "pool"}
     validate.checkpoint_like({**template, "pool": {}, "inner_outcomes": [0]},
                              {**stored, "pool": {}}, str(ckpt_path))
     if stored["iteration"] < 0 or stored["inner_lr"] <= 0 or stored["hvp_lr"] <= 0:
         raise RcigError(f"{ckpt_path} is not a checkpoint of this run (negative iteration or learning rate)")
-    distiller.new_state(blank=True).load_dict(stored, str(ckpt_path))  # the pool's own checks
+    scratch.load_dict(stored, str(ckpt_path))  # the pool's own checks
     return stored
 
 

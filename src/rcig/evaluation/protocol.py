@@ -169,9 +169,9 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     """
     from tqdm import tqdm
 
-    from rcig.parallel import Team, gather_sum
+    from rcig.parallel import gather_sum, solo
 
-    team = team or Team(0, 1, images.device)
+    team = team or solo(images.device)
     images, labels = images.detach().float().to(team.device), labels.detach().float().to(team.device)
     test_x, test_y = test_x.to(team.device), test_y.to(team.device)
     n_unique = len(images)
