@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
@@ -66,6 +66,16 @@ def past_budget(max_minutes: float | None, began: float, loop_started: float, no
         return False
     mean_step = (now - loop_started) / steps_done
     return now - began + mean_step > 60 * max_minutes
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    """A dict that, once the block has run, holds its wall ``seconds`` and this process's
+    ``cpu_seconds`` (rounded to milliseconds), for the run's setup records in the log."""
+    cost: dict[str, float] = {}
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield cost
+    cost.update(seconds=round(time.perf_counter() - wall, 3), cpu_seconds=round(time.process_time() - cpu, 3))
 
 
 def protocol_defaults(cfg: Config) -> dict[str, Any]:
@@ -286,24 +296,20 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         saved = parallel.broadcast_state(loaded[0] if leader else None, team)
         state.load_dict(parallel.to_device(saved, team.device))
     else:
-        init_started, cpu_started = time.perf_counter(), time.process_time()
-        state = distiller.new_state()
+        with timed() as init_cost:
+            state = distiller.new_state()
         if log_path is not None and start_images(cfg.init, ipc) == "herding":  # its pass over the data counts too
-            _append_log(log_path, {"iter": 0, "init": {"method": "herding",
-                                                       "seconds": round(time.perf_counter() - init_started, 3),
-                                                       "cpu_seconds": round(time.process_time() - cpu_started, 3)}})
+            _append_log(log_path, {"iter": 0, "init": {"method": "herding", **init_cost}})
         if cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
             if progress:
                 tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
-            tune_started, cpu_started = time.perf_counter(), time.process_time()
-            distiller.tune(state, progress)
+            with timed() as tune_cost:
+                distiller.tune(state, progress)
             if progress:
                 tqdm.write(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}")
             if log_path is not None:  # the tuning's cost counts towards the run's (CG needs none)
-                record = {"iter": 0, "tuning": {"inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
-                                                "seconds": round(time.perf_counter() - tune_started, 3),
-                                                "cpu_seconds": round(time.process_time() - cpu_started, 3)}}
-                _append_log(log_path, record)
+                _append_log(log_path, {"iter": 0, "tuning": {"inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
+                                                             **tune_cost}})
         crash_point("tuned")
         save_latest()  # iteration 0: a run killed from here on resumes without tuning again
 
