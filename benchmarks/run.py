@@ -9,10 +9,12 @@ One entry command runs every piece that is not done yet and then rewrites the re
 Pieces (each one's result is cached in ``--work``/pieces/<name>.json, so an interrupted
 benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it again):
 
-* ``distill_<ipc>``: ``rcig distill`` of Fashion-MNIST with the paper's preset
-  depth_3_no_flip for a CPU budget of ``--minutes`` per ipc (resumable: a killed run goes
-  on from its checkpoint with the budget that is left), scored every ``--eval-every`` steps
-  by one protocol network with augmentation (the accuracy-vs-step curve).
+* ``distill_<ipc>``: ``rcig distill`` of Fashion-MNIST with ``--preset`` (default ``fast``,
+  the CPU recipe; ``depth_3_no_flip`` is the paper's) for a wall-clock budget of ``--minutes``
+  per ipc, its setup (a herding start, a learning-rate tuning) included (resumable: a killed
+  run goes on from its checkpoint with the budget that is left), scored every
+  ``--eval-every`` steps by one protocol network with augmentation (the accuracy-vs-step
+  curve). Each preset has its own run folder; a cached piece of another preset is refused.
 * ``eval_<ipc>_<method>`` for distilled, random and herding: ``rcig eval --json`` with
   ``--models`` networks per setting, with and without augmentation. ``--more-networks``
   adds ``--models`` networks to each cached eval (the next seeds) and pools the scores, so
@@ -43,7 +45,7 @@ from speed import DEFAULT_CASES, write_json  # benchmarks/ is on sys.path when r
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
-PRESET = "depth_3_no_flip"
+PRESET = "fast"  # the CPU recipe (README); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "distilled")  # evaluation order: baselines need no distillation
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
@@ -85,7 +87,15 @@ class Bench:
     # -------------------------------------------------------------------------- pieces
 
     def run_dir(self, ipc: int) -> Path:
-        return self.work / f"{DATASET}_ipc{ipc}"
+        return self.work / f"{DATASET}_ipc{ipc}_{self.args.preset}"
+
+    def check_preset(self, ipc: int) -> None:
+        """Refuse to mix presets: the cached distillation (and its eval) must be this run's."""
+        cached = self.done(f"distill_{ipc}")
+        if cached and cached.get("preset", "depth_3_no_flip") != self.args.preset and \
+                f"distill_{ipc}" not in self.args.redo:
+            raise SystemExit(f"benchmarks: the cached distill_{ipc} used preset {cached.get('preset', 'depth_3_no_flip')}, "
+                             f"not {self.args.preset}: pass --redo distill_{ipc} eval_{ipc}_distilled, or another --work")
 
     def distill(self, ipc: int) -> dict:
         out = self.run_dir(ipc)
@@ -93,13 +103,13 @@ class Bench:
         budget = self.args.minutes - seconds_so_far / 60
         if budget > 0:
             resume = ["--resume"] if (out / "run.json").exists() else \
-                ["--preset", PRESET, "--seed", str(self.args.seed)]
+                ["--preset", self.args.preset, "--seed", str(self.args.seed)]
             rcig("distill", "--dataset", DATASET, "--ipc", str(ipc), "--steps", str(self.args.max_steps),
                  "--max-minutes", f"{budget:.2f}", "--eval-every", str(self.args.eval_every), "--no-eval",
                  "--out", str(out), *resume)
         steps, seconds = read_progress(out / "log.jsonl")
-        return {"ipc": ipc, "steps": steps, "wall_s": round(seconds, 1), "budget_minutes": self.args.minutes,
-                "run_dir": str(out), "curve": read_curve(out / "log.jsonl")}
+        return {"ipc": ipc, "preset": self.args.preset, "steps": steps, "wall_s": round(seconds, 1),
+                "budget_minutes": self.args.minutes, "run_dir": str(out), "curve": read_curve(out / "log.jsonl")}
 
     def set_file(self, ipc: int, method: str) -> Path:
         if method == "distilled":
@@ -170,8 +180,8 @@ class Bench:
             for method in METHODS:
                 row[method] = self.done(f"eval_{ipc}_{method}")
             run = self.done(f"distill_{ipc}") or {}
-            row.update(steps=run.get("steps"), wall_s=run.get("wall_s"), budget_minutes=run.get("budget_minutes"),
-                       curve=run.get("curve"))
+            row.update(preset=run.get("preset", "depth_3_no_flip") if run else None, steps=run.get("steps"),
+                       wall_s=run.get("wall_s"), budget_minutes=run.get("budget_minutes"), curve=run.get("curve"))
             out[DATASET][str(ipc)] = row
         out["full_train"] = self.done("full_train")
         # a stopped speed piece leaves the cases it finished in speed.json: report those
@@ -194,7 +204,8 @@ class Bench:
 # ------------------------------------------------------------------------------ helpers
 
 def read_progress(log: Path) -> tuple[int, float]:
-    """(iterations done, seconds spent in them) from a run's log.jsonl."""
+    """(iterations done, wall seconds spent in them and in the run's setup: the iteration-0
+    ``tuning`` and ``init`` records) from a run's log.jsonl."""
     if not log.exists():
         return 0, 0.0
     steps, seconds = 0, 0.0
@@ -202,6 +213,8 @@ def read_progress(log: Path) -> tuple[int, float]:
         record = json.loads(line)
         if "outer_loss" in record:
             steps, seconds = record["iter"], seconds + record["seconds"]
+        for setup in ("tuning", "init"):
+            seconds += record.get(setup, {}).get("seconds", 0.0)
     return steps, seconds
 
 
@@ -259,7 +272,8 @@ def plot_curves(results: dict, path: Path) -> None:
                        label=f"random real, {ipc} ipc")
     ax.set_xlabel("outer steps")
     ax.set_ylabel("test accuracy (%), with aug")
-    ax.set_title("Fashion-MNIST, RCIG depth_3_no_flip, 2-core CPU")
+    presets = sorted({row["preset"] for row in rows.values() if row.get("preset")})
+    ax.set_title(f"Fashion-MNIST, RCIG {', '.join(presets) or 'distilled'}, 2-core CPU")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -305,13 +319,14 @@ def fmt(score: dict | None, setting: str) -> str:
 
 
 def write_markdown(results: dict, path: Path, args) -> None:
-    lines = ["| ipc | setting | distilled (RCIG) | random real | herding | steps | time in outer steps |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| ipc | setting | distilled (RCIG) | random real | herding | preset | steps | distillation time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for ipc, row in results[DATASET].items():
         for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
             wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
             lines.append(f"| {ipc} | {label} | {fmt(row['distilled'], setting)} | {fmt(row['random'], setting)} | "
-                         f"{fmt(row['herding'], setting)} | {row.get('steps') or '-'} | {wall} |")
+                         f"{fmt(row['herding'], setting)} | {row.get('preset') or '-'} | {row.get('steps') or '-'} | "
+                         f"{wall} |")
     full = results.get("full_train")
     lines += ["", f"Full training set (ceiling): no aug {fmt(full, 'no_aug')}, aug {fmt(full, 'aug')}"
               + (f", {full['steps']} steps of batch 256" if full else "")]
@@ -354,7 +369,10 @@ def write_markdown(results: dict, path: Path, args) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--minutes", type=float, default=60.0, help="distillation budget per ipc (default 60)")
+    parser.add_argument("--preset", default=PRESET,
+                        help=f"the distillation preset (default {PRESET}, the CPU recipe; depth_3_no_flip: the paper's)")
+    parser.add_argument("--minutes", type=float, default=60.0,
+                        help="distillation budget per ipc, wall-clock minutes, setup included (default 60)")
     parser.add_argument("--max-steps", type=int, default=10000, help="outer steps if the budget allows")
     parser.add_argument("--eval-every", type=int, default=50, help="steps between curve points")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
@@ -382,6 +400,8 @@ def main(argv=None) -> None:
     bench = Bench(args)
     kinds = set(args.only or ("distill", "eval", "full_train", "speed", "solvers", "report"))
     for ipc in args.ipcs:
+        if kinds & {"distill", "eval"}:
+            bench.check_preset(ipc)
         if "distill" in kinds:
             bench.run_piece(f"distill_{ipc}", lambda ipc=ipc: bench.distill(ipc))
         if "eval" in kinds:

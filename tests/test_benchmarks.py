@@ -22,7 +22,7 @@ def results(aug_only_10: dict) -> dict:
     return {
         "fashion_mnist": {
             "1": {"distilled": {"no_aug": score(0.7, 0.72), "aug": score(0.6, 0.58)}, "random": None,
-                  "herding": None, "steps": 226, "wall_s": 5450.0},
+                  "herding": None, "preset": "fast", "steps": 226, "wall_s": 5450.0},
             "10": {"distilled": aug_only_10, "random": None, "herding": None, "steps": None, "wall_s": None},
         },
         "full_train": None,
@@ -43,7 +43,7 @@ def test_report_replaces_only_the_marked_block(bench, tmp_path):
     assert text.startswith("# title\n\nintro\n") and text.endswith("\nnotes stay\n")
     assert "old table" not in text and text.count(bench.MARKERS[0]) == 1
     rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 10 |")]
-    assert rows[0].startswith("| 1 | no aug | 71.00 ± 1.00 (2) | not run | not run | 226 | 91 min |")
+    assert rows[0].startswith("| 1 | no aug | 71.00 ± 1.00 (2) | not run | not run | fast | 226 | 91 min |")
     assert rows[1].startswith("| 1 | aug | 59.00 ± 1.00 (2) |")
     # a setting that was not evaluated says so rather than showing a number
     assert rows[2].startswith("| 10 | no aug | not run |") and rows[3].startswith("| 10 | aug | 80.00 (1) |")
@@ -53,10 +53,11 @@ def test_report_replaces_only_the_marked_block(bench, tmp_path):
 
 def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
     log = tmp_path / "log.jsonl"
-    log.write_text('{"iter": 1, "outer_loss": 1.0, "seconds": 20.0}\n'
+    log.write_text('{"iter": 0, "init": {"method": "herding", "seconds": 7.5, "cpu_seconds": 9.0}}\n'
+                   '{"iter": 1, "outer_loss": 1.0, "seconds": 20.0}\n'
                    '{"iter": 1, "eval": {"aug": {"mean": 0.5}}}\n'
                    '{"iter": 2, "outer_loss": 0.9, "seconds": 22.5}\n')
-    assert bench.read_progress(log) == (2, 42.5)
+    assert bench.read_progress(log) == (2, 50.0)  # the herding start's wall time counts
     assert bench.read_curve(log) == [{"iter": 1, "seconds": 20.0, "aug": 0.5}]
     assert bench.read_progress(tmp_path / "missing.jsonl") == (0, 0.0)
 
@@ -70,6 +71,20 @@ def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_pa
     both = b.keep_other_setting("eval_1_random", {"no_aug": score(0.6), "aug": score(0.7)})
     assert both["no_aug"] == score(0.6)  # a setting that was run again is replaced
     assert b.keep_other_setting("eval_10_random", {"aug": score(0.7)}) == {"aug": score(0.7)}
+
+
+def test_a_cached_distillation_of_another_preset_is_refused(bench, tmp_path):
+    args = bench.argparse.Namespace(work=str(tmp_path), redo=[], preset="fast")
+    b = bench.Bench(args)
+    b.check_preset(1)  # nothing cached yet
+    b.record("distill_1", {"ipc": 1, "steps": 68})  # made before presets were recorded: the paper's
+    with pytest.raises(SystemExit, match="used preset depth_3_no_flip, not fast"):
+        b.check_preset(1)
+    args.preset = "depth_3_no_flip"
+    b.check_preset(1)
+    assert b.run_dir(1).name == "fashion_mnist_ipc1_depth_3_no_flip"
+    args.preset, args.redo = "fast", ["distill_1"]
+    b.check_preset(1)  # being redone: allowed
 
 
 def test_report_shows_the_solver_comparison_when_it_was_run(bench, tmp_path):
