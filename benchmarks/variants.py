@@ -34,6 +34,7 @@ The variants (``B`` = ``--boost-steps``):
   steps augmented; ``fast_aug4``: the same with 4 transformed copies of each image per pass.
 * ``fast_herding``: the support starts from the herding baseline's images (``init=herding``).
 * ``fast_lr3x``: ``lr3x`` decaying over 300 outer steps (fast's steps are 4x cheaper).
+* ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together.
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -82,7 +83,8 @@ SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
 FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # = --preset fast
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
-         "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x")
+         "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
+         "fast_herding_lr3x")
 
 
 def variant_overrides(boost_steps: int) -> dict[str, dict]:
@@ -106,6 +108,7 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
                       "aug_copies": 4},
         "fast_herding": {**FAST, "init": "herding"},
         "fast_lr3x": {**FAST, "proto_lr_boost": 3, "proto_lr_boost_steps": 300},
+        "fast_herding_lr3x": {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300},
     }
     return {name: table[name] for name in ORDER}
 
