@@ -28,13 +28,14 @@ The variants (``B`` = ``--boost-steps``):
   ``aug_rep``: the same plus one augmented meta-gradient pass per step.
 * ``torch_init``: torch's default initialisation of the networks (before session 6).
 * ``tb256_cg5``: ``tb256`` and ``cg5`` together (the two that cut a step's cost: the target
-  batch and the solves; no tuning): ``--preset fast``. Then one change each on top of it:
+  batch and the solves; no tuning): session 7's ``--preset fast``. Then one change each on top of it:
 * ``fast_aug``: every meta-gradient pass augmented, one transform per row held through the
   pass (``aug_per_pass``, so CG can solve it; ``normal_repeats=0, aug_repeats=1``), pool
   steps augmented; ``fast_aug4``: the same with 4 transformed copies of each image per pass.
 * ``fast_herding``: the support starts from the herding baseline's images (``init=herding``).
 * ``fast_lr3x``: ``lr3x`` decaying over 300 outer steps (fast's steps are 4x cheaper).
-* ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together.
+* ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together: ``--preset fast`` at 1 ipc
+  since session 9 (herding start since session 8, the boost since session 9).
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -81,7 +82,7 @@ BASELINE_NAMES = {"random": "random real", "herding": "herding"}
 MARKERS = ("<!-- variants -->", "<!-- /variants -->")
 SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
-FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # = --preset fast
+FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # session 7's --preset fast (now: fast_herding_lr3x)
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
          "fast_herding_lr3x")

@@ -74,6 +74,11 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
         load_preset(variants.PRESET).replace(**overrides)  # raises on a bad field or value
     assert list(variants.variant_overrides(7)) == list(variants.ORDER)
     assert variants.variant_overrides(7)["lr10x"] == {"proto_lr_boost": 10, "proto_lr_boost_steps": 7}
+    # the variant the README quotes for --preset fast at 1 ipc is that preset there
+    fast = load_preset("fast", 28, 1).to_dict()
+    variant = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)["fast_herding_lr3x"]).to_dict()
+    assert {k for k in fast if fast[k] != variant[k]} == {"description", "init"}
+    assert (fast["init"], variant["init"]) == ("auto", "herding")  # auto = herding at 1 ipc
     assert variants.parse_variants("cg5, faithful") == ["faithful", "cg5"]  # run in ORDER's order
     assert variants.parse_baselines("herding,random") == ["random", "herding"] and variants.parse_baselines("none") == []
     for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"],

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", type=positive_int, help="images per class (default 1)")
     p.add_argument("--preset", choices=preset_names(), help="the paper's config (default: by image size/channels), or "
                    "fast: the CPU recipe on top of it (256 target images, 5 CG iterations per solve, "
-                   "herding's images as the start at 1 ipc)")
+                   "a 3x support learning rate decaying over 300 steps, herding's images as the start at 1 ipc)")
     p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 50 on digits, else the config's)")
     p.add_argument("--seed", type=seed_int, help="seed (default 0)")
     p.add_argument("--out", help="run directory (default runs/<dataset>_ipc<N>)")
