@@ -95,7 +95,7 @@ class Bench:
         if cached and cached.get("preset", "depth_3_no_flip") != self.args.preset and \
                 f"distill_{ipc}" not in self.args.redo:
             raise SystemExit(f"benchmarks: the cached distill_{ipc} used preset {cached.get('preset', 'depth_3_no_flip')}, "
-                             f"not {self.args.preset}: pass --redo distill_{ipc} eval_{ipc}_distilled, or another --work")
+                             f"not {self.args.preset}: pass --redo distill_{ipc} (its eval is then redone too), or another --work")
 
     def distill(self, ipc: int) -> dict:
         out = self.run_dir(ipc)
@@ -397,6 +397,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.more_networks:
         args.redo = [*args.redo, *(f"eval_{ipc}_{m}" for ipc in args.ipcs for m in args.methods)]
+    # a distillation made again makes its cached score stale
+    args.redo += [f"eval_{ipc}_distilled" for ipc in args.ipcs if f"distill_{ipc}" in args.redo]
     bench = Bench(args)
     kinds = set(args.only or ("distill", "eval", "full_train", "speed", "solvers", "report"))
     for ipc in args.ipcs:

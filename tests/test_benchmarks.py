@@ -87,6 +87,15 @@ def test_a_cached_distillation_of_another_preset_is_refused(bench, tmp_path):
     b.check_preset(1)  # being redone: allowed
 
 
+def test_redoing_a_distillation_redoes_its_eval(bench, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(bench.Bench, "run_piece", lambda self, name, fn: seen.append((name, list(self.args.redo))))
+    bench.main(["--ipcs", "1", "10", "--only", "distill", "eval", "--methods", "distilled", "--redo", "distill_10",
+                "--work", str(tmp_path)])
+    assert [name for name, _ in seen] == ["distill_1", "eval_1_distilled", "distill_10", "eval_10_distilled"]
+    assert set(seen[0][1]) == {"distill_10", "eval_10_distilled"}
+
+
 def test_report_shows_the_solver_comparison_when_it_was_run(bench, tmp_path):
     path = tmp_path / "B.md"
     res = results({"aug": score(0.8)})
