@@ -41,7 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-from speed import DEFAULT_CASES, write_json  # benchmarks/ is on sys.path when run as a script
+from runlog import read_curve, read_progress  # benchmarks/ is on sys.path when run as a script
+from speed import DEFAULT_CASES, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
@@ -99,16 +100,15 @@ class Bench:
 
     def distill(self, ipc: int) -> dict:
         out = self.run_dir(ipc)
-        steps_so_far, seconds_so_far = read_progress(out / "log.jsonl")
-        budget = self.args.minutes - seconds_so_far / 60
+        budget = self.args.minutes - read_progress(out / "log.jsonl").wall_seconds / 60
         if budget > 0:
             resume = ["--resume"] if (out / "run.json").exists() else \
                 ["--preset", self.args.preset, "--seed", str(self.args.seed)]
             rcig("distill", "--dataset", DATASET, "--ipc", str(ipc), "--steps", str(self.args.max_steps),
                  "--max-minutes", f"{budget:.2f}", "--eval-every", str(self.args.eval_every), "--no-eval",
                  "--out", str(out), *resume)
-        steps, seconds = read_progress(out / "log.jsonl")
-        return {"ipc": ipc, "preset": self.args.preset, "steps": steps, "wall_s": round(seconds, 1),
+        progress = read_progress(out / "log.jsonl")
+        return {"ipc": ipc, "preset": self.args.preset, "steps": progress.steps, "wall_s": round(progress.wall_seconds, 1),
                 "budget_minutes": self.args.minutes, "run_dir": str(out), "curve": read_curve(out / "log.jsonl")}
 
     def set_file(self, ipc: int, method: str) -> Path:
@@ -202,37 +202,6 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-def read_progress(log: Path) -> tuple[int, float]:
-    """(iterations done, wall seconds spent in them and in the run's setup: the iteration-0
-    ``tuning`` and ``init`` records) from a run's log.jsonl."""
-    if not log.exists():
-        return 0, 0.0
-    steps, seconds = 0, 0.0
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        if "outer_loss" in record:
-            steps, seconds = record["iter"], seconds + record["seconds"]
-        for setup in ("tuning", "init"):
-            seconds += record.get(setup, {}).get("seconds", 0.0)
-    return steps, seconds
-
-
-def read_curve(log: Path) -> list[dict]:
-    """The periodic evaluations of a run: [{"iter", "seconds", "aug"}] (seconds of distillation)."""
-    curve, seconds = [], 0.0
-    if not log.exists():
-        return curve
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
-        if "outer_loss" in record:
-            seconds += record["seconds"]
-        elif "eval" in record:
-            scores = record["eval"]
-            curve.append({"iter": record["iter"], "seconds": round(seconds, 1),
-                          **{k: v["mean"] for k, v in scores.items() if isinstance(v, dict) and "mean" in v}})
-    return curve
-
 
 def machine() -> dict:
     import platform

@@ -68,9 +68,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
-from speed import VARIANTS as SPEED_VARIANTS, write_json  # benchmarks/ is on sys.path when run as a script
+from runlog import Progress, read_progress  # benchmarks/ is on sys.path when run as a script
+from speed import VARIANTS as SPEED_VARIANTS, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = "depth_3_no_flip"
@@ -112,30 +112,6 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
         "fast_herding_lr3x": {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300},
     }
     return {name: table[name] for name in ORDER}
-
-
-class Progress(NamedTuple):
-    """How far a run is, from its log.jsonl."""
-
-    steps: int
-    cpu_seconds: float  # tuning + outer steps
-    wall_seconds: float  # tuning + outer steps
-    step_cpu_seconds: float  # outer steps only
-    tuning_cpu_seconds: float
-
-
-def read_progress(log: Path) -> Progress:
-    steps, cpu, wall, tuning_cpu, tuning_wall = 0, 0.0, 0.0, 0.0, 0.0
-    if log.exists():
-        for line in log.read_text().splitlines():
-            record = json.loads(line)
-            if "tuning" in record or "init" in record:  # the run's setup: tuning, herding's init
-                setup = record.get("tuning") or record["init"]
-                tuning_cpu += setup["cpu_seconds"]
-                tuning_wall += setup["seconds"]
-            elif "outer_loss" in record:
-                steps, cpu, wall = record["iter"], cpu + record["cpu_seconds"], wall + record["seconds"]
-    return Progress(steps, cpu + tuning_cpu, wall + tuning_wall, cpu, tuning_cpu)
 
 
 def next_chunk(progress: Progress, target_cpu: float, chunk: int) -> int:
@@ -273,7 +249,7 @@ class Sweep:
             point = {"budget_minutes": minutes, "steps": progress.steps,
                      "cpu_seconds": round(progress.cpu_seconds, 1), "wall_seconds": round(progress.wall_seconds, 1),
                      "step_cpu_seconds": round(progress.step_cpu_seconds, 1),
-                     "tuning_cpu_seconds": round(progress.tuning_cpu_seconds, 1), "snapshot": str(snapshot)}
+                     "tuning_cpu_seconds": round(progress.setup_cpu_seconds, 1), "snapshot": str(snapshot)}
             piece["points"][key] = point
             piece.pop("running", None)
             self.save(name, piece)
@@ -310,6 +286,8 @@ class Sweep:
         """Run ``name``'s distillation in chunks until its CPU seconds reach ``target_cpu``."""
         run = self.work / name
         progress = read_progress(run / "log.jsonl")
+        if math.isnan(progress.cpu_seconds):
+            raise SweepError(f"{run}/log.jsonl has steps without cpu_seconds (an older rcig): use another --work")
         while progress.cpu_seconds < target_cpu:
             steps = progress.steps + next_chunk(progress, target_cpu, self.args.chunk)
             common = ["--out", str(run), "--steps", str(steps), "--no-eval", "--quiet"]

@@ -1,6 +1,7 @@
 """The benchmark's report writer: tables between markers, honest "not run" cells."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -57,9 +58,11 @@ def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
                    '{"iter": 1, "outer_loss": 1.0, "seconds": 20.0}\n'
                    '{"iter": 1, "eval": {"aug": {"mean": 0.5}}}\n'
                    '{"iter": 2, "outer_loss": 0.9, "seconds": 22.5}\n')
-    assert bench.read_progress(log) == (2, 50.0)  # the herding start's wall time counts
+    progress = bench.read_progress(log)
+    assert (progress.steps, progress.wall_seconds) == (2, 50.0)  # the herding start's wall time counts
+    assert math.isnan(progress.cpu_seconds) and progress.setup_cpu_seconds == 9.0  # steps without cpu_seconds
     assert bench.read_curve(log) == [{"iter": 1, "seconds": 20.0, "aug": 0.5}]
-    assert bench.read_progress(tmp_path / "missing.jsonl") == (0, 0.0)
+    assert bench.read_progress(tmp_path / "missing.jsonl") == (0, 0.0, 0.0, 0.0, 0.0)
 
 
 def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_path):

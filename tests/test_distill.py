@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import rcig.algorithm.outer as outer_module
+from rcig.algorithm.checkpoint import load_checkpoint
 from rcig.algorithm.outer import Outcome, adapt_lr, grow_while_stable, solve_outcome
 from rcig.algorithm.runner import distill
 from rcig.errors import RcigError
@@ -122,6 +123,24 @@ def test_divergence_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, m
     state = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
     assert state["iteration"] == 2
     assert torch.isfinite(state["support"]["x"]).all()
+
+
+def test_a_kernel_matrix_that_cannot_be_factored_is_a_divergence(tmp_path, monkeypatch):
+    """Huge features make phi phi^T + l2 I fail Cholesky: a one-line divergence, not an internal error."""
+    real_meta = outer_module.meta_gradient
+    calls = {"n": 0}
+
+    def blown_up_support(f, body0, support, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            support = {**support, "x": support["x"] * 1e30}
+        return real_meta(f, body0, support, *args, **kwargs)
+
+    monkeypatch.setattr(outer_module, "meta_gradient", blown_up_support)
+    with pytest.raises(RcigError, match=r"diverged at iteration 2: the inner problem's kernel matrix") as info:
+        distill("digits", 1, steps=4, out=tmp_path, overrides=TINY, checkpoint_every=1, progress=False)
+    assert "\n" not in str(info.value)
+    assert load_checkpoint(tmp_path / "checkpoints" / "latest.pt")["iteration"] == 1
 
 
 @pytest.mark.slow

@@ -337,6 +337,35 @@ def test_every_writer_goes_through_the_atomic_helper():
     assert users == ["src/rcig/atomic.py"]
 
 
+def test_a_flipped_byte_in_a_tensor_is_refused_as_damage(tmp_path):
+    """torch reads such a file without complaint; only the checksum saved with it tells."""
+    path = tmp_path / "latest.pt"
+    weights = torch.arange(64.0)
+    save_checkpoint(path, {"iteration": 3, "w": weights})
+    data = path.read_bytes()
+    at = data.index(weights.numpy().tobytes()) + 4 * 17 + 3  # the exponent byte of w[17]
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0x40]) + data[at + 1:])
+    assert not torch.equal(torch.load(path, weights_only=True)["w"], weights)  # a well-formed file
+    with pytest.raises(RcigError, match=r"latest.pt is damaged") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_checkpoints_round_trip_without_their_checksum_and_older_ones_load_unchecked(tmp_path):
+    from rcig.algorithm.checkpoint import CHECKSUM, content_digest
+
+    state = {"iteration": 3, "w": torch.arange(4.0), "rng": (1, (2, 3), None), "d": {1: "a", "b": [0.5]}}
+    save_checkpoint(tmp_path / "new.pt", state)
+    assert CHECKSUM in torch.load(tmp_path / "new.pt", weights_only=True)
+    back = load_checkpoint(tmp_path / "new.pt")
+    assert CHECKSUM not in back and content_digest(back) == content_digest(state)
+    torch.save(state, tmp_path / "old.pt")  # as rcig wrote them before checksums
+    assert load_checkpoint(tmp_path / "old.pt")["iteration"] == 3
+    for changed in ({**state, "iteration": 4}, {**state, "w": torch.arange(4.0).double()},
+                    {**state, "w": torch.arange(4.0).reshape(2, 2)}, {**state, "rng": [1, [2, 3], None]}):
+        assert content_digest(changed) != content_digest(state)
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_missing_corrupt_and_malicious_files_raise_one_line_rcig_errors(tmp_path):
     good = tmp_path / "good.pt"

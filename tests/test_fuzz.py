@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, event, given
+from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 from PIL import Image
 
+from rcig.algorithm.checkpoint import sealed
 from rcig.cli import main
 from rcig.config import _FIELD_NAMES
 from rcig.io import load
@@ -347,10 +348,11 @@ def damage_run(run_dir: Path, damages) -> None:
                 state[target] = value
             except Exception:  # noqa: BLE001
                 continue
-            torch.save(state, path)
+            torch.save(sealed(state), path)  # a well-formed file of a wrong state, past the checksum
 
 
 @given(damages=st.lists(run_damage, min_size=1, max_size=3), steps=st.sampled_from([None, 2, 3]))
+@example(damages=[("bytes", "checkpoints/latest.pt", (0.125, b"b"))], steps=3)  # CI, session 9: resumed, then failed Cholesky
 def test_fuzz_run_directories_on_resume(finished_run, damages, steps):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

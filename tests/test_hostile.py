@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from rcig.algorithm.checkpoint import sealed
 from rcig.cli import main
 from rcig.config import from_dict, parse_overrides
 from rcig.errors import RcigError
@@ -279,11 +280,13 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def damage_checkpoint(run_dir: Path, change) -> None:
+def damage_checkpoint(run_dir: Path, change, seal: bool = True) -> None:
+    """Change the saved state; ``seal``: with a matching checksum (a well-formed file of a wrong
+    state, as a bug or another run could leave), else the old one (damage on disk)."""
     path = run_dir / "checkpoints" / "latest.pt"
     state = torch.load(path, weights_only=True)
     change(state)
-    torch.save(state, path)
+    torch.save(sealed(state) if seal else state, path)
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -295,6 +298,8 @@ def damage_checkpoint(run_dir: Path, change) -> None:
                                                       "config": {"width": "eight"}})), "width must be an integer"),
     (lambda r: (r / "checkpoints" / "latest.pt").write_bytes(b"garbage"), "cannot read checkpoint"),
     (lambda r: torch.save({"iteration": 1}, r / "checkpoints" / "latest.pt"), "not a checkpoint of this run"),
+    (lambda r: damage_checkpoint(r, lambda state: state["support"]["x"].mul_(1.001), seal=False),
+     "latest.pt is damaged (its contents do not match the checksum saved with them)"),
     (lambda r: damage_checkpoint(r, lambda state: state["support"].update(x=torch.zeros(3, 1, 8, 8))),
      "not a checkpoint of this run (state.support.x: expected torch.float32 (10, 1, 8, 8)"),
     (lambda r: damage_checkpoint(r, lambda state: state["pool"]["members"].pop()), "the pool holds 1 networks"),

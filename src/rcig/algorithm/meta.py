@@ -28,7 +28,6 @@ augmentation sees.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -42,6 +41,7 @@ from rcig.algorithm.inner import (
 )
 from rcig.augment import augment_batch
 from rcig.config import Config
+from rcig.timing import Stopwatch
 
 LEAVES = ("x", "y", "log_temp")
 Augment = Callable[[Tensor], Tensor]  # support rows (n, ch, H, W) -> the same rows transformed
@@ -369,19 +369,6 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     grads = {k: direct.grads[k] + implicit[k] for k in LEAVES}
     return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta,
                       clock.laps)
-
-
-class Stopwatch:
-    """Named laps in seconds, for the per-part timings in the log and the benchmarks."""
-
-    def __init__(self):
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = round(now - self._last, 4)
-        self._last = now
 
 
 __all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "RowSampledInner", "augmented", "augmented_rows", "clip_to",

@@ -28,7 +28,6 @@ point and resumed ends with the same support as an uninterrupted run.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable
@@ -46,6 +45,7 @@ from rcig.config import Config
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
 from rcig.parallel import Team, solo
 from rcig.errors import RcigError
+from rcig.timing import Stopwatch
 
 
 # ------------------------------------------------------------------------- the support
@@ -269,7 +269,7 @@ class Distiller:
 
     def step(self, state: RunState) -> dict[str, Any]:
         """One outer iteration; mutates ``state`` only at the end (so it stays consistent)."""
-        cfg, started, cpu_started = self.cfg, time.perf_counter(), time.process_time()
+        cfg, clock = self.cfg, Stopwatch()
         index = state.pool.pick(state.generator)
         f, body0 = self.base_network(state.pool.params(index))
         # normal_repeats plain passes, then aug_repeats augmented ones, each on a fresh target
@@ -277,9 +277,13 @@ class Distiller:
         results = []
         for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats:
             x_t, y_t = self.target_batch(state.generator)
-            results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
-                                         state.generator, augmented_pass, base_steps=state.pool.steps(index),
-                                         team=self.team))
+            try:
+                results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
+                                             state.generator, augmented_pass, base_steps=state.pool.steps(index),
+                                             team=self.team))
+            except torch.linalg.LinAlgError as exc:  # phi phi^T + l2 I only fails to factor on inf/huge features
+                raise RcigError(f"diverged at iteration {state.iteration + 1}: the inner problem's kernel matrix "
+                                f"cannot be factored ({str(exc).splitlines()[0]})") from None
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 
@@ -290,7 +294,7 @@ class Distiller:
             support["y"] = state.support["y"]
         ema = self.ema.update(state.ema, support)
 
-        pool_started = time.perf_counter()
+        clock.lap("meta_gradient_and_update")  # the pool's lap starts here
         pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
         augment = support_augmentation(cfg.aug, state.generator)
@@ -301,7 +305,8 @@ class Distiller:
             return pool_loss(self.model, params, augmented(x, augment), y)
 
         state.pool.train(index, loss, pool_steps)
-        result.seconds["pool"] = round(time.perf_counter() - pool_started, 4)
+        clock.lap("pool")
+        result.seconds["pool"] = clock.laps["pool"]
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))
         state.iteration += 1
@@ -310,8 +315,7 @@ class Distiller:
             if cfg.tunes_learning_rates:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes = []
-        return log_record(state, result, index, pool_steps, time.perf_counter() - started,
-                          time.process_time() - cpu_started, cfg.proto_lr * lr_scale)
+        return log_record(state, result, index, pool_steps, clock.total(), cfg.proto_lr * lr_scale)
 
 
 def average_results(results: list[MetaResult]) -> MetaResult:
@@ -340,11 +344,11 @@ def check_finite(result: MetaResult, iteration: int) -> None:
                         f"(outer loss {result.outer_loss})")
 
 
-def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seconds: float, cpu_seconds: float,
+def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, cost: dict[str, float],
                proto_lr: float) -> dict[str, Any]:
-    """One iteration's log line. ``seconds``: wall time of the step; ``cpu_seconds``: the
-    process's CPU time in it (all its threads; with several ranks, this rank's only), the
-    fair measure on a shared machine."""
+    """One iteration's log line. ``cost`` (:meth:`rcig.timing.Stopwatch.total`): ``seconds``,
+    the wall time of the step, and ``cpu_seconds``, the process's CPU time in it (all its
+    threads; with several ranks, this rank's only), the fair measure on a shared machine."""
     norms = lambda tree: {k: float(tree[k].norm()) for k in LEAVES}  # noqa: E731
     return {
         "iter": state.iteration, "outer_loss": r.outer_loss, "outer_acc": r.outer_acc,
@@ -355,8 +359,7 @@ def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, seco
         "inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr, "proto_lr": proto_lr,
         "grad_norm": norms(r.grads), "direct_norm": norms(r.direct), "implicit_norm": norms(r.implicit),
         "delta_norm": float(tree_norm(r.delta)), "log_temp": float(state.support["log_temp"]),
-        "pool_model": index, "pool_steps": pool_steps, "seconds": round(seconds, 3),
-        "cpu_seconds": round(cpu_seconds, 3), "parts": r.seconds,
+        "pool_model": index, "pool_steps": pool_steps, **cost, "parts": r.seconds,
     }
 
 

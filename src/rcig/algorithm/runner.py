@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
@@ -36,6 +36,7 @@ from rcig.config import Config, default_preset_name, depth_for_image_size, from_
 from rcig.errors import RcigError
 from rcig.models import distillation_network
 from rcig.parallel import Team
+from rcig.timing import timed
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
@@ -66,16 +67,6 @@ def past_budget(max_minutes: float | None, began: float, loop_started: float, no
         return False
     mean_step = (now - loop_started) / steps_done
     return now - began + mean_step > 60 * max_minutes
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[dict[str, float]]:
-    """A dict that, once the block has run, holds its wall ``seconds`` and this process's
-    ``cpu_seconds`` (rounded to milliseconds), for the run's setup records in the log."""
-    cost: dict[str, float] = {}
-    wall, cpu = time.perf_counter(), time.process_time()
-    yield cost
-    cost.update(seconds=round(time.perf_counter() - wall, 3), cpu_seconds=round(time.process_time() - cpu, 3))
 
 
 def protocol_defaults(cfg: Config) -> dict[str, Any]:

@@ -1,0 +1,43 @@
+"""Wall and CPU time of a run's parts, for its log and the benchmarks.
+
+``Stopwatch`` records named laps (wall seconds between successive ``lap`` calls) and the
+wall and CPU seconds since it started (``total``); CPU time is this process's, all its
+threads, the fair measure on a shared machine. ``timed()`` is a block's total as a dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterator
+
+
+class Stopwatch:
+    """Named laps in wall seconds (rounded to 0.1 ms) and the totals since it started."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._wall = self._last = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 4)
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        """``{"seconds", "cpu_seconds"}`` since the start (rounded to milliseconds)."""
+        return {"seconds": round(time.perf_counter() - self._wall, 3),
+                "cpu_seconds": round(time.process_time() - self._cpu, 3)}
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[dict[str, float]]:
+    """A dict that, once the block has run, holds its :meth:`Stopwatch.total`."""
+    cost: dict[str, float] = {}
+    clock = Stopwatch()
+    yield cost
+    cost.update(clock.total())
+
+
+__all__ = ["Stopwatch", "timed"]
