@@ -114,6 +114,19 @@ def test_a_time_budget_counts_the_tuning_and_still_runs_one_step(tmp_path):
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["iter"] == 2
 
 
+def test_a_budget_without_a_step_count_is_ended_by_the_budget_not_the_quick_default(tmp_path):
+    from rcig.algorithm.runner import QUICK_STEPS, UNTIL_BUDGET, resolve_config
+    from rcig.data import prepare
+
+    digits = prepare("digits", None).dataset
+    assert resolve_config(digits, None, TINY, None).steps == QUICK_STEPS["digits"]  # no budget: the quick 50
+    budgeted = distill("digits", 1, seed=0, out=tmp_path / "b", overrides=TINY, progress=False, max_minutes=0.001)
+    assert budgeted.meta["config"]["steps"] == UNTIL_BUDGET
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["steps"] == UNTIL_BUDGET
+    counted = distill("digits", 1, seed=0, steps=2, overrides=TINY, progress=False, max_minutes=0.001)
+    assert counted.meta["config"]["steps"] == 2  # a step count given with the budget still caps the run
+
+
 def test_the_budget_stops_before_a_step_that_would_overrun_it():
     from rcig.algorithm.runner import past_budget
 

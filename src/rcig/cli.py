@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=positive_int, default=10, help="iterations between checkpoints")
     p.add_argument("--eval-every", type=positive_int, help="score the EMA support every N iterations (1 model)")
     p.add_argument("--max-minutes", type=positive_minutes, help="wall-clock budget, data loading and tuning included: "
-                   "no step starts that would end past it (at least one runs; continue with --resume)")
+                   "no step starts that would end past it (at least one runs; continue with --resume); "
+                   "without --steps the budget alone ends a new run")
     p.add_argument("--eval", dest="eval", action="store_true", default=None, help="evaluate when done")
     p.add_argument("--no-eval", dest="eval", action="store_false", help="don't evaluate when done")
     p.add_argument("--models", type=positive_int, default=5, help="models for the final evaluation")

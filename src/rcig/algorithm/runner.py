@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 # Short default runs where a dataset is cheap enough to distil in minutes on a CPU.
 QUICK_STEPS = {"digits": 50}
+# The step count of a fresh run given a time budget and no step count: the budget ends it.
+UNTIL_BUDGET = 1_000_000
 
 
 def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None, steps: int | None) -> Config:
@@ -210,7 +212,9 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     call's wall-clock budget, data loading and learning-rate tuning included: the run stops
     (checkpointed, and writes the outputs of the run so far) rather than start a step that
     would end past it at the mean duration of this call's steps; at least one step runs, so
-    a resumed run always advances.
+    a resumed run always advances. A fresh run given a budget and no ``steps`` (nor a
+    ``steps`` override) runs until the budget ends it (``UNTIL_BUDGET`` steps at most), not
+    to the preset's 1,000 or digits' quick 50.
     """
     from tqdm import tqdm
 
@@ -238,6 +242,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         changes = {**(overrides or {}), **({"steps": steps} if steps is not None else {})}
         cfg = cfg.replace(**changes) if changes else cfg  # a resumed run may be extended
     else:
+        if max_minutes is not None and steps is None and "steps" not in (overrides or {}):
+            steps = UNTIL_BUDGET  # a budget in minutes, not the preset's step count, ends the run
         cfg = resolve_config(ds, preset, overrides, steps)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
     identity = _run_identity(ds.spec, ipc, seed, cfg)
@@ -307,7 +313,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     started, first_step = time.perf_counter(), state.iteration
     # Rank 0 writes (ckpt_path and log_path are None elsewhere); every rank agrees, after
     # each step, on whether to stop and on the support being the same (rcig.parallel).
-    bar = tqdm(total=cfg.steps, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
+    total = None if cfg.steps == UNTIL_BUDGET else cfg.steps  # a budgeted run: a count, no percentage
+    bar = tqdm(total=total, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
                disable=not progress, dynamic_ncols=True)
     with deferred_interrupt(announce=leader) as interrupted, bar:
         while state.iteration < cfg.steps:
