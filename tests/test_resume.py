@@ -120,6 +120,8 @@ def test_a_budget_without_a_step_count_is_ended_by_the_budget_not_the_quick_defa
 
     digits = prepare("digits", None).dataset
     assert resolve_config(digits, None, TINY, None).steps == QUICK_STEPS["digits"]  # no budget: the quick 50
+    assert resolve_config(digits, None, TINY, None, budgeted=True).steps == UNTIL_BUDGET
+    assert resolve_config(digits, None, {**TINY, "steps": 3}, None, budgeted=True).steps == 3  # an override wins
     budgeted = distill("digits", 1, seed=0, out=tmp_path / "b", overrides=TINY, progress=False, max_minutes=0.001)
     assert budgeted.meta["config"]["steps"] == UNTIL_BUDGET
     assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["steps"] == UNTIL_BUDGET

@@ -7,8 +7,9 @@ old or the new checkpoint, never half of one.
 no pickled code. Each checkpoint carries a SHA-256 of its contents (:func:`content_digest`,
 under the key ``CHECKSUM``): a file damaged on disk (a flipped byte in a tensor loads fine and
 would resume a broken run) is refused in one line; older files without one load unchecked.
-A state is a nested dict of tensors, ints, floats, bools, strings, None, lists/tuples/dicts of those, and RNG states (``torch.Generator.get_state()`` ByteTensors,
-``random.getstate()``, numpy ``bit_generator.state`` dicts); numpy arrays are stored as tensors.
+A state is a nested dict of tensors, ints, floats, bools, strings, None, lists/tuples/dicts of
+those, and RNG states (``torch.Generator.get_state()`` ByteTensors, ``random.getstate()``,
+numpy ``bit_generator.state`` dicts); numpy arrays are stored as tensors.
 """
 
 from __future__ import annotations

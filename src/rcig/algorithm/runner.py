@@ -47,14 +47,21 @@ QUICK_STEPS = {"digits": 50}
 UNTIL_BUDGET = 1_000_000
 
 
-def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None, steps: int | None) -> Config:
-    """The preset (the dataset's default if None) with overrides and the step count applied."""
+def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None, steps: int | None,
+                   budgeted: bool = False) -> Config:
+    """The preset (the dataset's default if None) with overrides and the step count applied.
+
+    The step count: ``steps``, else a ``steps`` override, else ``UNTIL_BUDGET`` for a run
+    with a time budget (``budgeted``: the budget ends it), else digits' quick 50, else the
+    preset's."""
     name = preset or default_preset_name(dataset.image_size, dataset.channels)
     cfg = load_preset(name, dataset.image_size, dataset.channels)
     changes = dict(overrides or {})
     if steps is not None:
         changes["steps"] = steps
-    elif dataset.spec in QUICK_STEPS and "steps" not in changes:
+    elif "steps" not in changes and budgeted:
+        changes["steps"] = UNTIL_BUDGET
+    elif "steps" not in changes and dataset.spec in QUICK_STEPS:
         changes["steps"] = QUICK_STEPS[dataset.spec]
     if cfg.flip and dataset.channels == 1 and "flip" not in changes:
         changes["flip"] = False  # the flip trick is for natural RGB images only
@@ -242,9 +249,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         changes = {**(overrides or {}), **({"steps": steps} if steps is not None else {})}
         cfg = cfg.replace(**changes) if changes else cfg  # a resumed run may be extended
     else:
-        if max_minutes is not None and steps is None and "steps" not in (overrides or {}):
-            steps = UNTIL_BUDGET  # a budget in minutes, not the preset's step count, ends the run
-        cfg = resolve_config(ds, preset, overrides, steps)
+        cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
     identity = _run_identity(ds.spec, ipc, seed, cfg)
 
