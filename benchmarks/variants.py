@@ -35,7 +35,11 @@ The variants (``B`` = ``--boost-steps``):
 * ``fast_herding``: the support starts from the herding baseline's images (``init=herding``).
 * ``fast_lr3x``: ``lr3x`` decaying over 300 outer steps (fast's steps are 4x cheaper).
 * ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together: ``--preset fast`` at 1 ipc
-  since session 9 (herding start since session 8, the boost since session 9).
+  since session 9 (herding start since session 8, the boost since session 9). Then one change
+  each on top of it, because its curve flattens once the boost has decayed (session 11):
+* ``fast_boost900``: the boost decays over 900 outer steps instead of 300 (about the steps
+  that 2 hours of one thread make at 1 ipc).
+* ``fast_lr10x``: the boost starts at 10x instead of 3x (still decaying over 300 steps).
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -82,10 +86,11 @@ BASELINE_NAMES = {"random": "random real", "herding": "herding"}
 MARKERS = ("<!-- variants -->", "<!-- /variants -->")
 SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
-FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # session 7's --preset fast (now: fast_herding_lr3x)
+FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # session 7's --preset fast
+FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300}  # --preset fast at 1 ipc
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
-         "fast_herding_lr3x")
+         "fast_herding_lr3x", "fast_boost900", "fast_lr10x")
 
 
 def variant_overrides(boost_steps: int) -> dict[str, dict]:
@@ -109,7 +114,9 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
                       "aug_copies": 4},
         "fast_herding": {**FAST, "init": "herding"},
         "fast_lr3x": {**FAST, "proto_lr_boost": 3, "proto_lr_boost_steps": 300},
-        "fast_herding_lr3x": {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300},
+        "fast_herding_lr3x": FAST_1IPC,
+        "fast_boost900": {**FAST_1IPC, "proto_lr_boost_steps": 900},
+        "fast_lr10x": {**FAST_1IPC, "proto_lr_boost": 10},
     }
     return {name: table[name] for name in ORDER}
 

@@ -79,6 +79,9 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
     variant = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)["fast_herding_lr3x"]).to_dict()
     assert {k for k in fast if fast[k] != variant[k]} == {"description", "init"}
     assert (fast["init"], variant["init"]) == ("auto", "herding")  # auto = herding at 1 ipc
+    for name, field, value in (("fast_boost900", "proto_lr_boost_steps", 900), ("fast_lr10x", "proto_lr_boost", 10)):
+        changed = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)[name]).to_dict()
+        assert {k for k in changed if changed[k] != variant[k]} == {field} and changed[field] == value
     assert variants.parse_variants("cg5, faithful") == ["faithful", "cg5"]  # run in ORDER's order
     assert variants.parse_baselines("herding,random") == ["random", "herding"] and variants.parse_baselines("none") == []
     for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"],
