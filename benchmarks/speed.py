@@ -13,6 +13,7 @@ batch of 256 images.
     python benchmarks/speed.py --cases gray28:1 rgb32:1 --steps 1     # a subset
     python benchmarks/speed.py --cases gray28:10 gray28:10:cg5        # the reference's Adam
                                                                       # solves vs 5 CG iterations
+    OMP_NUM_THREADS=2 python benchmarks/speed.py --cases gray28:10:fast   # --preset fast's step
 
 A case is ``shape:ipc`` or ``shape:ipc:variant``; a variant overrides config fields of the
 preset (``VARIANTS``).
@@ -34,7 +35,9 @@ import torch
 
 SHAPES = {"gray28": (1, 28, "depth_3_no_flip"), "rgb32": (3, 32, "depth_3")}
 # config overrides named by a case's third field
-VARIANTS = {"cg5": {"solver": "cg", "n_inner_steps": 5, "n_hinv_steps": 5}}
+CG5 = {"solver": "cg", "n_inner_steps": 5, "n_hinv_steps": 5}
+# "fast": the step of --preset fast (its other changes, the support's rate and start, cost nothing)
+VARIANTS = {"cg5": CG5, "fast": {**CG5, "target_batch_size": 256}}
 DEFAULT_CASES = [f"{s}:{ipc}" for s in SHAPES for ipc in (1, 10, 50)] + ["gray28:1:cg5", "gray28:10:cg5"]
 NUM_CLASSES = 10
 

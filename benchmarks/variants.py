@@ -86,7 +86,7 @@ BASELINE_NAMES = {"random": "random real", "herding": "herding"}
 MARKERS = ("<!-- variants -->", "<!-- /variants -->")
 SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
-FAST = {"target_batch_size": 256, **SPEED_VARIANTS["cg5"]}  # session 7's --preset fast
+FAST = SPEED_VARIANTS["fast"]  # tb256 + cg5: session 7's --preset fast
 FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300}  # --preset fast at 1 ipc
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
