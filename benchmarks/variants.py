@@ -36,7 +36,7 @@ The variants (``B`` = ``--boost-steps``):
 * ``fast_lr3x``: ``lr3x`` decaying over 300 outer steps (fast's steps are 4x cheaper).
 * ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together: ``--preset fast`` at 1 ipc
   since session 9 (herding start since session 8, the boost since session 9). Then one change
-  each on top of it, because its curve flattens once the boost has decayed (session 11):
+  each on top of it, because it gains less per CPU minute once the boost has decayed (session 11):
 * ``fast_boost900``: the boost decays over 900 outer steps instead of 300 (about the steps
   that 2 hours of one thread make at 1 ipc).
 * ``fast_lr10x``: the boost starts at 10x instead of 3x (still decaying over 300 steps).
