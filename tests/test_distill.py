@@ -77,6 +77,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
     assert torch.equal(resumed.labels, whole.labels)
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [1, 2, 3, 4, 5]
+    for r in log:  # each step's timed parts, the pool's included, fit inside the step
+        assert set(r["parts"]) == {"inner_solve", "direct", "hinv", "implicit", "pool"}
+        assert all(v >= 0 for v in r["parts"].values()) and sum(r["parts"].values()) <= r["seconds"] + 0.01
     for name in ("distilled.safetensors", "grid.png", "checkpoints/iter_2.safetensors"):
         assert (tmp_path / "b" / name).exists(), name
 
