@@ -19,6 +19,11 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   ``--models`` networks per setting, with and without augmentation. ``--more-networks``
   adds ``--models`` networks to each cached eval (the next seeds) and pools the scores, so
   a slow eval can be grown a network at a time.
+* ``--adopt IPC=RUN_DIR``: ``distill_<ipc>`` taken from a run made outside this script
+  (``rcig distill --out RUN_DIR`` of the same dataset, ipc and preset, e.g. one grown over
+  several sittings with ``--resume``): its log gives the steps, the cost and the curve, its
+  ``distilled.safetensors`` is the set, and a ``distilled.eval.json`` beside it (``rcig eval
+  --json``) becomes ``eval_<ipc>_distilled``. A run of another config is refused.
 * ``full_train``: the same ConvNet and protocol trained on all 60,000 training images
   (batch 256, ``--full-train-steps`` steps): the ceiling.
 * ``speed``: ``benchmarks/speed.py`` (seconds per outer step, its parts, peak RSS, the
@@ -88,6 +93,11 @@ class Bench:
     # -------------------------------------------------------------------------- pieces
 
     def run_dir(self, ipc: int) -> Path:
+        """The folder of the ipc's distillation: an adopted run's, else this script's own."""
+        piece = self.done(f"distill_{ipc}") or {}
+        return Path(piece["run_dir"]) if piece.get("adopted") else self.own_run_dir(ipc)
+
+    def own_run_dir(self, ipc: int) -> Path:
         return self.work / f"{DATASET}_ipc{ipc}_{self.args.preset}"
 
     def check_preset(self, ipc: int) -> None:
@@ -99,7 +109,7 @@ class Bench:
                              f"not {self.args.preset}: pass --redo distill_{ipc} (its eval is then redone too), or another --work")
 
     def distill(self, ipc: int) -> dict:
-        out = self.run_dir(ipc)
+        out = self.own_run_dir(ipc)
         budget = self.args.minutes - read_progress(out / "log.jsonl").wall_seconds / 60
         if budget > 0:
             resume = ["--resume"] if (out / "run.json").exists() else \
@@ -107,9 +117,32 @@ class Bench:
             rcig("distill", "--dataset", DATASET, "--ipc", str(ipc), "--steps", str(self.args.max_steps),
                  "--max-minutes", f"{budget:.2f}", "--eval-every", str(self.args.eval_every), "--no-eval",
                  "--out", str(out), *resume)
+        return self.run_record(ipc, out, budget_minutes=self.args.minutes)
+
+    def run_record(self, ipc: int, out: Path, **extra) -> dict:
         progress = read_progress(out / "log.jsonl")
         return {"ipc": ipc, "preset": self.args.preset, "steps": progress.steps, "wall_s": round(progress.wall_seconds, 1),
-                "budget_minutes": self.args.minutes, "run_dir": str(out), "curve": read_curve(out / "log.jsonl")}
+                "cpu_s": round(progress.cpu_seconds, 1), **extra, "run_dir": str(out),
+                "curve": read_curve(out / "log.jsonl")}
+
+    def adopt(self, ipc: int, run: Path) -> None:
+        """Record ``run`` (an ``rcig distill --out`` folder) as ``distill_<ipc>``, and its
+        ``distilled.eval.json``, if any, as ``eval_<ipc>_distilled``."""
+        run = run.resolve()
+        for name in ("run.json", "log.jsonl", "distilled.safetensors"):
+            if not (run / name).is_file():
+                raise SystemExit(f"benchmarks: --adopt {ipc}={run}: no {name} there (not an rcig distill --out folder?)")
+        made = json.loads((run / "run.json").read_text())
+        if (made.get("dataset"), made.get("ipc")) != (DATASET, ipc):
+            raise SystemExit(f"benchmarks: --adopt {ipc}={run}: that run distilled {made.get('dataset')} at "
+                             f"{made.get('ipc')} ipc, not {DATASET} at {ipc}")
+        if differences := preset_differences(made["config"], self.args.preset, ipc):
+            raise SystemExit(f"benchmarks: --adopt {ipc}={run}: not the {self.args.preset} preset's run "
+                             f"({', '.join(differences)})")
+        self.record(f"distill_{ipc}", self.run_record(ipc, run, budget_minutes=None, adopted=True))
+        scores = run / "distilled.eval.json"
+        if scores.exists():
+            self.record(f"eval_{ipc}_distilled", json.loads(scores.read_text()))
 
     def set_file(self, ipc: int, method: str) -> Path:
         if method == "distilled":
@@ -181,7 +214,8 @@ class Bench:
                 row[method] = self.done(f"eval_{ipc}_{method}")
             run = self.done(f"distill_{ipc}") or {}
             row.update(preset=run.get("preset", "depth_3_no_flip") if run else None, steps=run.get("steps"),
-                       wall_s=run.get("wall_s"), budget_minutes=run.get("budget_minutes"), curve=run.get("curve"))
+                       wall_s=run.get("wall_s"), cpu_s=run.get("cpu_s"), budget_minutes=run.get("budget_minutes"),
+                       adopted_from=run.get("run_dir") if run.get("adopted") else None, curve=run.get("curve"))
             out[DATASET][str(ipc)] = row
         out["full_train"] = self.done("full_train")
         # a stopped speed piece leaves the cases it finished in speed.json: report those
@@ -262,6 +296,25 @@ def ship_sets(bench: Bench, results: dict) -> None:
             (target / f"{DATASET}_ipc{ipc}.eval.json").write_text(json.dumps(scores, indent=2) + "\n")
 
 
+def preset_differences(config: dict, preset: str, ipc: int) -> list[str]:
+    """The fields where a run's config (``run.json``'s) differs from ``preset``'s for Fashion-MNIST,
+    as "field: run's value vs preset's"; the description, the step count and the checkpoint steps
+    do not change what a step does and are not compared, and ``init`` is compared resolved
+    ("auto" is herding at 1 ipc)."""
+    from rcig.algorithm.outer import start_images
+    from rcig.config import load_preset
+
+    expected = load_preset(preset, image_size=28, channels=1).to_dict()
+    out = []
+    for field in sorted(set(expected) - {"description", "steps", "checkpoint_iters"}):
+        ours, theirs = expected[field], config.get(field)
+        if field == "init":
+            ours, theirs = start_images(ours, ipc), start_images(theirs, ipc)
+        if ours != theirs:
+            out.append(f"{field}: {theirs!r} vs {ours!r}")
+    return out
+
+
 def networks_done(cached: dict, settings) -> int:
     """How many networks the cached eval scored in each of ``settings`` (they must agree)."""
     counts = {len(cached[s]["accs"]) if s in cached else 0 for s in settings}
@@ -293,9 +346,19 @@ def write_markdown(results: dict, path: Path, args) -> None:
     for ipc, row in results[DATASET].items():
         for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
             wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
+            if row.get("cpu_s") == row.get("cpu_s") and row.get("cpu_s"):  # NaN: logs older than CPU times
+                wall += f" ({row['cpu_s'] / 60:.0f} CPU min)"
             lines.append(f"| {ipc} | {label} | {fmt(row['distilled'], setting)} | {fmt(row['random'], setting)} | "
                          f"{fmt(row['herding'], setting)} | {row.get('preset') or '-'} | {row.get('steps') or '-'} | "
                          f"{wall} |")
+    older = [f"{method} at {ipc} ipc" for ipc, row in results[DATASET].items() for method in METHODS
+             if row.get(method) and row[method].get("init", "torch") != "reference"]
+    if older:  # evals from before session 7 trained their networks from torch's initialisation
+        lines += ["", f"Scored with the protocol's older torch initialisation of the networks (the others with "
+                      f"the reference's): {', '.join(older)}."]
+    adopted = [f"{ipc} ipc: {row['adopted_from']}" for ipc, row in results[DATASET].items() if row.get("adopted_from")]
+    if adopted:
+        lines += ["", f"Distillations adopted from runs made outside this script (--adopt): {'; '.join(adopted)}."]
     full = results.get("full_train")
     lines += ["", f"Full training set (ceiling): no aug {fmt(full, 'no_aug')}, aug {fmt(full, 'aug')}"
               + (f", {full['steps']} steps of batch 256" if full else "")]
@@ -335,6 +398,14 @@ def write_markdown(results: dict, path: Path, args) -> None:
 
 # --------------------------------------------------------------------------------- main
 
+def adoption(text: str) -> tuple[int, Path]:
+    """``--adopt``'s ``IPC=RUN_DIR``."""
+    ipc, sep, run = text.partition("=")
+    if not sep or not ipc.isdigit() or not run:
+        raise argparse.ArgumentTypeError(f"expected IPC=RUN_DIR, got {text!r}")
+    return int(ipc), Path(run)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ipcs", type=int, nargs="+", default=[1, 10])
@@ -360,6 +431,9 @@ def main(argv=None) -> None:
     parser.add_argument("--only", nargs="+", choices=("distill", "eval", "full_train", "speed", "solvers", "report"),
                         help="run these kinds of piece only")
     parser.add_argument("--redo", nargs="*", default=[], help="piece names to run again, e.g. eval_1_random")
+    parser.add_argument("--adopt", action="append", default=[], metavar="IPC=RUN_DIR", type=adoption,
+                        help="take distill_<IPC> (and its distilled.eval.json) from an rcig distill --out folder "
+                             "of the same preset instead of distilling; repeatable")
     parser.add_argument("--more-networks", action="store_true",
                         help="eval pieces: train --models MORE networks and pool them with the cached "
                              "ones (seeds continue after the cached networks'); implies re-running them")
@@ -369,6 +443,8 @@ def main(argv=None) -> None:
     # a distillation made again makes its cached score stale
     args.redo += [f"eval_{ipc}_distilled" for ipc in args.ipcs if f"distill_{ipc}" in args.redo]
     bench = Bench(args)
+    for ipc, run in args.adopt:
+        bench.adopt(ipc, run)
     kinds = set(args.only or ("distill", "eval", "full_train", "speed", "solvers", "report"))
     for ipc in args.ipcs:
         if kinds & {"distill", "eval"}:

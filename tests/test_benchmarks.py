@@ -184,3 +184,50 @@ def test_aug_fragility_scores_each_case_of_the_augmentation_setting(benchmark_sc
     with pytest.raises(SystemExit) as stop:
         fragility.main([str(path), "--cases", "protocol,zoom"])
     assert stop.value.code == 2 and "unknown case 'zoom'" in capsys.readouterr().err
+
+
+def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_config_is_refused(bench, tmp_path):
+    from rcig.config import load_preset
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {**load_preset("fast", image_size=28, channels=1).to_dict(), "init": "herding", "steps": 5000,
+              "description": "a variant's run"}  # auto is herding at 1 ipc; the step count does not matter
+    (run / "run.json").write_text(json.dumps({"dataset": "fashion_mnist", "ipc": 1, "seed": 0, "config": config}))
+    (run / "log.jsonl").write_text('{"iter": 0, "init": {"method": "herding", "seconds": 180.0, "cpu_seconds": 170.0}}\n'
+                                   '{"iter": 1, "outer_loss": 1.0, "seconds": 10.0, "cpu_seconds": 9.0}\n'
+                                   '{"iter": 1, "eval": {"aug": {"mean": 0.7}}}\n'
+                                   '{"iter": 2, "outer_loss": 0.9, "seconds": 20.0, "cpu_seconds": 19.0}\n')
+    (run / "distilled.safetensors").write_bytes(b"set")
+    (run / "distilled.eval.json").write_text(json.dumps({"no_aug": score(0.76), "aug": score(0.74), "init": "reference"}))
+    args = bench.argparse.Namespace(work=str(tmp_path / "work"), redo=[], preset="fast", ipcs=[1])
+    b = bench.Bench(args)
+    b.adopt(1, run)
+    piece = b.done("distill_1")
+    assert (piece["steps"], piece["wall_s"], piece["cpu_s"]) == (2, 210.0, 198.0)
+    assert piece["curve"] == [{"iter": 1, "seconds": 10.0, "aug": 0.7}] and piece["adopted"]
+    assert b.set_file(1, "distilled") == run.resolve() / "distilled.safetensors"
+    assert b.done("eval_1_distilled")["aug"] == score(0.74)
+    b.check_preset(1)  # the adopted piece is this preset's
+    res = b.results()
+    res["fashion_mnist"]["1"]["random"] = {"no_aug": score(0.49), "aug": score(0.5)}  # no init: torch's
+    path = tmp_path / "B.md"
+    bench.write_markdown(res, path, args)
+    text = path.read_text()
+    assert "| 1 | no aug | 76.00 (1) | 49.00 (1) | not run | fast | 2 | 4 min (3 CPU min) |" in text
+    assert f"adopted from runs made outside this script (--adopt): 1 ipc: {run.resolve()}" in text
+    assert "older torch initialisation of the networks (the others with the reference's): random at 1 ipc." in text
+
+    (run / "run.json").write_text(json.dumps({"dataset": "fashion_mnist", "ipc": 1, "seed": 0,
+                                              "config": {**config, "target_batch_size": 64, "init": "real"}}))
+    with pytest.raises(SystemExit, match=r"not the fast preset's run \(init: 'real' vs 'herding', "
+                                         r"target_batch_size: 64 vs 256\)"):
+        b.adopt(1, run)
+    with pytest.raises(SystemExit, match="distilled fashion_mnist at 1 ipc, not fashion_mnist at 10"):
+        b.adopt(10, run)
+    (run / "log.jsonl").unlink()
+    with pytest.raises(SystemExit, match="no log.jsonl there"):
+        b.adopt(1, run)
+    for bad in ("1", "x=run", "1="):
+        with pytest.raises(SystemExit):
+            bench.main(["--adopt", bad, "--only", "report", "--work", str(tmp_path / "w")])
