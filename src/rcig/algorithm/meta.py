@@ -95,6 +95,26 @@ def held_augmentation(names: tuple[str, ...], generator: torch.Generator, copies
     return lambda x: augment_batch(x.repeat(copies, *[1] * (x.dim() - 1)), names, torch.Generator().manual_seed(seed))
 
 
+class PassAugmentation(NamedTuple):
+    """What one meta-gradient pass augments (None: nothing), :func:`pass_augmentation`."""
+
+    rows: Augment | None  # once, on the inner problem's rows (a held draw: a fixed problem)
+    inner: Augment | None  # at every inner-solve step, a fresh draw each
+    outer: Augment | None  # the support rows of the direct and implicit gradients, in the graph
+
+
+def pass_augmentation(cfg: Config, generator: torch.Generator | None, augmented_pass: bool) -> PassAugmentation:
+    """The two modes of augmentation during distillation (module docstring). The reference's:
+    a fresh draw at every inner step and, on an augmented pass, in the direct and implicit
+    gradients (H^-1 g stays plain). ``cfg.aug_per_pass``: one draw held through all four parts
+    of an augmented pass, nothing on a plain one. Without ``cfg.aug``: nothing."""
+    if cfg.aug_per_pass:
+        held = held_augmentation(cfg.aug, generator, cfg.aug_copies) if augmented_pass else None
+        return PassAugmentation(rows=held, inner=None, outer=held)
+    fresh = support_augmentation(cfg.aug, generator)
+    return PassAugmentation(rows=None, inner=fresh, outer=fresh if augmented_pass else None)
+
+
 def augmented(x: Tensor, augment: Augment | None) -> Tensor:
     """``augment(x)``, or x itself without augmentation."""
     return x if augment is None else augment(x)
@@ -335,17 +355,11 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     solve_inner, solve_hinv = SOLVERS[cfg.solver]
     l2 = l2_strength(cfg, support["x"].shape[0])
     clock = Stopwatch()
-    x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-    if cfg.aug_per_pass:  # one draw for the whole pass: its inner problem is fixed
-        inner_augment = None
-        outer_augment = held_augmentation(cfg.aug, generator, cfg.aug_copies) if augmented_pass else None
-        x_s, y_s = augmented_rows(x_s, y_s, outer_augment)
-    else:  # the reference's: a fresh draw at every inner step, plain H^-1 g
-        inner_augment = support_augmentation(cfg.aug, generator)
-        outer_augment = inner_augment if augmented_pass else None
+    augment = pass_augmentation(cfg, generator, augmented_pass)
+    x_s, y_s = augmented_rows(*expand_support(support["x"].detach(), support["y"].detach(), cfg.flip), augment.rows)
     problem_args = (f, body0, x_s, y_s, l2, cfg.linearize)
     full = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else make_inner(*problem_args)
-    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, inner_augment)
+    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, augment.inner)
     delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps, base_steps)
     clock.lap("inner_solve")
     support_k, target_k = cfg.direct_batch_sizes
@@ -355,7 +369,7 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     rows = dict(support_rows=support_rows, target_rows=target_rows if team is None else
                 parallel.share_rows(target_rows, part), chunk=cfg.max_forward_batch_size)
     direct = direct_gradient(f, body0, support, delta, x_t[part], y_t[part], l2=l2, **options, **rows,
-                             augment=outer_augment)
+                             augment=augment.outer)
     if team is not None:
         direct = reduce_direct(direct, len(x_t[part]) / len(x_t), team)
     clock.lap("direct")
@@ -364,13 +378,13 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     clock.lap("hinv")
     implicit_rows = grad_rows(len(x_s), cfg.implicit_batch_size, generator)
     implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options, rows=implicit_rows,
-                                         chunk=cfg.max_forward_batch_size, augment=outer_augment), direct.grads)
+                                         chunk=cfg.max_forward_batch_size, augment=augment.outer), direct.grads)
     clock.lap("implicit")
     grads = {k: direct.grads[k] + implicit[k] for k in LEAVES}
     return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta,
                       clock.laps)
 
 
-__all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
+__all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "PassAugmentation", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
            "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient", "inner_prediction",
-           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "support_augmentation"]
+           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "pass_augmentation", "support_augmentation"]
