@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -346,7 +347,7 @@ def write_markdown(results: dict, path: Path, args) -> None:
     for ipc, row in results[DATASET].items():
         for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
             wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
-            if row.get("cpu_s") == row.get("cpu_s") and row.get("cpu_s"):  # NaN: logs older than CPU times
+            if row.get("cpu_s") and math.isfinite(row["cpu_s"]):  # NaN: logs older than CPU times
                 wall += f" ({row['cpu_s'] / 60:.0f} CPU min)"
             lines.append(f"| {ipc} | {label} | {fmt(row['distilled'], setting)} | {fmt(row['random'], setting)} | "
                          f"{fmt(row['herding'], setting)} | {row.get('preset') or '-'} | {row.get('steps') or '-'} | "
