@@ -1,9 +1,11 @@
 """The memory estimate of an outer step and the warning it gives before a run starts."""
 
 import pytest
+import torch
 
 import rcig.algorithm.runner as runner_module
 from rcig.algorithm.memory import activation_floats, available_gb, shortfall_warning, step_memory
+from rcig.algorithm.meta import expand_support, support_rows
 from rcig.algorithm.runner import distill
 from rcig.config import load_preset
 
@@ -74,3 +76,12 @@ def test_a_run_that_may_not_fit_says_so_before_it_starts(monkeypatch, capsys):
     monkeypatch.setattr(runner_module, "available_gb", lambda: 1000.0)
     distill("digits", 1, steps=1, overrides=tiny, progress=False)
     assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(runner_module, "available_gb", lambda: 0.01)
+    distill("digits", 1, steps=1, overrides={**tiny, "flip": True}, progress=False)
+    assert "20 support rows" in capsys.readouterr().err  # the flip copies count
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_the_row_count_is_the_rows_the_inner_model_sees(flip):
+    x, y = torch.zeros(7, 1, 4, 4), torch.zeros(7, 3)
+    assert support_rows(7, flip) == expand_support(x, y, flip)[0].shape[0] == expand_support(x, y, flip)[1].shape[0]

@@ -78,6 +78,11 @@ def expand_support(x: Tensor, y: Tensor, flip: bool) -> tuple[Tensor, Tensor]:
     return torch.cat([x, x.flip(-1)]), torch.cat([y, y])
 
 
+def support_rows(n_images: int, flip: bool) -> int:
+    """How many rows ``expand_support`` makes of ``n_images`` support images."""
+    return n_images * (2 if flip else 1)
+
+
 def support_augmentation(names: tuple[str, ...], generator: torch.Generator | None) -> Augment | None:
     """``x -> x`` with one random transform per row drawn from ``names`` (differentiable in x,
     seeded by ``generator``, fresh at every call), or None when ``names`` is empty."""
@@ -387,4 +392,4 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
 
 __all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "PassAugmentation", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
            "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient", "inner_prediction",
-           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "pass_augmentation", "support_augmentation"]
+           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "pass_augmentation", "support_augmentation", "support_rows"]

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
 from rcig.algorithm.memory import available_gb, shortfall_warning, step_memory
+from rcig.algorithm.meta import support_rows
 from rcig.algorithm.outer import Distiller, RunState, start_images
 from rcig.atomic import atomic_write
 from rcig.config import Config, default_preset_name, depth_for_image_size, from_dict, load_preset
@@ -253,8 +254,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
     if leader and team.device.type == "cpu":  # a GPU's memory is not the system's
-        need = step_memory(cfg, ipc * ds.num_classes * (2 if cfg.flip else 1), ds.channels, ds.image_size,
-                           ds.num_classes)
+        need = step_memory(cfg, support_rows(ipc * ds.num_classes, cfg.flip), ds.channels, ds.image_size, ds.num_classes)
         if warning := shortfall_warning(need, available_gb()):
             print(warning, file=sys.stderr, flush=True)
     identity = _run_identity(ds.spec, ipc, seed, cfg)
