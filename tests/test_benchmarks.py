@@ -49,7 +49,7 @@ def test_report_replaces_only_the_marked_block(bench, tmp_path):
     # a setting that was not evaluated says so rather than showing a number
     assert rows[2].startswith("| 10 | no aug | not run |") and rows[3].startswith("| 10 | aug | 80.00 (1) |")
     assert "| gray28:1 | 20.5 | 2.4 | 14.8 | 2.0 | 0.3 | 0.9 | 4.0 GB | 1500 | 68% |" in text
-    assert "Full training set (ceiling): no aug not run, aug not run" in text
+    assert "Full training set (all images, the protocol's short training; not a ceiling): no aug not run, aug not run" in text
 
 
 def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
