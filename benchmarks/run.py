@@ -100,8 +100,8 @@ class Bench:
         piece = self.done(f"distill_{ipc}") or {}
         return Path(piece["run_dir"]) if piece.get("adopted") else self.own_run_dir(ipc)
 
-    def own_run_dir(self, ipc: int) -> Path:
-        return self.work / f"{DATASET}_ipc{ipc}_{self.args.preset}"
+    def own_run_dir(self, ipc: int, preset: str | None = None) -> Path:
+        return self.work / f"{DATASET}_ipc{ipc}_{preset or self.args.preset}"
 
     def check_preset(self, ipc: int) -> None:
         """Refuse to mix presets: the cached distillation (and its eval) must be this run's."""
@@ -146,6 +146,30 @@ class Bench:
         scores = run / "distilled.eval.json"
         if scores.exists():
             self.record(f"eval_{ipc}_distilled", json.loads(scores.read_text()))
+
+    def restore(self, results: dict) -> list[str]:
+        """Cache each piece that ``results`` (a report's ``results.json``) holds and ``--work``
+        lacks; the inverse of :meth:`results`. Returns the names of the pieces written."""
+        written = []
+
+        def keep(name: str, piece: dict | None) -> None:
+            if piece and self.done(name) is None:
+                self.record(name, piece)
+                written.append(name)
+
+        for ipc, row in results.get(DATASET, {}).items():
+            for method in METHODS:
+                keep(f"eval_{ipc}_{method}", row.get(method))
+            if row.get("steps") is not None:
+                adopted = row.get("adopted_from")
+                keep(f"distill_{ipc}", {
+                    "ipc": int(ipc), "preset": row.get("preset"), "steps": row["steps"], "wall_s": row.get("wall_s"),
+                    "cpu_s": row.get("cpu_s"), "budget_minutes": row.get("budget_minutes"),
+                    "run_dir": adopted or str(self.own_run_dir(int(ipc), row.get("preset"))), "curve": row.get("curve") or [],
+                    **({"adopted": True} if adopted else {})})
+        for name in ("full_train", "speed", "solvers"):
+            keep(name, results.get(name))
+        return written
 
     def set_file(self, ipc: int, method: str) -> Path:
         if method == "distilled":
@@ -438,6 +462,9 @@ def main(argv=None) -> None:
     parser.add_argument("--adopt", action="append", default=[], metavar="IPC=RUN_DIR", type=adoption,
                         help="take distill_<IPC> (and its distilled.eval.json) from an rcig distill --out folder "
                              "of the same preset instead of distilling; repeatable")
+    parser.add_argument("--restore", nargs="?", const=str(ROOT / "benchmarks" / "results.json"), metavar="RESULTS",
+                        help="first cache the pieces a results.json holds (default benchmarks/results.json) "
+                             "where --work lacks them")
     parser.add_argument("--more-networks", action="store_true",
                         help="eval pieces: train --models MORE networks and pool them with the cached "
                              "ones (seeds continue after the cached networks'); implies re-running them")
@@ -447,6 +474,11 @@ def main(argv=None) -> None:
     # a distillation made again makes its cached score stale
     args.redo += [f"eval_{ipc}_distilled" for ipc in args.ipcs if f"distill_{ipc}" in args.redo]
     bench = Bench(args)
+    if args.restore:
+        source = Path(args.restore)
+        if not source.is_file():
+            raise SystemExit(f"benchmarks: --restore {source}: no such file")
+        print(f"restored from {source}: {', '.join(bench.restore(json.loads(source.read_text()))) or 'nothing missing'}")
     for ipc, run in args.adopt:
         bench.adopt(ipc, run)
     kinds = set(args.only or ("distill", "eval", "full_train", "speed", "solvers", "report"))

@@ -231,3 +231,32 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
     for bad in ("1", "x=run", "1="):
         with pytest.raises(SystemExit):
             bench.main(["--adopt", bad, "--only", "report", "--work", str(tmp_path / "w")])
+
+
+def test_restore_rebuilds_the_pieces_a_report_came_from_and_keeps_cached_ones(bench, tmp_path):
+    args = bench.argparse.Namespace(work=str(tmp_path / "a"), redo=[], preset="fast", ipcs=[1, 10])
+    measured = bench.Bench(args)
+    measured.record("eval_1_distilled", {"no_aug": score(0.76), "aug": score(0.74), "init": "reference"})
+    measured.record("eval_10_random", {"no_aug": score(0.71)})
+    measured.record("eval_1_random", {"no_aug": score(0.5)})
+    measured.record("distill_1", {"ipc": 1, "preset": "fast", "steps": 871, "wall_s": 7536.8, "cpu_s": 7205.4,
+                                  "budget_minutes": None, "run_dir": "/gone/run1", "adopted": True,
+                                  "curve": [{"iter": 54, "seconds": 444.2, "aug": 0.72}]})
+    measured.record("distill_10", {"ipc": 10, "preset": "fast", "steps": 100, "wall_s": 60.0, "cpu_s": 50.0,
+                                   "budget_minutes": 1.0, "run_dir": str(measured.own_run_dir(10)), "curve": []})
+    measured.record("full_train", {"aug": score(0.85)})
+    report = measured.results()
+
+    fresh = bench.Bench(bench.argparse.Namespace(**{**vars(args), "work": str(tmp_path / "b")}))
+    fresh.record("eval_1_random", {"no_aug": score(0.49)})  # cached here: kept, not overwritten by the record's
+    written = fresh.restore(json.loads(json.dumps(report)))
+    assert set(written) == {"distill_1", "distill_10", "eval_1_distilled", "eval_10_random", "full_train"}
+    again = fresh.results()
+    assert again["fashion_mnist"]["1"]["random"] == {"no_aug": score(0.49)}
+    again["fashion_mnist"]["1"]["random"] = report["fashion_mnist"]["1"]["random"]
+    assert again["fashion_mnist"] == report["fashion_mnist"]  # steps, cost, curve, adoption and scores
+    assert again["full_train"] == report["full_train"]
+    assert fresh.run_dir(1) == Path("/gone/run1") and fresh.run_dir(10) == fresh.own_run_dir(10)
+    assert fresh.restore(report) == []  # nothing missing any more
+    with pytest.raises(SystemExit, match="--restore .*nope.json: no such file"):
+        bench.main(["--restore", str(tmp_path / "nope.json"), "--only", "report", "--work", str(tmp_path / "c")])
