@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
 PRESET = "fast"  # the CPU recipe (README); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "distilled")  # evaluation order: baselines need no distillation
+RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve")  # a distill_<ipc> piece's, in a report row
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
 
@@ -163,9 +164,8 @@ class Bench:
             if row.get("steps") is not None:
                 adopted = row.get("adopted_from")
                 keep(f"distill_{ipc}", {
-                    "ipc": int(ipc), "preset": row.get("preset"), "steps": row["steps"], "wall_s": row.get("wall_s"),
-                    "cpu_s": row.get("cpu_s"), "budget_minutes": row.get("budget_minutes"),
-                    "run_dir": adopted or str(self.own_run_dir(int(ipc), row.get("preset"))), "curve": row.get("curve") or [],
+                    "ipc": int(ipc), "preset": row.get("preset"), **{field: row.get(field) for field in RUN_FIELDS},
+                    "run_dir": adopted or str(self.own_run_dir(int(ipc), row.get("preset"))),
                     **({"adopted": True} if adopted else {})})
         for name in ("full_train", "speed", "solvers"):
             keep(name, results.get(name))
@@ -201,10 +201,16 @@ class Bench:
 
     def keep_other_setting(self, name: str, fresh: dict) -> dict:
         """An eval of one setting (``--settings aug``) replaces that setting only: the other
-        setting's scores stay from the piece's previous record, if it has them."""
+        setting's scores stay from the piece's previous record, if it has them and its networks
+        started from the same initialisation (a piece has one ``init``: evals from before
+        session 7 lack it and used torch's)."""
         previous = self.done(name) or {}
-        kept = {s: previous[s] for s in ("no_aug", "aug") if s not in fresh and s in previous}
-        return {**fresh, **kept}
+        others = [s for s in ("no_aug", "aug") if s not in fresh and s in previous]
+        if others and previous.get("init", "torch") != fresh.get("init", "torch"):
+            print(f"[{name}] dropped the cached {' and '.join(others)} scores: their networks used the "
+                  f"{previous.get('init', 'torch')} init, this eval's the {fresh.get('init', 'torch')} one", flush=True)
+            return fresh
+        return {**fresh, **{s: previous[s] for s in others}}
 
     def full_train(self) -> dict:
         # every training image is a "support" of 6,000 per class; the protocol then uses
@@ -240,9 +246,9 @@ class Bench:
             for method in METHODS:
                 row[method] = self.done(f"eval_{ipc}_{method}")
             run = self.done(f"distill_{ipc}") or {}
-            row.update(preset=run.get("preset", "depth_3_no_flip") if run else None, steps=run.get("steps"),
-                       wall_s=run.get("wall_s"), cpu_s=run.get("cpu_s"), budget_minutes=run.get("budget_minutes"),
-                       adopted_from=run.get("run_dir") if run.get("adopted") else None, curve=run.get("curve"))
+            row.update(preset=run.get("preset", "depth_3_no_flip") if run else None,
+                       **{field: run.get(field) for field in RUN_FIELDS},
+                       adopted_from=run.get("run_dir") if run.get("adopted") else None)
             out[DATASET][str(ipc)] = row
         out["full_train"] = self.done("full_train")
         # a stopped speed piece leaves the cases it finished in speed.json: report those

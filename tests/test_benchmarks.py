@@ -76,6 +76,15 @@ def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_pa
     assert b.keep_other_setting("eval_10_random", {"aug": score(0.7)}) == {"aug": score(0.7)}
 
 
+def test_a_one_setting_eval_drops_the_other_setting_scored_under_another_init(bench, tmp_path):
+    b = bench.Bench(bench.argparse.Namespace(work=str(tmp_path), redo=[]))
+    b.record("eval_10_random", {"no_aug": score(0.71), "aug": score(0.73)})  # before session 7: torch init
+    fresh = {"aug": score(0.7276), "init": "reference"}
+    assert b.keep_other_setting("eval_10_random", fresh) == fresh
+    b.record("eval_10_herding", {"no_aug": score(0.64), "init": "reference"})
+    assert b.keep_other_setting("eval_10_herding", fresh) == {**fresh, "no_aug": score(0.64)}
+
+
 def test_a_cached_distillation_of_another_preset_is_refused(bench, tmp_path):
     args = bench.argparse.Namespace(work=str(tmp_path), redo=[], preset="fast")
     b = bench.Bench(args)
