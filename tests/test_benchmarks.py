@@ -179,7 +179,7 @@ def test_gpu_check_runs_tiny_on_the_cpu():
 def test_aug_fragility_scores_each_case_of_the_augmentation_setting(benchmark_script, tmp_path, capsys):
     """One-hot labels on a random-real set (already one-hot) score exactly the protocol; one
     transform alone is another run; an unknown case is a one-line error."""
-    from rcig.algorithm.runner import baseline_set
+    from rcig.evaluation.baselines import baseline_set
     from rcig.io import save
 
     fragility = benchmark_script("aug_fragility")

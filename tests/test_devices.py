@@ -43,7 +43,7 @@ def test_resume_on_another_device_continues_the_run(tmp_path):
 
 
 def test_evaluation_herding_and_augmentation_on_the_device():
-    from rcig.algorithm.runner import baseline_set
+    from rcig.evaluation.baselines import baseline_set
     from rcig.data import prepare
     from rcig.evaluation import ProtocolSettings, evaluate_support
     from rcig.augment import augment_batch

@@ -25,7 +25,7 @@ def run(argv, capsys):
 @pytest.fixture(scope="module")
 def soft_set():
     """A digits random-real set (2 per class) whose labels were made soft, as distillation does."""
-    from rcig.algorithm.runner import baseline_set
+    from rcig.evaluation.baselines import baseline_set
 
     ds = baseline_set("digits", 2, method="random", seed=0)
     g = torch.Generator().manual_seed(0)

@@ -44,6 +44,17 @@ def test_one_depth_rule_for_the_presets_and_herding(monkeypatch):
     assert depths == [3, 3]
 
 
+def test_a_baseline_set_records_the_protocol_of_the_papers_preset_for_its_shape():
+    """Sets carry the protocol they are scored with by default: the paper preset's ConvNet for
+    the shape (depth by :func:`depth_for_image_size`) and its test augmentations."""
+    from rcig.config import TEST_AUGMENTATIONS, paper_preset
+    from rcig.evaluation.baselines import baseline_set
+
+    ds = baseline_set("digits", 1, method="random", seed=0)
+    assert ds.meta["protocol"] == {"arch": "conv", "depth": 3, "width": 128, "augmentations": list(TEST_AUGMENTATIONS)}
+    assert [paper_preset(size, 3).protocol()["depth"] for size in (32, 64, 128)] == [3, 4, 5]
+
+
 def test_convnet_padding_rule_and_channel_plan():
     model = build_model("conv", in_channels=1, num_classes=10, image_size=28)
     assert model(torch.zeros(1, 1, 28, 28), return_features=True)[1].shape == (1, 512 * 4 * 4)

@@ -126,7 +126,7 @@ def run_cli(*args, env=None):
 
 
 def test_parallel_eval_scores_each_network_as_the_serial_run(tmp_path):
-    from rcig.algorithm.runner import baseline_set
+    from rcig.evaluation.baselines import baseline_set
     from rcig.cli import evaluate_file
     from rcig.io import save
 

@@ -114,7 +114,7 @@ def cmd_distill(args) -> None:
 
 def cmd_baseline(args) -> None:
     from rcig import validate
-    from rcig.algorithm.runner import baseline_set
+    from rcig.evaluation.baselines import baseline_set
     from rcig.io import save
 
     out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")

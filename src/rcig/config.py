@@ -137,6 +137,12 @@ class Config:
         """Whether the solves take learning rates to tune and adapt (Adam does, CG does not)."""
         return self.solver == "adam"
 
+    def protocol(self) -> dict[str, Any]:
+        """The evaluation protocol a set made with this config is scored with by default (the
+        set file's ``protocol``): a ConvNet of the distillation network's depth and width, and
+        the test augmentations."""
+        return {"arch": "conv", "depth": self.depth, "width": self.width, "augmentations": list(self.test_augmentations)}
+
     def replace(self, **overrides: Any) -> "Config":
         """A copy with some fields changed (validated, unknown names rejected)."""
         return from_dict({**self.to_dict(), **overrides})
@@ -357,6 +363,11 @@ def depth_for_image_size(image_size: int) -> int:
     between the paper's (32, 64, 128) take the depth of the next smaller one: 48 px is depth 3.
     """
     return 5 if image_size >= 128 else 4 if image_size >= 64 else 3
+
+
+def paper_preset(image_size: int, channels: int) -> Config:
+    """The paper's preset for a dataset shape (:func:`default_preset_name`)."""
+    return load_preset(default_preset_name(image_size, channels), image_size, channels)
 
 
 def default_preset_name(image_size: int, channels: int) -> str:

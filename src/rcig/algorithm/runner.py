@@ -34,7 +34,7 @@ from rcig.algorithm.memory import available_gb, shortfall_warning, step_memory
 from rcig.algorithm.meta import support_rows
 from rcig.algorithm.outer import Distiller, RunState, start_images
 from rcig.atomic import atomic_write
-from rcig.config import Config, default_preset_name, depth_for_image_size, from_dict, load_preset
+from rcig.config import Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError
 from rcig.models import distillation_network
 from rcig.parallel import Team
@@ -80,41 +80,14 @@ def past_budget(max_minutes: float | None, began: float, loop_started: float, no
     return now - began + mean_step > 60 * max_minutes
 
 
-def protocol_defaults(cfg: Config) -> dict[str, Any]:
-    """The evaluation protocol a set made with ``cfg`` is scored with by default."""
-    return {"arch": "conv", "depth": cfg.depth, "width": cfg.width, "augmentations": list(cfg.test_augmentations)}
-
-
 def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int) -> DistilledSet:
     """The EMA support as an :class:`rcig.io.DistilledSet`."""
     from rcig.io import make_set
 
     support = distiller.ema.average(state.ema) if state.ema["count"] else state.support
     return make_set(prepared, support["x"], support["y"], ipc=distiller.ipc, method="rcig", seed=seed,
-                    flip=cfg.flip, protocol=protocol_defaults(cfg), config=cfg.to_dict(),
+                    flip=cfg.flip, protocol=cfg.protocol(), config=cfg.to_dict(),
                     iteration=state.iteration, log_temp=float(support["log_temp"]))
-
-
-def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None,
-                 device: str = "cpu") -> DistilledSet:
-    """A random-real or herding set of ``ipc`` images per class, with the dataset's protocol
-    (herding embeds the images on ``device``)."""
-    from rcig.data import prepare
-    from rcig.evaluation import herding, random_real
-    from rcig.io import make_set
-
-    prepared = prepare(spec, data_dir)
-    cfg = resolve_config(prepared.dataset, None, None, None)
-    if method == "herding":  # features from a random ConvNet of the dataset's depth
-        from rcig import validate
-
-        size = prepared.dataset.image_size
-        validate.network_fits("conv", prepared.dataset.channels, size, depth_for_image_size(size), spec)
-        images, labels = herding(prepared, ipc, seed, device=parallel.resolve_device(str(device)))
-    else:
-        images, labels = random_real(prepared, ipc, seed)
-    return make_set(prepared, images, labels, ipc=ipc, method=method, seed=seed, flip=False,
-                    protocol=protocol_defaults(cfg))
 
 
 def _run_identity(dataset_spec: str, ipc: int, seed: int, cfg: Config) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Scoring support sets: augmentations, the paper's protocol, and the baselines."""
 
 from rcig.augment import TRANSFORMS, augment_batch
-from rcig.evaluation.baselines import herding, random_real
+from rcig.evaluation.baselines import baseline_set, herding, random_real
 from rcig.evaluation.protocol import ProtocolSettings, accuracy, evaluate_support, learning_rate, train_models
 
-__all__ = ["TRANSFORMS", "ProtocolSettings", "accuracy", "augment_batch", "evaluate_support", "herding",
+__all__ = ["TRANSFORMS", "ProtocolSettings", "accuracy", "augment_batch", "baseline_set", "evaluate_support", "herding",
            "learning_rate", "random_real", "train_models"]

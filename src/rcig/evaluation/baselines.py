@@ -4,14 +4,20 @@
 * ``herding``: per class, the images whose running mean best tracks the class mean in a
   random ConvNet's features (:func:`rcig.data.sampling.herding_per_class`; the same
   selection that ``init="herding"`` starts a distillation from).
+* ``baseline_set``: either one as a set file's :class:`rcig.io.DistilledSet` (``rcig baseline``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from rcig.config import depth_for_image_size
+from rcig.config import depth_for_image_size, paper_preset
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
+
+if TYPE_CHECKING:
+    from rcig.io import DistilledSet
 
 
 def random_real(prepared, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,3 +36,22 @@ def herding(prepared, ipc: int, seed: int, depth: int | None = None,
     index = herding_per_class(prepared.x_train, prepared.y_train, k, ipc, seed, depth,
                               prepared.dataset.class_names, device)
     return prepared.x_train[index].clone(), centred_one_hot(prepared.y_train[index], k)
+
+
+def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None,
+                 device: str = "cpu") -> DistilledSet:
+    """A random-real or herding set of ``ipc`` images per class of dataset ``spec``, with the
+    protocol of the paper's preset for its shape (herding embeds the images on ``device``)."""
+    from rcig import parallel, validate
+    from rcig.data import prepare
+    from rcig.io import make_set
+
+    prepared = prepare(spec, data_dir)
+    size, channels = prepared.dataset.image_size, prepared.dataset.channels
+    if method == "herding":  # features from a random ConvNet of the dataset's depth
+        validate.network_fits("conv", channels, size, depth_for_image_size(size), spec)
+        images, labels = herding(prepared, ipc, seed, device=parallel.resolve_device(str(device)))
+    else:
+        images, labels = random_real(prepared, ipc, seed)
+    return make_set(prepared, images, labels, ipc=ipc, method=method, seed=seed, flip=False,
+                    protocol=paper_preset(size, channels).protocol())

@@ -154,11 +154,10 @@ def centred_labels(labels: torch.Tensor, num_classes: int | None, n_images: int,
 
 def protocol_for(images: torch.Tensor) -> tuple[dict, bool]:
     """The protocol defaults and flip trick of the paper's preset for this image shape."""
-    from rcig.algorithm.runner import protocol_defaults
-    from rcig.config import default_preset_name, load_preset
+    from rcig.config import paper_preset
 
-    cfg = load_preset(default_preset_name(int(images.shape[2]), int(images.shape[1])))
-    return protocol_defaults(cfg), bool(cfg.flip and images.shape[1] == 3)
+    cfg = paper_preset(int(images.shape[2]), int(images.shape[1]))
+    return cfg.protocol(), bool(cfg.flip and images.shape[1] == 3)
 
 
 def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, dataset: str | None = None,
