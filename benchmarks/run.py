@@ -419,8 +419,8 @@ def write_markdown(results: dict, path: Path, args) -> None:
         lines += ["", "Errors relative to CG run to convergence; cos: cosine between the meta-gradient and "
                       "the one from that converged solve."]
     m = results["machine"]
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-                  f"Python {m['python']}; report written {m['date']}."]
+    lines += ["", f"Report written {m['date']} on {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
+                  f"Python {m['python']}; each piece was measured on its session's machine (the sections below)."]
     table = "\n".join(lines)
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
     if MARKERS[0] not in text:

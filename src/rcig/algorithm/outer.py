@@ -52,8 +52,8 @@ from rcig.timing import Stopwatch
 
 def start_images(init: str, ipc: int) -> str:
     """The config's ``init`` with "auto" resolved: "herding" at 1 ipc, where herding's images score
-    far above random ones (Fashion-MNIST: 63.7 / 67.8 vs 49.1 / 49.8 %), else "real" (at 10 ipc
-    herding's score below random ones: 64.5 / 63.7 vs 70.8 / 73.0; BENCHMARKS.md)."""
+    far above random ones (Fashion-MNIST: 64.5 / 67.7 vs 49.2 / 49.9 %), else "real" (at 10 ipc
+    herding's score below random ones: 71.1 vs 72.8 with augmentation; BENCHMARKS.md)."""
     if init == "auto":
         return "herding" if ipc == 1 else "real"
     return init
