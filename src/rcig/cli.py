@@ -145,11 +145,11 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     networks are shared out and the leader alone prints and writes ``json_out``.
     """
     from rcig import validate
-    from rcig.config import depth_for_image_size
     from rcig.data import prepare
     from rcig.evaluation import ProtocolSettings
     from rcig.evaluation.ranking import ranking_scores
-    from rcig.evaluation.suite import ARCH_PROTOCOLS, BASELINES, baseline_support, format_table, parse_list, score_grid
+    from rcig.evaluation.baselines import BASELINES, baseline_support
+    from rcig.evaluation.suite import ARCH_PROTOCOLS, format_table, parse_list, score_grid
     from rcig.io import load
 
     team = team or parallel.solo()
@@ -177,8 +177,6 @@ def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | No
     channels, size = ds.images.shape[1], ds.images.shape[2]
     for name in archs:
         validate.network_fits(ARCH_PROTOCOLS[name]["arch"], channels, size, settings.depth, str(path))
-    if "herding" in baselines:  # its features come from a random ConvNet of the dataset's depth
-        validate.network_fits("conv", channels, size, depth_for_image_size(size), meta["dataset"])
     supports = {"distilled": (ds.images, ds.labels)}
     k = ds.labels.shape[1]
     if baselines and len(ds.images) % k:

@@ -4,7 +4,9 @@
 * ``herding``: per class, the images whose running mean best tracks the class mean in a
   random ConvNet's features (:func:`rcig.data.sampling.herding_per_class`; the same
   selection that ``init="herding"`` starts a distillation from).
-* ``baseline_set``: either one as a set file's :class:`rcig.io.DistilledSet` (``rcig baseline``).
+* ``baseline_support``: either one by name (``BASELINES``), checking first that herding's
+  network takes the images; ``baseline_set``: that as a set file's :class:`rcig.io.DistilledSet`
+  (``rcig baseline``; ``rcig eval --compare`` scores the support itself).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_cl
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
+
+BASELINES = ("random", "herding")
 
 
 def random_real(prepared, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,20 +42,29 @@ def herding(prepared, ipc: int, seed: int, depth: int | None = None,
     return prepared.x_train[index].clone(), centred_one_hot(prepared.y_train[index], k)
 
 
+def baseline_support(prepared, method: str, ipc: int, seed: int,
+                     device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of the ``BASELINES`` set ``method``, ``ipc`` per class (herding embeds
+    the images on ``device``, after checking that its network takes them: a one-line error)."""
+    if method == "herding":  # features from a random ConvNet of the dataset's depth
+        from rcig import validate
+
+        size = prepared.dataset.image_size
+        validate.network_fits("conv", prepared.dataset.channels, size, depth_for_image_size(size), prepared.dataset.spec)
+        return herding(prepared, ipc, seed, device=device)
+    return random_real(prepared, ipc, seed)
+
+
 def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None,
                  device: str = "cpu") -> DistilledSet:
     """A random-real or herding set of ``ipc`` images per class of dataset ``spec``, with the
     protocol of the paper's preset for its shape (herding embeds the images on ``device``)."""
-    from rcig import parallel, validate
+    from rcig import parallel
     from rcig.data import prepare
     from rcig.io import make_set
 
     prepared = prepare(spec, data_dir)
+    images, labels = baseline_support(prepared, method, ipc, seed, device=parallel.resolve_device(str(device)))
     size, channels = prepared.dataset.image_size, prepared.dataset.channels
-    if method == "herding":  # features from a random ConvNet of the dataset's depth
-        validate.network_fits("conv", channels, size, depth_for_image_size(size), spec)
-        images, labels = herding(prepared, ipc, seed, device=parallel.resolve_device(str(device)))
-    else:
-        images, labels = random_real(prepared, ipc, seed)
     return make_set(prepared, images, labels, ipc=ipc, method=method, seed=seed, flip=False,
                     protocol=paper_preset(size, channels).protocol())

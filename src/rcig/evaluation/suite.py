@@ -22,7 +22,6 @@ ARCH_PROTOCOLS = {
     "vgg11": {"arch": "vgg11"},
     "alexnet": {"arch": "alexnet"},
 }
-BASELINES = ("random", "herding")
 
 
 def parse_list(text: str | None, known, what: str) -> tuple[str, ...]:
@@ -38,13 +37,6 @@ def parse_list(text: str | None, known, what: str) -> tuple[str, ...]:
 
 def arch_settings(base: ProtocolSettings, name: str) -> ProtocolSettings:
     return replace(base, **ARCH_PROTOCOLS[name])
-
-
-def baseline_support(prepared, method: str, ipc: int, seed: int):
-    """(images, labels) of a random-real or herding set, ``ipc`` per class."""
-    from rcig.evaluation.baselines import herding, random_real
-
-    return {"random": random_real, "herding": herding}[method](prepared, ipc, seed)
 
 
 def score_grid(supports: dict, archs: tuple[str, ...], base: ProtocolSettings, test_x, test_y, *, flip: bool,
