@@ -352,14 +352,3 @@ def test_outer_step_passes_the_pool_networks_step_count_to_the_inner_solve(monke
     monkeypatch.setattr(outer, "meta_gradient", spy)
     distill("digits", 1, steps=6, overrides={**TINY, "max_online_steps": 100}, progress=False)
     assert seen[0] == 0 and max(seen) > 0  # 3 networks, 6 steps: some network is picked twice
-
-
-def test_a_run_made_before_network_init_existed_resumes_with_torchs_init(tmp_path):
-    distill("digits", 1, steps=1, out=tmp_path, overrides={**TINY, "network_init": "torch"}, checkpoint_every=1,
-            progress=False)
-    run_file = tmp_path / "run.json"
-    stored = json.loads(run_file.read_text())
-    del stored["config"]["network_init"]  # as written before the knob existed
-    run_file.write_text(json.dumps(stored))
-    resumed = distill(out=tmp_path, steps=2, resume=True, progress=False)
-    assert resumed.meta["config"]["network_init"] == "torch"

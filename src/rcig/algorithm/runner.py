@@ -102,15 +102,6 @@ def _append_log(path: Path, record: dict[str, Any]) -> None:
 DEFAULTS = {"dataset": "digits", "ipc": 1, "seed": 0}
 
 
-# Knobs whose default changed: the value a run.json written before them ran at.
-LEGACY_DEFAULTS = {"network_init": "torch"}
-
-
-def stored_config(stored: dict[str, Any]) -> dict[str, Any]:
-    """The config of a stored run, knobs added since filled with what that run used."""
-    return {**LEGACY_DEFAULTS, **stored["config"]}
-
-
 def _stored_run(out_dir: Path | None, resume: bool) -> dict[str, Any] | None:
     """The run description in ``out_dir`` to resume (validated), or None for a fresh run,
     which must not go into a folder holding another run (it would mix two runs' files)."""
@@ -220,7 +211,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         prepared = prepare(dataset, data_dir)
     ds = prepared.dataset
     if stored and preset is None:  # overrides apply to the stored config (and must agree with it)
-        cfg = from_dict(stored_config(stored), where=f"{out_dir}/run.json")
+        cfg = from_dict(stored["config"], where=f"{out_dir}/run.json")
         changes = {**(overrides or {}), **({"steps": steps} if steps is not None else {})}
         cfg = cfg.replace(**changes) if changes else cfg  # a resumed run may be extended
     else:
@@ -248,7 +239,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         if resume:
             now = json.loads(json.dumps(identity))
             # a knob added after the run was made ran at its default (which reproduces the old code)
-            then = json.loads(json.dumps(from_dict(stored_config(stored), where=f"{out_dir}/run.json").to_dict()))
+            then = json.loads(json.dumps(from_dict(stored["config"], where=f"{out_dir}/run.json").to_dict()))
             diff = [k for k in now if k != "config" and stored.get(k) != now[k]]
             diff += [f"config.{k}" for k in now["config"] if k != "steps" and then[k] != now["config"][k]]
             if diff:
