@@ -13,7 +13,7 @@ on every rank, so only the direct part (the target batch) divides by the ranks::
 
     T(w) = inner + hinv + implicit + pool + direct / w + allreduce(bytes, w)
 
-Results and discussion: benchmarks/distributed.md.
+Results and discussion: docs/parallel.md.
 """
 
 from __future__ import annotations

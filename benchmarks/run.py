@@ -54,7 +54,7 @@ from speed import DEFAULT_CASES, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
-PRESET = "fast"  # the CPU recipe (README); the paper's is depth_3_no_flip
+PRESET = "fast"  # the CPU recipe (docs/algorithm.md); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "distilled")  # evaluation order: baselines need no distillation
 RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve")  # a distill_<ipc> piece's, in a report row
 MARKERS = ("<!-- results -->", "<!-- /results -->")

@@ -98,7 +98,8 @@ def test_c_inner_loss_is_collapsed_ridge_form(cls):
     _, f, body0, _, x_s, y_s, _, _, delta = tiny_problem()
     problem = cls(f, body0, x_s, y_s, L2)
     loss, _ = problem.loss_and_grad(delta)
-    # The expanded form of RCIG.md: squared error + l2 (tr(alpha^T K alpha) + ||delta||^2).
+    # The expanded form of docs/algorithm.md, "The convexified inner problem":
+    # squared error + l2 (tr(alpha^T K alpha) + ||delta||^2).
     phi_s, u_s = features_and_change(f, body0, x_s, delta, cls is LinearizedInner)
     k_ss = phi_s @ phi_s.T
     alpha = torch.linalg.solve(ridge_matrix(phi_s, L2), y_s - u_s)

@@ -2,7 +2,7 @@
 
 Each check raises :class:`rcig.errors.RcigError` with a one-line message naming the input and
 what is wrong with it, before any work starts; past these checks the rest of the code may
-assume well-formed values. The kinds (README's table lists them with what is checked):
+assume well-formed values. The kinds (docs/cli.md's table lists them with what is checked):
 
 * distilled-set files ....... :func:`distilled_set` (on load), :func:`set_fits_dataset` (before scoring)
 * datasets .................. :func:`dataset` (on load), :func:`network_fits` (image size vs depth)

@@ -11,7 +11,7 @@ Notation (shapes for a support of n rows, C classes, D features, P body paramete
   ``f(x; theta0 + delta) - f(x; theta0)``.
 * ``K_ss = phi0(X_s) phi0(X_s)^T`` (n, n), ``A = K_ss + l2 I``.
 
-Inner prediction on targets and the inner loss (RCIG.md, "Convexified inner model")::
+Inner prediction on targets and the inner loss (docs/algorithm.md, "The convexified inner problem")::
 
     alpha     = A^-1 (Y_s - u(X_s))                                      (n, C)
     pred(X_t) = u(X_t) + phi0(X_t) phi0(X_s)^T alpha                      (m, C)
@@ -263,7 +263,7 @@ def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Para
 
 @torch.no_grad()
 def solve_inner(problem: InnerProblem, lr: float, steps: int, start_count: int = 0) -> SolveResult:
-    """delta* by ``steps`` Adam steps on L_in from delta = 0 (RCIG.md: 20 steps).
+    """delta* by ``steps`` Adam steps on L_in from delta = 0 (docs/algorithm.md: 20 steps).
 
     ``start_count``: the base network's pool-training steps. The reference's inner solve
     reuses the pool network's optimiser state, so its Adam count starts there (moments at

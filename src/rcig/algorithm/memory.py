@@ -82,7 +82,7 @@ def shortfall_warning(estimate: MemoryEstimate, available: float | None) -> str 
             f"({estimate.support_rows} support rows with gradients, {estimate.target_rows} target rows) and "
             f"{available:.0f} GB are available; if the system stops it, subsample the support: "
             f"--set inner_train_batch_size=K --set hinv_batch_size=K --set implicit_batch_size=K "
-            f"--set direct_batch_sizes=K,null (README: the large-support knobs), or a smaller --ipc")
+            f"--set direct_batch_sizes=K,null (docs/algorithm.md: large supports), or a smaller --ipc")
 
 
 __all__ = ["MemoryEstimate", "activation_floats", "available_gb", "shortfall_warning", "step_memory"]

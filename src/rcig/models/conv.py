@@ -1,8 +1,8 @@
 """The paper's ConvNet ("Conv"): depth x [3x3 conv, norm, activation, 2x2 average pool].
 
-Block i has ``width * 2**i`` channels (RCIG.md). For 1-channel input the first conv pads
-by 3 instead of 1, so 28 px becomes 32 px (and 8 px becomes 12 px) and the pools divide
-evenly. Features are the flattened last block; ``classifier`` maps them to logits.
+Block i has ``width * 2**i`` channels (docs/algorithm.md, "The network"). For 1-channel
+input the first conv pads by 3 instead of 1, so 28 px becomes 32 px (and 8 px becomes 12 px)
+and the pools divide evenly. Features are the flattened last block; ``classifier`` maps them to logits.
 
 Also here: :class:`Classifier`, the ``features -> classifier`` tail every network shares, and
 :class:`PlainNorm` / :func:`plain_norms`, the norms forward-mode AD can follow.

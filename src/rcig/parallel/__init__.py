@@ -16,7 +16,7 @@ Data-parallel distillation (what each outer step does on ``world`` ranks)::
 and everything after that depends only on the support, delta* and the reduced g_t, which
 are identical on every rank: v = H^-1 g_t, the implicit gradient, the clipping, the
 AdaBelief step and the pool training run replicated (no messages; see
-benchmarks/distributed.md for why, measured). :func:`step_control` then compares a checksum
+docs/parallel.md for why). :func:`step_control` then compares a checksum
 of the support across ranks and agrees on stopping (Ctrl-C, time budget) in one message.
 
 Random draws come from CPU generators on every device (indices and init noise are drawn on
