@@ -120,3 +120,25 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = next(line.strip() for line in readme.splitlines() if "pytest" in line and line.strip().startswith("python3 -m venv"))
     assert test_command in ci
+
+
+def test_offline_download_says_so_and_what_to_fetch(tmp_path, monkeypatch, capsys):
+    import urllib.error
+    import urllib.request
+
+    from rcig.data import sources
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("RCIG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(sources, "candidate_dirs", lambda data_dir, names: [])  # nothing installed locally
+    code, out, err = run(["datasets"], capsys)
+    assert code == 0 and "downloads it on first use from https://ossci-datasets" in out
+    assert str(tmp_path / "cache" / "datasets" / "mnist") in out
+    code, _, err = run(["baseline", "--dataset", "mnist"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cannot write" not in err
+    for word in ("downloading them failed", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
+                 "https://ossci-datasets.s3.amazonaws.com/mnist/", str(tmp_path / "cache" / "datasets" / "mnist")):
+        assert word in err, (word, err)

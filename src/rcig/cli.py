@@ -71,12 +71,15 @@ SET_SUFFIXES = (".safetensors", ".npz")
 
 def cmd_datasets(args) -> None:
     from rcig.data import describe_specs
+    from rcig.data.sources import download_note
 
     rows = describe_specs(args.data_dir)
     width = max(len(r["spec"]) for r in rows)
     for r in rows:
         found = {True: "found", False: "missing", None: "-"}[r["found"]]
         print(f"{r['spec']:<{width}}  {found:<7}  {r['where']}\n{'':<{width}}  {'':<7}  {r['description']}")
+        if r["found"] is False and (note := download_note(r["spec"])):
+            print(f"{'':<{width}}  {'':<7}  {note}")
 
 
 # ----------------------------------------------------------------------------- distill

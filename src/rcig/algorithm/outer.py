@@ -141,17 +141,16 @@ def tune_learning_rates(f: Network, body0: Params, support: dict[str, torch.Tens
     every step. The hvp trials share one inner solve and one g_t (they depend only on the
     tuned inner lr), so each costs only the support's H v products.
     """
-    from tqdm import tqdm
+    from rcig.progress import Progress
 
     x_s, y_s = expand_support(support["x"], support["y"], cfg.flip)
     l2 = l2_strength(cfg, support["x"].shape[0])
     problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
-    bar = tqdm(desc="tune learning rates", unit="trial", disable=not progress, leave=False)
+    bar = Progress(None, "tune learning rates", "trial", enabled=progress, transient=True)
 
     def trial(solve) -> Callable[[float], bool]:
         def is_stable(lr: float) -> bool:
-            bar.update(1)
-            bar.set_postfix(lr=f"{lr:.3g}")
+            bar.update(1, lr=f"{lr:.3g}")
             return solve_outcome(solve(lr)) == Outcome.MONOTONIC
         return is_stable
 

@@ -189,10 +189,9 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     ``steps`` override) runs until the budget ends it (``UNTIL_BUDGET`` steps at most), not
     to the preset's 1,000 or digits' quick 50.
     """
-    from tqdm import tqdm
-
     from rcig import validate
     from rcig.crashpoints import crash_point
+    from rcig.progress import Progress
     from rcig.data import prepare
 
     began = time.perf_counter()  # --max-minutes counts from here
@@ -274,11 +273,11 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             _append_log(log_path, {"iter": 0, "init": {"method": "herding", **init_cost}})
         if cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
             if progress:
-                tqdm.write("rcig: tuning the inner and H^-1 g learning rates on one network ...")
+                print("rcig: tuning the inner and H^-1 g learning rates on one network ...", file=sys.stderr)
             with timed() as tune_cost:
                 distiller.tune(state, progress)
             if progress:
-                tqdm.write(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}")
+                print(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}", file=sys.stderr)
             if log_path is not None:  # the tuning's cost counts towards the run's (CG needs none)
                 _append_log(log_path, {"iter": 0, "tuning": {"inner_lr": state.inner_lr, "hvp_lr": state.hvp_lr,
                                                              **tune_cost}})
@@ -289,15 +288,13 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     # Rank 0 writes (ckpt_path and log_path are None elsewhere); every rank agrees, after
     # each step, on whether to stop and on the support being the same (rcig.parallel).
     total = None if cfg.steps == UNTIL_BUDGET else cfg.steps  # a budgeted run: a count, no percentage
-    bar = tqdm(total=total, initial=state.iteration, desc=f"rcig {ds.spec} ipc={ipc}", unit="step",
-               disable=not progress, dynamic_ncols=True)
+    bar = Progress(total, f"rcig {ds.spec} ipc={ipc}", "step", enabled=progress, initial=state.iteration,
+                   interval=0)  # a plain line per step: steps take seconds
     with deferred_interrupt(announce=leader) as interrupted, bar:
         while state.iteration < cfg.steps:
             record = distiller.step(state)
             crash_point("stepped")
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['outer_loss']:.3f}", acc=f"{record['outer_acc']:.3f}",
-                            s=f"{record['seconds']:.1f}")
+            bar.update(1, loss=f"{record['outer_loss']:.3f}", batch_acc=f"{record['outer_acc']:.3f}")
             if log_path is not None:
                 _append_log(log_path, record)
                 crash_point("logged")
@@ -305,7 +302,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
                 _save_set(distilled_set(state, distiller, prepared, cfg, seed),
                           out_dir / "checkpoints" / f"iter_{state.iteration}.safetensors")
             if eval_every and state.iteration % eval_every == 0:
-                _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path)
+                _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path, bar)
             if state.iteration % checkpoint_every == 0 or state.iteration == cfg.steps:
                 save_latest()
             out_of_time = past_budget(max_minutes, began, started, time.perf_counter(), state.iteration - first_step)
@@ -362,9 +359,7 @@ def _save_set(ds: DistilledSet, path: Path) -> None:
 
 
 def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int, settings,
-                   log_path: Path | None) -> None:
-    from tqdm import tqdm
-
+                   log_path: Path | None, bar) -> None:
     from rcig.evaluation import ProtocolSettings, evaluate_support
 
     # one network, with augmentation only: a cheap trend line, not the full protocol
@@ -377,7 +372,7 @@ def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config,
     record = {"iter": state.iteration, "eval": scores, "eval_seconds": round(time.perf_counter() - started, 1)}
     if not distiller.team.leader:
         return
-    tqdm.write(f"rcig: iteration {state.iteration}: " + ", ".join(
+    bar.write(f"rcig: iteration {state.iteration}: " + ", ".join(
         f"{k} {v['mean']:.4f}" for k, v in scores.items() if isinstance(v, dict) and "mean" in v))
     if log_path is not None:
         _append_log(log_path, record)

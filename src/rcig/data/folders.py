@@ -15,15 +15,18 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def read_images(paths: list[Path], mode: str, size: int | None) -> np.ndarray:
     """Decode image files with PIL to uint8 (N, H, W, C); ``mode`` "L" or "RGB"."""
     from PIL import Image
-    from tqdm import tqdm
+    from rcig.progress import Progress
 
     out = []
-    for p in tqdm(paths, desc="decode images", unit="img", leave=False, disable=len(paths) < 2000):
+    bar = Progress(len(paths), "decode images", "img", enabled=len(paths) >= 2000, transient=True)
+    for p in paths:
+        bar.update(1)
         with _opened(p) as im:
             im = im.convert(mode)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             out.append(np.asarray(im, dtype=np.uint8))
+    bar.close()
     if not out:
         return np.zeros((0, size or 1, size or 1, 1 if mode == "L" else 3), np.uint8)
     shapes = {a.shape for a in out}

@@ -7,7 +7,9 @@ then ``/usr/share/datasets/<name>`` (Debian's packages), then ``~/.cache/rcig/da
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -39,19 +41,38 @@ def candidate_dirs(data_dir: Path | None, names: tuple[str, ...]) -> list[Path]:
 
 # ------------------------------------------------------------------------- downloading
 
+class DownloadFailed(RcigError):
+    """The network (not the disk) failed during a download."""
+
+
+@contextlib.contextmanager
+def _network(url: str):
+    """Turn a network failure into :class:`DownloadFailed` (an OSError would read as a failed write)."""
+    try:
+        yield
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DownloadFailed(f"{url}: {reason}") from None
+
+
 def download(url: str, dest: Path, md5: str, timeout: float = 20.0) -> Path:
-    """Fetch ``url`` to ``dest`` atomically, with a progress bar; check its MD5."""
-    from tqdm import tqdm
+    """Fetch ``url`` to ``dest`` atomically, showing progress; check its MD5."""
+    from rcig.progress import Progress
 
     def fetch(out) -> None:
         digest = hashlib.md5()
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}", leave=False) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
+        with _network(url):
+            response = urllib.request.urlopen(url, timeout=timeout)
+        with response, Progress(int(response.headers.get("Content-Length") or 0) or None, f"download {dest.name}",
+                                "B", transient=True) as bar:
+            while True:
+                with _network(url):
+                    chunk = response.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
         if digest.hexdigest() != md5:
             raise RcigError(f"checksum mismatch for {url}: got md5 {digest.hexdigest()}, expected {md5}")
 
@@ -59,16 +80,24 @@ def download(url: str, dest: Path, md5: str, timeout: float = 20.0) -> Path:
 
 
 def try_download(name: str, files: dict[str, str], base: str, hint: str) -> Path:
-    """Download every file of ``files`` (name -> md5) from ``base`` into the cache."""
+    """Download every file of ``files`` (name -> md5) from ``base`` into the cache; a failure
+    says what to fetch by hand and where to put it."""
     folder = cache_root() / "datasets" / name
-    try:
-        for file, md5 in files.items():
-            if not (folder / file).is_file():
-                download(base + file, folder / file, md5)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise RcigError(f"{name}: files not found and download failed ({reason}); {hint}") from None
+    missing = [file for file in files if not (folder / file).is_file()]
+    for file in missing:
+        try:
+            download(base + file, folder / file, md5=files[file])
+        except DownloadFailed as exc:
+            raise RcigError(f"{name}: its files are not on this machine and downloading them failed (no network?): "
+                            f"{exc}. Fetch {', '.join(missing)} from {base} yourself and put them in {folder}; "
+                            f"or {hint}") from None
     return folder
+
+
+def download_note(name: str) -> str | None:
+    """Where ``rcig`` would download the named dataset from, and to, if its files are missing."""
+    url = NAMED[name].download_from if name in NAMED else None
+    return f"rcig downloads it on first use from {url} into {cache_root() / 'datasets' / name}" if url else None
 
 
 # ----------------------------------------------------------------------- named sources
@@ -80,6 +109,7 @@ class Source:
     locate: Callable[[Path | None], Path | None]
     read: Callable[[Path], dict]
     fetch: Callable[[], Path] | None = None
+    download_from: str | None = None  # what ``fetch`` downloads (a URL or a base URL)
 
     def load(self, data_dir: Path | None, download: bool) -> dict:
         where = self.locate(data_dir)
@@ -116,7 +146,7 @@ def idx_source(name: str, title: str, debian: str, classes: list[str], base: str
         return {**formats.load_idx_folder(folder), "class_names": classes}
 
     return Source(f"{title} 28x28 gray, 10 classes (idx files)", hint, locate, read,
-                  lambda: try_download(name, md5s, base, hint))
+                  lambda: try_download(name, md5s, base, hint), base)
 
 
 def cifar_source(classes: int) -> Source:
@@ -144,7 +174,8 @@ def cifar_source(classes: int) -> Source:
         folder = try_download(name, {archives[0]: md5}, "https://www.cs.toronto.edu/~kriz/", hint)
         return folder / archives[0]
 
-    return Source(f"CIFAR-{classes} 32x32 RGB, {classes} classes (binary or python release)", hint, locate, read, fetch)
+    return Source(f"CIFAR-{classes} 32x32 RGB, {classes} classes (binary or python release)", hint, locate, read, fetch,
+                  f"https://www.cs.toronto.edu/~kriz/{archives[0]}")
 
 
 def _cifar_present(path: Path, classes: int) -> bool:
@@ -172,7 +203,8 @@ def tiny_imagenet_source() -> Source:
 
     from rcig.data.folders import load_tiny_imagenet
 
-    return Source("Tiny-ImageNet 64x64 RGB, 200 classes (val/ as test)", hint, locate, load_tiny_imagenet, fetch)
+    return Source("Tiny-ImageNet 64x64 RGB, 200 classes (val/ as test)", hint, locate, load_tiny_imagenet, fetch,
+                  "http://cs231n.stanford.edu/tiny-imagenet-200.zip")
 
 
 def safe_unzip(archive: Path, dest: Path) -> None:

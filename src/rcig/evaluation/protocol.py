@@ -167,9 +167,8 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     accuracies summed into every rank's result, so each network scores what it would
     serially (same seed, same batches). Each rank trains on ``team.device``.
     """
-    from tqdm import tqdm
-
     from rcig.parallel import gather_sum, solo
+    from rcig.progress import Progress
 
     team = team or solo(images.device)
     images, labels = images.detach().float().to(team.device), labels.detach().float().to(team.device)
@@ -187,8 +186,8 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     owner = assign_jobs([plan[name][1] for name, _ in jobs], team.world)
     mine = [j for j in range(len(jobs)) if owner[j] == team.rank]
     accs = torch.zeros(len(jobs), dtype=torch.float64)  # this rank's networks; zeros elsewhere
-    with tqdm(total=sum(plan[jobs[j][0]][1] for j in mine), desc="evaluate", unit="step",
-              disable=not (progress and team.leader), dynamic_ncols=True) as bar:
+    with Progress(sum(plan[jobs[j][0]][1] for j in mine), "evaluate", "step",
+                  enabled=progress and team.leader) as bar:
         for name, (augment, total_steps) in plan.items():
             chosen = [j for j in mine if jobs[j][0] == name]
             if not chosen:

@@ -1,0 +1,53 @@
+"""Progress output: plain lines in a file or pipe, nothing but warnings when disabled."""
+
+import io
+
+from rcig.progress import format_duration, format_rate, progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_plain_lines_in_a_file_one_per_update_without_carriage_returns():
+    stream = io.StringIO()
+    with progress(4, "rcig digits ipc=1", "step", interval=0, stream=stream) as bar:
+        for i in range(4):
+            bar.update(1, loss=f"{1 / (i + 1):.3f}", batch_acc="0.500")
+    text = stream.getvalue()
+    lines = text.splitlines()
+    assert "\r" not in text and len(lines) == 4
+    assert "step 2/4 (50%)" in lines[1] and "loss 0.500" in lines[1] and "batch_acc 0.500" in lines[1]
+    assert "s/step" in lines[1] or "step/s" in lines[1]
+    assert " left" in lines[1] and " left" not in lines[3]  # the time left, until the end
+
+
+def test_plain_lines_at_intervals_and_a_last_one():
+    stream = io.StringIO()
+    with progress(1000, "evaluate", interval=3600, stream=stream) as bar:
+        for _ in range(1000):
+            bar.update(1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and "step 1000/1000 (100%)" in lines[0]
+
+
+def test_disabled_shows_nothing_but_warnings():
+    stream = io.StringIO()
+    with progress(3, "evaluate", enabled=False, interval=0, stream=stream) as bar:
+        bar.update(3)
+        bar.write("rcig: iteration 3: aug 0.5")
+        bar.write("rcig: warning: low memory", info=False)
+    assert stream.getvalue() == "rcig: warning: low memory\n"
+
+
+def test_a_terminal_gets_a_bar():
+    stream = Terminal()
+    with progress(3, "evaluate", stream=stream) as bar:
+        bar.update(3)
+    assert "\r" in stream.getvalue() and "3/3" in stream.getvalue()
+
+
+def test_formats():
+    assert format_duration(42) == "42s" and format_duration(228) == "3m48s" and format_duration(7500) == "2h05m"
+    assert format_rate(5.26, "step") == "5.3 s/step" and format_rate(0.01, "step") == "100 step/s"
