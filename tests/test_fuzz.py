@@ -11,6 +11,7 @@ call was asked to write. The number of examples comes from the hypothesis profil
 import contextlib
 import hashlib
 import io
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from PIL import Image
 
 from rcig.algorithm.checkpoint import sealed
 from rcig.cli import main
-from rcig.config import _FIELD_NAMES
+from rcig.config import Config
 from rcig.io import load
 
 TINY = {"width": 8, "pool_size": 2, "target_batch_size": 64, "max_online_steps": 4, "inner_lr": 3e-3,
@@ -259,7 +260,7 @@ def test_fuzz_image_folders(data):
 
 # ---------------------------------------------------------------------- config overrides
 
-KEYS = st.sampled_from(list(_FIELD_NAMES) + ["widht", "pool-size", "", "x=y"])
+KEYS = st.sampled_from([f.name for f in dataclasses.fields(Config)] + ["widht", "pool-size", "", "x=y"])
 TEXT_VALUES = st.one_of(
     st.integers(-3, 12).map(str), st.sampled_from(["1e3", "2.5", "-0.5", "nan", "Infinity", "null", "none", "true",
                                                     "False", "[]", "[1]", "[null, 4]", "[1,2,3]", "crop",

@@ -47,87 +47,198 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from rcig.errors import RcigError
 
 # The transforms rcig.augment implements, and the ones the evaluation protocol uses by default.
 AUGMENTATIONS = ("flip", "color", "crop", "rotate", "translate", "cutout")
 TEST_AUGMENTATIONS = ("crop", "rotate", "translate", "cutout")
+MAX_INT = 2 ** 31 - 1  # any larger count or size is a typo, and overflows torch's index types
+
+
+# ------------------------------------------------------------------- JSON values
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool (JSON's true is not 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# ------------------------------------------------------------- the kinds of field
+
+class Kind(NamedTuple):
+    """The type of a Config field.
+
+    ``read`` takes a JSON or Python value to the field's value (or raises ValueError);
+    ``parse`` takes ``--set`` text to a JSON-like value, which ``read`` then checks.
+    """
+
+    words: str  # "an integer": what the error message says the value must be
+    read: Callable[[Any], Any]
+    parse: Callable[[str], Any]
+
+
+def _read_int(value: Any) -> int:
+    """An int; an integral float (``1e3`` in JSON) becomes one."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
+        return int(value)
+    if not is_int(value):
+        raise ValueError(value)
+    return value
+
+
+def _read_float(value: Any) -> float:
+    if not is_number(value):
+        raise ValueError(value)
+    return float(value) if is_int(value) and abs(value) < 2 ** 53 else value
+
+
+def _read_type(kind: type) -> Callable[[Any], Any]:
+    def read(value: Any) -> Any:
+        if not isinstance(value, kind):
+            raise ValueError(value)
+        return value
+    return read
+
+
+def _items(value: Any) -> list:
+    """A list field's items: a list or tuple, or one bare item (``test_augmentations=crop``)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _read_ints(value: Any) -> tuple[int, ...]:
+    return tuple(_read_int(v) for v in _items(value))
+
+
+def _read_names(value: Any) -> tuple[str, ...]:
+    return tuple(_read_type(str)(v) for v in _items(value))
+
+
+def _read_pair(value: Any) -> tuple[int | None, int | None]:
+    items = _items(value)
+    if len(items) != 2:
+        raise ValueError(value)
+    return tuple(None if v is None else _read_int(v) for v in items)
+
+
+def _parse_json(raw: str) -> Any:
+    """JSON text; else true/false/none/null in any case; else the text itself (which ``read`` rejects)."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return {"true": True, "false": False, "none": None, "null": None}.get(raw.lower(), raw)
+
+
+def _parse_text(raw: str) -> str:
+    """The text itself, or the same text JSON-quoted (what json.dumps writes: ``solver="cg"``)."""
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _parse_list(item: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A JSON list, or comma-separated items each parsed by ``item`` (``crop,rotate``; ``4,null``)."""
+    def parse(raw: str) -> Any:
+        if raw.startswith("["):
+            return _parse_json(raw)
+        return [item(part.strip()) for part in raw.split(",") if part.strip()]
+    return parse
+
+
+INT = Kind("an integer", _read_int, _parse_json)
+FLOAT = Kind("a number", _read_float, _parse_json)
+BOOL = Kind("true or false", _read_type(bool), _parse_json)
+STR = Kind("a string", _read_type(str), _parse_text)
+INTS = Kind("a list of integers", _read_ints, _parse_list(_parse_json))
+NAMES = Kind("a list of names", _read_names, _parse_list(_parse_text))
+PAIR = Kind("[support_rows, target_rows] (two integers or nulls)", _read_pair, _parse_list(_parse_json))
+
+
+def knob(kind: Kind, default: Any) -> Any:
+    """A Config field of ``kind``; it may be null exactly when its default is."""
+    return field(default=default, metadata={"kind": kind})
 
 
 @dataclass(frozen=True)
 class Config:
     """Every knob of an RCIG run. Defaults are the paper's shared settings."""
 
-    description: str = ""
-    image_size: int | None = None  # informational: the resolution the preset was made for
+    description: str = knob(STR, "")
+    image_size: int | None = knob(INT, None)  # informational: the resolution the preset was made for
 
     # -- the distillation network ("Conv", width * 2**i channels per block) --
-    depth: int = 3
-    width: int = 128
-    softplus_beta: float = 60.0  # softplus(beta z)/beta during distillation; 0 -> ReLU
-    norm: str = "none"  # "none" | "batch" | "instance"
+    depth: int = knob(INT, 3)
+    width: int = knob(INT, 128)
+    softplus_beta: float = knob(FLOAT, 60.0)  # softplus(beta z)/beta during distillation; 0 -> ReLU
+    norm: str = knob(STR, "none")  # "none" | "batch" | "instance"
     # "reference": flax's lecun_normal kernels and zero biases, as the reference release;
     # "torch": torch's defaults (a ~27x smaller feature kernel at depth 3, see rcig.models.init)
-    network_init: str = "reference"
+    network_init: str = knob(STR, "reference")
 
     # -- the learned support --
-    init: str = "real"  # "real": seeded real images per class | "herding": the herding baseline's | "noise" |
-    # "auto": herding at 1 ipc, else real (rcig.algorithm.outer.start_images)
-    learn_labels: bool = True
-    flip: bool = False  # flip trick: the inner model sees [x, flip(x)] with labels [y, y]
-    proto_lr: float = 0.003  # AdaBelief lr for images and labels
-    proto_lr_boost: float = 1.0  # > 1: start x/y's lr at this multiple of proto_lr ...
-    proto_lr_boost_steps: int = 0  # ... and decay it (cosine) to proto_lr over these outer steps
-    temp_lr: float = 0.03  # AdaBelief lr for log_temp
-    ema_decay: float = 0.99
+    init: str = knob(STR, "real")  # "real": seeded real images per class | "herding": the herding baseline's |
+    # "noise" | "auto": herding at 1 ipc, else real (rcig.algorithm.outer.start_images)
+    learn_labels: bool = knob(BOOL, True)
+    flip: bool = knob(BOOL, False)  # flip trick: the inner model sees [x, flip(x)] with labels [y, y]
+    proto_lr: float = knob(FLOAT, 0.003)  # AdaBelief lr for images and labels
+    proto_lr_boost: float = knob(FLOAT, 1.0)  # > 1: start x/y's lr at this multiple of proto_lr ...
+    proto_lr_boost_steps: int = knob(INT, 0)  # ... and decay it (cosine) to proto_lr over these outer steps
+    temp_lr: float = knob(FLOAT, 0.03)  # AdaBelief lr for log_temp
+    ema_decay: float = knob(FLOAT, 0.99)
 
     # -- the convexified inner problem --
-    linearize: bool = True  # False: u(x) = f(x; theta0 + delta) - f(x; theta0) (not convex)
-    l2_rate: float = 0.0005  # l2 = l2_rate * (number of classes * ipc)
-    n_inner_steps: int = 20
-    n_hinv_steps: int = 20
+    linearize: bool = knob(BOOL, True)  # False: u(x) = f(x; theta0 + delta) - f(x; theta0) (not convex)
+    l2_rate: float = knob(FLOAT, 0.0005)  # l2 = l2_rate * (number of classes * ipc)
+    n_inner_steps: int = knob(INT, 20)
+    n_hinv_steps: int = knob(INT, 20)
     # "adam": the reference's solves at tuned learning rates; "cg": conjugate gradients,
     # exact in fewer iterations, no learning rates (linearised model, full support only)
-    solver: str = "adam"
-    inner_lr: float | None = None  # None: tuned before distillation (start inner_lr_start)
-    hvp_lr: float | None = None  # None: tuned before distillation (start hvp_lr_start)
-    inner_lr_start: float = 1e-5
-    hvp_lr_start: float = 5e-5
-    lr_adapt_every: int = 50
+    solver: str = knob(STR, "adam")
+    inner_lr: float | None = knob(FLOAT, None)  # None: tuned before distillation (start inner_lr_start)
+    hvp_lr: float | None = knob(FLOAT, None)  # None: tuned before distillation (start hvp_lr_start)
+    inner_lr_start: float = knob(FLOAT, 1e-5)
+    hvp_lr_start: float = knob(FLOAT, 5e-5)
+    lr_adapt_every: int = knob(INT, 50)
 
     # -- the outer problem --
-    target_batch_size: int = 1024
+    target_batch_size: int = knob(INT, 1024)
 
     # -- the model pool --
-    pool_size: int = 30
-    pool_lr: float = 0.00005
-    max_online_steps: int = 100
-    n_max_steps_pool: int = 16  # a used network trains randint(1, n_max_steps_pool) steps
+    pool_size: int = knob(INT, 30)
+    pool_lr: float = knob(FLOAT, 0.00005)
+    max_online_steps: int = knob(INT, 100)
+    n_max_steps_pool: int = knob(INT, 16)  # a used network trains randint(1, n_max_steps_pool) steps
 
     # -- large supports (None: every row). Rows that get gradients; the rest come from
     # no-grad forwards in chunks of max_forward_batch_size --
-    direct_batch_sizes: tuple[int | None, int | None] = (None, None)  # (support, target)
-    implicit_batch_size: int | None = None  # support rows the implicit gradient flows through
-    hinv_batch_size: int | None = None  # random support rows behind each H v of the H^-1 g solve
-    inner_train_batch_size: int | None = None  # random support rows per inner Adam step
-    pool_train_batch_size: int | None = None  # random support rows per pool-network step
-    max_forward_batch_size: int | None = None
-    normal_repeats: int = 1  # meta-gradients (fresh target batch each) averaged per step
+    direct_batch_sizes: tuple[int | None, int | None] = knob(PAIR, (None, None))  # (support, target)
+    implicit_batch_size: int | None = knob(INT, None)  # support rows the implicit gradient flows through
+    hinv_batch_size: int | None = knob(INT, None)  # random support rows behind each H v of the H^-1 g solve
+    inner_train_batch_size: int | None = knob(INT, None)  # random support rows per inner Adam step
+    pool_train_batch_size: int | None = knob(INT, None)  # random support rows per pool-network step
+    max_forward_batch_size: int | None = knob(INT, None)
+    normal_repeats: int = knob(INT, 1)  # meta-gradients (fresh target batch each) averaged per step
 
     # -- augmentation during distillation (the reference's option; () = off, as in the paper) --
-    aug: tuple[str, ...] = ()  # transforms of the support in the inner solve, pool training, aug passes
-    aug_repeats: int = 0  # extra augmented meta-gradient passes averaged with the normal_repeats ones
-    aug_per_pass: bool = False  # one transform per row held through a whole augmented pass (cg-compatible)
-    aug_copies: int = 1  # with aug_per_pass: an augmented pass's support is this many transformed copies
+    aug: tuple[str, ...] = knob(NAMES, ())  # transforms of the support in the inner solve, pool training, aug passes
+    aug_repeats: int = knob(INT, 0)  # extra augmented meta-gradient passes averaged with the normal_repeats ones
+    aug_per_pass: bool = knob(BOOL, False)  # one transform per row held through a whole augmented pass (cg-compatible)
+    aug_copies: int = knob(INT, 1)  # with aug_per_pass: an augmented pass's support is this many transformed copies
 
     # -- the run --
-    steps: int = 1000
-    checkpoint_iters: tuple[int, ...] = ()
-    test_augmentations: tuple[str, ...] = TEST_AUGMENTATIONS
+    steps: int = knob(INT, 1000)
+    checkpoint_iters: tuple[int, ...] = knob(INTS, ())
+    test_augmentations: tuple[str, ...] = knob(NAMES, TEST_AUGMENTATIONS)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -155,108 +266,42 @@ def _jsonable(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-_FIELD_NAMES = tuple(f.name for f in fields(Config))
-MAX_INT = 2 ** 31 - 1  # any larger count or size is a typo, and overflows torch's index types
+_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def _check_known(keys, where: str) -> None:
     for key in keys:
-        if key not in _FIELD_NAMES:
-            close = difflib.get_close_matches(key, _FIELD_NAMES, n=1)
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise RcigError(f"unknown config key '{key}' in {where}{hint}")
 
 
-# ------------------------------------------------------------------- types, by field name
-
-def _field_kinds() -> dict[str, tuple[str, bool]]:
-    """name -> (kind, optional) from Config's annotations; kind is "int", "float", "bool",
-    "str", "ints", "strs" (tuples of any length) or "pair" (direct_batch_sizes)."""
-    kinds = {}
-    for f in fields(Config):
-        text = str(f.type).replace(" ", "")
-        optional = text.endswith("|None") and not text.startswith("tuple")
-        base = text.removesuffix("|None")
-        kinds[f.name] = ({"int": "int", "float": "float", "bool": "bool", "str": "str", "tuple[int,...]": "ints",
-                          "tuple[str,...]": "strs"}.get(base, "pair" if base.startswith("tuple[int|None") else base),
-                         optional)
-    return kinds
-
-
-_KINDS = _field_kinds()
-assert all(kind in ("int", "float", "bool", "str", "ints", "strs", "pair") for kind, _ in _KINDS.values()), \
-    "a Config field of a new type: teach _field_kinds and _coerce about it"
-_KIND_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "ints": "a list of integers", "strs": "a list of names", "pair": "a list of two integers or nulls"}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """``value`` as field ``name``'s type: JSON numbers, lists or one bare item for a list field
-    (``test_augmentations=crop`` -> ``("crop",)``), integral floats for ints; RcigError otherwise."""
-    kind, optional = _KINDS[name]
-
-    def bad() -> RcigError:
-        return RcigError(f"bad config: {name} must be {_KIND_WORDS[kind]}" + (" or null" if optional else "")
-                         + f", got {value!r}")
-
-    if value is None:
-        if optional:
-            return None
-        raise bad()
-    if kind == "int":
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
-            return int(value)
-        if not _is_int(value):
-            raise bad()
-        return value
-    if kind == "float":
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not math.isfinite(value):
-            raise bad()
-        return float(value) if _is_int(value) and abs(value) < 2 ** 53 else value
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if kind == "str":
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    items = list(value) if isinstance(value, (list, tuple)) else [value]
-    item = {"ints": "int", "strs": "str", "pair": "int"}[kind]
+def _read(name: str, value: Any) -> Any:
+    """``value`` as field ``name``'s value (its Kind's ``read``; null where the default is
+    null); RcigError naming the field otherwise."""
+    f = _FIELDS[name]
+    kind, nullable = f.metadata["kind"], f.default is None
     try:
-        if item == "int":
-            items = [None if (kind == "pair" and v is None) else _coerce_item(v) for v in items]
-        elif not all(isinstance(v, str) for v in items):
-            raise ValueError
+        if value is None and nullable:
+            return None
+        if value is None:
+            raise ValueError(value)
+        return kind.read(value)
     except ValueError:
-        raise bad() from None
-    if kind == "pair" and len(items) != 2:
-        raise RcigError(f"bad config: {name} must be [support_rows, target_rows] (two integers or nulls), got {value!r}")
-    return tuple(items)
-
-
-def _coerce_item(value: Any) -> int:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 53:
-        return int(value)
-    if not _is_int(value):
-        raise ValueError(value)
-    return value
+        raise RcigError(f"bad config: {name} must be {kind.words}" + (" or null" if nullable else "")
+                        + f", got {value!r}") from None
 
 
 def from_dict(values: dict[str, Any], where: str = "config") -> Config:
-    """Build a Config from plain values (JSON lists become tuples), every field's type checked by name."""
+    """Build a Config from plain values (JSON lists become tuples), every field's type checked."""
     if not isinstance(values, dict):
         raise RcigError(f"bad {where}: expected an object of config fields")
     _check_known(values, where)
     try:
-        coerced = {k: _coerce(k, v) for k, v in values.items()}
+        return Config(**{k: _read(k, v) for k, v in values.items()})
     except RcigError as exc:
         raise RcigError(str(exc).replace("bad config:", f"bad {where}:", 1)) from None
-    return Config(**coerced)
 
 
 def _validate(cfg: Config) -> None:
@@ -264,35 +309,30 @@ def _validate(cfg: Config) -> None:
         if not cond:
             raise RcigError(f"bad config: {message}")
 
-    for f in fields(cfg):  # types first, so the range checks below compare like with like
-        if _coerce(f.name, getattr(cfg, f.name)) != getattr(cfg, f.name):
-            raise RcigError(f"bad config: {f.name} must be {_KIND_WORDS[_KINDS[f.name][0]]}, got {getattr(cfg, f.name)!r}")
-
+    # Types first. A value equal to its read (3.0 for an int field) passes here, so the
+    # integer checks below still ask for is_int; numbers, bools, strings and lists are exact.
     for f in fields(cfg):
         value = getattr(cfg, f.name)
+        need(_read(f.name, value) == value, f"{f.name} must be {f.metadata['kind'].words}, got {value!r}")
         for item in (value if isinstance(value, tuple) else (value,)):
-            need(not _is_int(item) or abs(item) <= MAX_INT, f"{f.name} must be at most {MAX_INT}, got {value!r}")
+            need(not is_int(item) or abs(item) <= MAX_INT, f"{f.name} must be at most {MAX_INT}, got {value!r}")
     need(cfg.width <= 4096 and cfg.depth <= 8, f"width must be at most 4096 and depth at most 8, got {cfg.width} "
          f"and {cfg.depth}")
     positive_ints = ("depth", "width", "n_max_steps_pool", "pool_size", "max_online_steps",
                      "target_batch_size", "lr_adapt_every", "aug_copies")
     for name in positive_ints:
         value = getattr(cfg, name)
-        need(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-             f"{name} must be a positive integer, got {value!r}")
+        need(is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
     for name in ("n_inner_steps", "n_hinv_steps", "steps", "normal_repeats", "aug_repeats", "proto_lr_boost_steps"):
         value = getattr(cfg, name)
-        need(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-             f"{name} must be a non-negative integer, got {value!r}")
+        need(is_int(value) and value >= 0, f"{name} must be a non-negative integer, got {value!r}")
     for name in ("proto_lr", "temp_lr", "l2_rate", "pool_lr", "inner_lr_start", "hvp_lr_start"):
         value = getattr(cfg, name)
-        need(isinstance(value, (int, float)) and value > 0, f"{name} must be > 0, got {value!r}")
+        need(value > 0, f"{name} must be > 0, got {value!r}")
     for name in ("inner_lr", "hvp_lr"):
         value = getattr(cfg, name)
-        need(value is None or (isinstance(value, (int, float)) and value > 0),
-             f"{name} must be > 0 or null (tune it), got {value!r}")
-    need(isinstance(cfg.softplus_beta, (int, float)) and cfg.softplus_beta >= 0,
-         f"softplus_beta must be >= 0 (0 means ReLU), got {cfg.softplus_beta!r}")
+        need(value is None or value > 0, f"{name} must be > 0 or null (tune it), got {value!r}")
+    need(cfg.softplus_beta >= 0, f"softplus_beta must be >= 0 (0 means ReLU), got {cfg.softplus_beta!r}")
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
     need(cfg.norm in ("none", "batch", "instance"), f"norm must be none|batch|instance, got {cfg.norm!r}")
     need(cfg.network_init in ("reference", "torch"), f"network_init must be reference|torch, got {cfg.network_init!r}")
@@ -302,18 +342,14 @@ def _validate(cfg: Config) -> None:
         need(cfg.linearize is True, "solver cg needs linearize=true (the non-linearised inner loss is not convex)")
         need(cfg.inner_train_batch_size is None and cfg.hinv_batch_size is None,
              "solver cg needs the full support: set inner_train_batch_size and hinv_batch_size to null")
-    for name in ("learn_labels", "flip", "linearize"):
-        need(isinstance(getattr(cfg, name), bool), f"{name} must be true or false")
-    need(len(cfg.direct_batch_sizes) == 2, "direct_batch_sizes must be [support_rows, target_rows]")
     for name, value in [("direct_batch_sizes[0]", cfg.direct_batch_sizes[0]),
                         ("direct_batch_sizes[1]", cfg.direct_batch_sizes[1]),
                         *[(n, getattr(cfg, n)) for n in ("implicit_batch_size", "hinv_batch_size",
                           "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size")]]:
-        need(value is None or (isinstance(value, int) and value > 0), f"{name} must be a positive integer or null")
+        need(value is None or (is_int(value) and value > 0), f"{name} must be a positive integer or null")
     need(all(i > 0 for i in cfg.checkpoint_iters), f"checkpoint_iters must be positive integers, got {list(cfg.checkpoint_iters)}")
     for name in ("test_augmentations", "aug"):
         names = getattr(cfg, name)
-        need(isinstance(names, tuple), f'{name} must be a list of transform names like ["crop", "rotate"], got {names!r}')
         unknown = [a for a in names if a not in AUGMENTATIONS]
         need(not unknown, f"unknown augmentation(s) {unknown} in {name}; choose from {list(AUGMENTATIONS)}")
     need(cfg.aug_repeats == 0 or cfg.aug, "aug_repeats needs aug: the list of transforms of the augmented passes")
@@ -323,8 +359,7 @@ def _validate(cfg: Config) -> None:
     need(not (cfg.solver == "cg" and cfg.aug and not cfg.aug_per_pass),
          "solver cg needs a fixed inner problem: set aug_per_pass=true or aug to [] (augmentation otherwise "
          "redraws the support at every inner step)")
-    need(isinstance(cfg.proto_lr_boost, (int, float)) and not isinstance(cfg.proto_lr_boost, bool)
-         and cfg.proto_lr_boost >= 1, f"proto_lr_boost must be >= 1 (1 = off), got {cfg.proto_lr_boost!r}")
+    need(cfg.proto_lr_boost >= 1, f"proto_lr_boost must be >= 1 (1 = off), got {cfg.proto_lr_boost!r}")
     need(cfg.proto_lr_boost == 1 or cfg.proto_lr_boost_steps > 0,
          "proto_lr_boost > 1 needs proto_lr_boost_steps > 0, the outer steps over which it decays")
 
@@ -393,28 +428,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise RcigError(f"bad override '{item}': expected key=value")
         _check_known([key], "overrides")
-        out[key] = _parse_value(_KINDS[key], raw.strip())
+        out[key] = _FIELDS[key].metadata["kind"].parse(raw.strip())
     return out
 
 
-def _parse_value(kind: tuple[str, bool], raw: str) -> Any:
-    name, optional = kind
-    if name == "str":
-        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-            try:
-                return json.loads(raw)
-            except json.JSONDecodeError:
-                return raw
-        return None if optional and raw in ("null", "none", "None") else raw
-    if name in ("ints", "strs", "pair") and not raw.startswith("["):
-        return [_parse_value(("int" if name != "strs" else "str", name == "pair"), part.strip())
-                for part in raw.split(",") if part.strip()] if raw else []
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        lowered = raw.lower()
-        return {"true": True, "false": False, "none": None, "null": None}.get(lowered, raw)
-
-
-__all__ = ["AUGMENTATIONS", "TEST_AUGMENTATIONS", "Config", "default_preset_name", "depth_for_image_size", "from_dict", "load_preset",
-           "parse_overrides", "preset_names"]
+__all__ = ["AUGMENTATIONS", "MAX_INT", "TEST_AUGMENTATIONS", "Config", "Kind", "default_preset_name", "depth_for_image_size",
+           "from_dict", "is_int", "is_number", "knob", "load_preset", "paper_preset", "parse_overrides", "preset_names"]

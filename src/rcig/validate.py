@@ -6,7 +6,7 @@ assume well-formed values. The kinds (docs/cli.md's table lists them with what i
 
 * distilled-set files ....... :func:`distilled_set` (on load), :func:`set_fits_dataset` (before scoring)
 * datasets .................. :func:`dataset` (on load), :func:`network_fits` (image size vs depth)
-* config values ............. in :mod:`rcig.config` (types by field name, ranges)
+* config values ............. in :mod:`rcig.config` (each field's Kind, ranges)
 * output paths .............. :func:`output_file`, :func:`output_dir`
 * run directories (--resume)  :func:`run_description`, :func:`checkpoint_like`, :func:`log_records`
 * command-line numbers ...... :func:`seed`, :func:`minutes`
@@ -15,7 +15,6 @@ assume well-formed values. The kinds (docs/cli.md's table lists them with what i
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,31 +22,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from rcig.config import AUGMENTATIONS, is_int, is_number
 from rcig.errors import RcigError
 
 MAX_SEED = 2 ** 32 - 1  # seeds are drawn into torch generators with offsets; keep them plain 32-bit
 
 
-# ------------------------------------------------------------------------ small checks
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
+# ------------------------------------------------------------------ command-line numbers
 
 def seed(value: int) -> int:
     """A seed in 0 .. 2**32 - 1."""
-    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+    if not is_int(value) or not 0 <= value <= MAX_SEED:
         raise RcigError(f"seed must be an integer in 0..{MAX_SEED}, got {value!r}")
     return value
 
 
 def minutes(value: float | None) -> float | None:
     """A time budget: None (no limit) or a finite number of minutes > 0."""
-    if value is not None and (not _is_number(value) or value <= 0):
+    if value is not None and (not is_number(value) or value <= 0):
         raise RcigError(f"--max-minutes must be a number of minutes > 0, got {value!r}")
     return value
 
@@ -138,7 +130,7 @@ def distilled_set(images: torch.Tensor, labels: torch.Tensor, meta: Any, arrays:
     if names is not None:
         need(isinstance(names, list) and all(isinstance(x, str) for x in names), "'class_names' must be a list of strings")
         need(len(names) == labels.shape[1], f"labels have {labels.shape[1]} columns but 'class_names' names {len(names)} classes")
-    for key, ok, kind in [("ipc", lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    for key, ok, kind in [("ipc", lambda v: is_int(v) and v >= 1, "a positive integer"),
                           ("flip", lambda v: isinstance(v, bool), "true or false"),
                           ("protocol", lambda v: isinstance(v, dict), "an object"),
                           ("method", lambda v: isinstance(v, str), "a string")]:
@@ -148,14 +140,13 @@ def distilled_set(images: torch.Tensor, labels: torch.Tensor, meta: Any, arrays:
 
 
 def _protocol(protocol: dict, need) -> None:
-    from rcig.config import AUGMENTATIONS
     from rcig.models import ARCHITECTURES
 
     arch = protocol.get("arch", "conv")
     need(arch in ARCHITECTURES, f"protocol arch must be one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     for key in ("depth", "width"):
         value = protocol.get(key, 1)
-        need(_is_int(value) and 1 <= value <= 4096, f"protocol {key} must be a positive integer, got {value!r}")
+        need(is_int(value) and 1 <= value <= 4096, f"protocol {key} must be a positive integer, got {value!r}")
     augs = protocol.get("augmentations", [])
     need(isinstance(augs, list) and all(a in AUGMENTATIONS for a in augs),
          f"protocol augmentations must be a list drawn from {list(AUGMENTATIONS)}, got {augs!r}")
@@ -168,13 +159,13 @@ def _preprocess(pre: Any, arrays: dict[str, np.ndarray], channels: int, size: in
         return
     for key in ("mean", "std"):
         values = pre.get(key)
-        need(isinstance(values, list) and len(values) in (1, channels) and all(_is_number(v) for v in values),
+        need(isinstance(values, list) and len(values) in (1, channels) and all(is_number(v) for v in values),
              f"preprocess {key} must be 1 or {channels} finite numbers, got {values!r}")
     need(all(v > 0 for v in pre["std"]), f"preprocess std must be > 0, got {pre['std']}")
     if pre["kind"] != "zca":
         return
     block = pre.get("block")
-    need(block is None or (_is_int(block) and block >= 1 and size % block == 0),
+    need(block is None or (is_int(block) and block >= 1 and size % block == 0),
          f"preprocess block must be null or a divisor of the image size {size}, got {block!r}")
     d = channels * (block or size) ** 2
     for key in ("whiten", "unwhiten"):
@@ -260,8 +251,8 @@ def run_description(text: str, where: str) -> dict[str, Any]:
         raise RcigError(f"{where} is not valid JSON ({exc.msg}, line {exc.lineno}); the run cannot be resumed") from None
     if not isinstance(data, dict):
         raise RcigError(f"{where} is not an rcig run description (a JSON object)")
-    checks = {"dataset": lambda v: isinstance(v, str) and v != "", "ipc": lambda v: _is_int(v) and v >= 1,
-              "seed": lambda v: _is_int(v) and 0 <= v <= MAX_SEED, "config": lambda v: isinstance(v, dict)}
+    checks = {"dataset": lambda v: isinstance(v, str) and v != "", "ipc": lambda v: is_int(v) and v >= 1,
+              "seed": lambda v: is_int(v) and 0 <= v <= MAX_SEED, "config": lambda v: isinstance(v, dict)}
     for key, ok in checks.items():
         if key not in data or not ok(data[key]):
             raise RcigError(f"{where} is not an rcig run description: '{key}' is missing or malformed")
@@ -297,7 +288,7 @@ def checkpoint_like(template: Any, value: Any, where: str, path: str = "state") 
         if type(value) is not type(template):
             fail(f"expected {type(template).__name__}, found {type(value).__name__}")
     elif isinstance(template, (int, float)):
-        if not _is_number(value) or (_is_int(template) and not _is_int(value)):
+        if not is_number(value) or (is_int(template) and not is_int(value)):
             fail(f"expected a finite {type(template).__name__}, found {value!r}")
 
 
@@ -311,7 +302,7 @@ def log_records(text: str, where: str) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-            if not isinstance(record, dict) or not _is_int(record.get("iter")):
+            if not isinstance(record, dict) or not is_int(record.get("iter")):
                 raise ValueError
         except ValueError:
             if number == len(lines) and not text.endswith("\n"):
