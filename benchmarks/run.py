@@ -35,6 +35,13 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
 * ``report``: ``benchmarks/results.json``, ``benchmarks/accuracy_vs_step.png`` and the
   tables of ``BENCHMARKS.md`` (between its ``<!-- results -->`` markers); the distilled
   sets and their scores are copied to ``distilled/``.
+
+Every piece this script measures or adopts is stamped with when, where and at which commit
+it was recorded (``"recorded": {"date", "machine", "commit"}``); the report marks each figure
+with its stamp. ``--restore`` keeps the stamps of the pieces it restores, so a report rewritten
+on a fresh clone cites the machines and commits the figures came from::
+
+    python benchmarks/run.py --work W --restore --only report
 """
 
 from __future__ import annotations
@@ -56,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
 PRESET = "fast"  # the CPU recipe (docs/algorithm.md); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "distilled")  # evaluation order: baselines need no distillation
-RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve")  # a distill_<ipc> piece's, in a report row
+RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve", "recorded")  # a distill_<ipc> piece's, in a report row
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
 
@@ -92,7 +99,7 @@ class Bench:
         started = time.perf_counter()
         result = fn()
         print(f"[{name}] finished in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-        return self.record(name, result)
+        return self.record(name, {**result, "recorded": provenance()})
 
     # -------------------------------------------------------------------------- pieces
 
@@ -143,10 +150,11 @@ class Bench:
         if differences := preset_differences(made["config"], self.args.preset, ipc):
             raise SystemExit(f"benchmarks: --adopt {ipc}={run}: not the {self.args.preset} preset's run "
                              f"({', '.join(differences)})")
-        self.record(f"distill_{ipc}", self.run_record(ipc, run, budget_minutes=None, adopted=True))
+        self.record(f"distill_{ipc}", {**self.run_record(ipc, run, budget_minutes=None, adopted=True),
+                                       "recorded": provenance()})
         scores = run / "distilled.eval.json"
         if scores.exists():
-            self.record(f"eval_{ipc}_distilled", json.loads(scores.read_text()))
+            self.record(f"eval_{ipc}_distilled", {**json.loads(scores.read_text()), "recorded": provenance()})
 
     def restore(self, results: dict) -> list[str]:
         """Cache each piece that ``results`` (a report's ``results.json``) holds and ``--work``
@@ -202,8 +210,8 @@ class Bench:
     def keep_other_setting(self, name: str, fresh: dict) -> dict:
         """An eval of one setting (``--settings aug``) replaces that setting only: the other
         setting's scores stay from the piece's previous record, if it has them and its networks
-        started from the same initialisation (a piece has one ``init``: evals from before
-        session 7 lack it and used torch's)."""
+        started from the same initialisation (a piece has one ``init``; a piece without one
+        used torch's)."""
         previous = self.done(name) or {}
         others = [s for s in ("no_aug", "aug") if s not in fresh and s in previous]
         if others and previous.get("init", "torch") != fresh.get("init", "torch"):
@@ -269,6 +277,37 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------ helpers
+
+def provenance() -> dict:
+    """When, where and at which commit a piece is recorded (the report cites it per figure)."""
+    m = machine()
+    try:
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"date": m["date"], "machine": f"{m['cpu']}, {m['cores']} cores", "commit": commit}
+
+
+class Sources:
+    """Numbered citations of pieces' ``recorded`` stamps: ``cite(piece)`` gives " [n]" (the same n
+    for the same stamp), ``legend()`` the lines that say what each n is."""
+
+    def __init__(self):
+        self.stamps: list[tuple] = []
+
+    def cite(self, piece: dict | None) -> str:
+        stamp = (piece or {}).get("recorded")
+        if not stamp:
+            return ""
+        key = (stamp["date"], stamp["machine"], stamp["commit"])
+        if key not in self.stamps:
+            self.stamps.append(key)
+        return f" [{self.stamps.index(key) + 1}]"
+
+    def legend(self) -> list[str]:
+        return [f"[{i}] {date}, {where}, commit {commit}" for i, (date, where, commit) in enumerate(self.stamps, 1)]
+
 
 def machine() -> dict:
     import platform
@@ -374,31 +413,48 @@ def fmt(score: dict | None, setting: str) -> str:
 
 
 def write_markdown(results: dict, path: Path, args) -> None:
+    sources = Sources()
+
+    def cell(piece: dict | None, setting: str) -> str:
+        text = fmt(piece, setting)
+        return text if text == "not run" else text + sources.cite(piece)
+
     lines = ["| ipc | setting | distilled (RCIG) | random real | herding | preset | steps | distillation time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for ipc, row in results[DATASET].items():
+        run = {"recorded": row.get("recorded")}
         for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
             wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
-            if row.get("cpu_s") and math.isfinite(row["cpu_s"]):  # NaN: logs older than CPU times
+            if row.get("cpu_s") and math.isfinite(row["cpu_s"]):  # NaN: logs without CPU times
                 wall += f" ({row['cpu_s'] / 60:.0f} CPU min)"
-            lines.append(f"| {ipc} | {label} | {fmt(row['distilled'], setting)} | {fmt(row['random'], setting)} | "
-                         f"{fmt(row['herding'], setting)} | {row.get('preset') or '-'} | {row.get('steps') or '-'} | "
+            if row.get("wall_s"):
+                wall += sources.cite(run)
+            lines.append(f"| {ipc} | {label} | {cell(row['distilled'], setting)} | {cell(row['random'], setting)} | "
+                         f"{cell(row['herding'], setting)} | {row.get('preset') or '-'} | {row.get('steps') or '-'} | "
                          f"{wall} |")
+    full = results.get("full_train")
     older = [f"{method} at {ipc} ipc" for ipc, row in results[DATASET].items() for method in METHODS
              if row.get(method) and row[method].get("init", "torch") != "reference"]
-    if older:  # evals from before session 7 trained their networks from torch's initialisation
-        lines += ["", f"Scored with the protocol's older torch initialisation of the networks (the others with "
+    older += ["the full training set"] if full and full.get("init", "torch") != "reference" else []
+    if older:  # an eval without an init trained its networks from torch's initialisation
+        lines += ["", f"Scored with torch's initialisation of the protocol's networks (the others with "
                       f"the reference's): {', '.join(older)}."]
-    adopted = [f"{ipc} ipc: {row['adopted_from']}" for ipc, row in results[DATASET].items() if row.get("adopted_from")]
+    made = [f"* {ipc} ipc: {row['distilled']['made_with']}" for ipc, row in results[DATASET].items()
+            if (row.get("distilled") or {}).get("made_with")]
+    if made:
+        lines += ["", "How the distilled sets were made and scored:", "", *made]
+    adopted = [ipc for ipc, row in results[DATASET].items() if row.get("adopted_from")]
     if adopted:
-        lines += ["", f"Distillations adopted from runs made outside this script (--adopt): {'; '.join(adopted)}."]
-    full = results.get("full_train")
+        lines += ["", f"Distillations at {' and '.join(adopted)} ipc: runs made outside this script and adopted "
+                      f"(--adopt); results.json names their folders."]
     lines += ["", f"Full training set (all images, the protocol's short training; not a ceiling): "
-                  f"no aug {fmt(full, 'no_aug')}, aug {fmt(full, 'aug')}"
+                  f"no aug {cell(full, 'no_aug')}, aug {cell(full, 'aug')}"
               + (f", {full['steps']} steps of batch 256" if full else "")]
     speed = results.get("speed")
     if speed:
-        lines += ["", "| case | s/step | inner solve | target fwd/bwd (direct) | H^-1 g | implicit | pool | "
+        lines += ["", f"Seconds per outer step and its parts, {speed.get('threads', '?')} threads"
+                      f"{sources.cite(speed)}:",
+                  "", "| case | s/step | inner solve | target fwd/bwd (direct) | H^-1 g | implicit | pool | "
                       "peak RSS | GFLOP/step | of ceiling |", "| --- " * 10 + "|"]
         for c in speed["cases"]:
             p = c["parts"]
@@ -411,7 +467,8 @@ def write_markdown(results: dict, path: Path, args) -> None:
         lines += ["", f"Conv ceiling (fwd+bwd of the same ConvNet alone, batch 256): {ceil}."]
     solvers = results.get("solvers")
     if solvers:
-        lines += ["", "| ipc | solver | iterations | delta* error | H^-1 g error | cos, image gradient | "
+        lines += ["", f"How close each solver gets to the exact solves{sources.cite(solvers)}:",
+                  "", "| ipc | solver | iterations | delta* error | H^-1 g error | cos, image gradient | "
                       "cos, label gradient | networks |", "| --- " * 8 + "|"]
         for r in solvers["summary"]:
             lines.append(f"| {r['ipc']} | {r['solver']} | {r['iterations']} | {r['delta_err']:.2g} | "
@@ -419,8 +476,10 @@ def write_markdown(results: dict, path: Path, args) -> None:
         lines += ["", "Errors relative to CG run to convergence; cos: cosine between the meta-gradient and "
                       "the one from that converged solve."]
     m = results["machine"]
+    lines += ["", "Where each figure comes from (date, machine, commit):", ""]
+    lines += [f"* {line}" for line in sources.legend()] or ["* not recorded"]
     lines += ["", f"Report written {m['date']} on {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
-                  f"Python {m['python']}; each piece was measured on its session's machine (the sections below)."]
+                  f"Python {m['python']}."]
     table = "\n".join(lines)
     text = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
     if MARKERS[0] not in text:

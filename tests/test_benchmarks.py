@@ -78,7 +78,7 @@ def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_pa
 
 def test_a_one_setting_eval_drops_the_other_setting_scored_under_another_init(bench, tmp_path):
     b = bench.Bench(bench.argparse.Namespace(work=str(tmp_path), redo=[]))
-    b.record("eval_10_random", {"no_aug": score(0.71), "aug": score(0.73)})  # before session 7: torch init
+    b.record("eval_10_random", {"no_aug": score(0.71), "aug": score(0.73)})  # no init: torch's
     fresh = {"aug": score(0.7276), "init": "reference"}
     assert b.keep_other_setting("eval_10_random", fresh) == fresh
     b.record("eval_10_herding", {"no_aug": score(0.64), "init": "reference"})
@@ -223,9 +223,11 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
     path = tmp_path / "B.md"
     bench.write_markdown(res, path, args)
     text = path.read_text()
-    assert "| 1 | no aug | 76.00 (1) | 49.00 (1) | not run | fast | 2 | 4 min (3 CPU min) |" in text
-    assert f"adopted from runs made outside this script (--adopt): 1 ipc: {run.resolve()}" in text
-    assert "older torch initialisation of the networks (the others with the reference's): random at 1 ipc." in text
+    assert "| 1 | no aug | 76.00 (1) [1] | 49.00 (1) | not run | fast | 2 | 4 min (3 CPU min) [1] |" in text
+    assert "Distillations at 1 ipc: runs made outside this script and adopted (--adopt)" in text
+    assert "torch's initialisation of the protocol's networks (the others with the reference's): random at 1 ipc." in text
+    stamp = bench.provenance()
+    assert piece["recorded"] == stamp and b.done("eval_1_distilled")["recorded"] == stamp  # adopted today, here
 
     (run / "run.json").write_text(json.dumps({"dataset": "fashion_mnist", "ipc": 1, "seed": 0,
                                               "config": {**config, "target_batch_size": 64, "init": "real"}}))
@@ -269,3 +271,22 @@ def test_restore_rebuilds_the_pieces_a_report_came_from_and_keeps_cached_ones(be
     assert fresh.restore(report) == []  # nothing missing any more
     with pytest.raises(SystemExit, match="--restore .*nope.json: no such file"):
         bench.main(["--restore", str(tmp_path / "nope.json"), "--only", "report", "--work", str(tmp_path / "c")])
+
+
+def test_each_figure_cites_the_date_machine_and_commit_of_its_piece(bench, tmp_path, monkeypatch):
+    args = bench.argparse.Namespace(work=str(tmp_path / "w"), redo=[], preset="fast", ipcs=[1])
+    b = bench.Bench(args)
+    here = {"date": "2026-01-02", "machine": "cpu, 2 cores", "commit": "abc1234"}
+    monkeypatch.setattr(bench, "provenance", lambda: here)
+    assert b.run_piece("eval_1_random", lambda: {"no_aug": score(0.5), "aug": score(0.49)})["recorded"] == here
+    older = {"date": "2025-12-31", "machine": "other, 8 cores", "commit": "0000000"}
+    b.record("eval_1_distilled", {"no_aug": score(0.76), "aug": score(0.74), "recorded": older})
+    res = b.results()
+    path = tmp_path / "B.md"
+    bench.write_markdown(res, path, args)
+    text = path.read_text()
+    assert "| 1 | no aug | 76.00 (1) [1] | 50.00 (1) [2] | not run |" in text  # cited in order of appearance
+    assert "* [1] 2025-12-31, other, 8 cores, commit 0000000\n* [2] 2026-01-02, cpu, 2 cores, commit abc1234\n" in text
+    stamp = bench.Sources()  # one mark per stamp, however many figures share it
+    assert [stamp.cite(res["fashion_mnist"]["1"]["random"]) for _ in range(2)] == [" [1]", " [1]"]
+    assert stamp.cite(None) == "" and stamp.legend() == ["[1] 2026-01-02, cpu, 2 cores, commit abc1234"]
