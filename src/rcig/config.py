@@ -1,12 +1,12 @@
 """The distillation config: one validated, frozen dataclass, six presets from the paper.
 
-A preset is a JSON file in ``rcig/presets/`` holding a subset of :class:`Config`'s fields;
-everything it leaves out takes the defaults below (the paper's shared defaults). Any field
+A preset is a JSON file in ``rcig/presets/`` holding the fields where it differs from
+:class:`Config`'s defaults (the paper's shared settings, defined there only). Any field
 can then be overridden by name (``--set inner_lr=1e-4`` on the command line), and an
 unknown or mistyped key is an error that names it and suggests the closest field.
 
-Presets (reference configs of the authors' release, with the misspelt ``pool_model_6count``
-key of the 64 px config read as ``pool_size``):
+Presets (the reference configs of the authors' release, less the shared defaults, with the
+misspelt ``pool_model_6count`` key of the 64 px config read as ``pool_size``):
 
 =================  ==========================================================
 depth_3_no_flip    MNIST, Fashion-MNIST: 28 px gray, no flip
