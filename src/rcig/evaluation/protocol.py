@@ -39,8 +39,7 @@ class ProtocolSettings:
     seed: int = 0
     test_limit: int | None = None
     settings: tuple[str, ...] = ("no_aug", "aug")  # which of the two settings to run
-    # network init: the reference release's flax defaults (lecun-normal kernels, zero biases) or
-    # torch's ("torch", the protocol's init before session 7: sets scored 1-5 points lower with it on digits, session 6)
+    # network init: the reference release's flax defaults (lecun-normal kernels, zero biases) or torch's ("torch")
     init: str = "reference"
 
 
