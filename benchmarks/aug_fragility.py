@@ -11,8 +11,7 @@ set saved by rcig, once per case, one network each by default::
     OMP_NUM_THREADS=1 python benchmarks/aug_fragility.py distilled/fashion_mnist_ipc1.safetensors \\
         --cases protocol,crop,rotate,translate,cutout,onehot --json out.json
 
-Session 8 (BENCHMARKS.md) ran these cases on a 20-CPU-minute ``fast`` set and the herding
-set: the distilled images lost 9 points to crop and translate, which the real images gain from.
+BENCHMARKS.md has these cases for a ``fast`` set and for the herding set.
 """
 
 from __future__ import annotations

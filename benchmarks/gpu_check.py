@@ -9,8 +9,8 @@
    ``--device`` (the learning rates tuned first, as in a real run; not timed per step);
 3. scores each set with the protocol (``--models`` networks per setting, both settings);
 4. prints one table: s/step (median of the steps after the first) against this project's
-   CPU figures (BENCHMARKS.md: 12.8 s at 1 ipc, 40.9 s at 10 ipc, 2 threads of the
-   reference machine, the paper's preset), the scores, and minutes per case.
+   CPU figure for the same case (the speed table of benchmarks/results.json, the paper's
+   preset on the gray 28 px shape), the scores, and minutes per case.
 
 Exit status 1 when the tests fail or a score is not a number.
 """
@@ -28,11 +28,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Fashion-MNIST s/step on the reference CPU (BENCHMARKS.md speed table, gray28, 2 threads)
-CPU_SECONDS = {("fashion_mnist", 1): 12.8, ("fashion_mnist", 10): 40.9}
+
 # tiny sizes for a CPU run of this script (as tests/test_distill.py's TINY)
 TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6,
         "inner_lr": 3e-3, "hvp_lr": 3e-3}
+
+
+def cpu_seconds_per_step(dataset: str, ipc: int) -> float | None:
+    """The recorded CPU s/step of Fashion-MNIST's case at ``ipc`` (benchmarks/results.json), if any."""
+    if dataset != "fashion_mnist":
+        return None
+    cases = json.loads((ROOT / "benchmarks" / "results.json").read_text()).get("speed", {}).get("cases", [])
+    return next((c["seconds_per_step"] for c in cases if c["case"] == f"gray28:{ipc}"), None)
 
 
 def run_tests(device: str) -> bool:
@@ -60,7 +67,7 @@ def check_case(dataset: str, ipc: int, args, work: Path) -> dict:
     report = evaluate_file(out / "distilled.safetensors", models=args.models, steps=args.eval_steps,
                            data_dir=args.data_dir, quiet=True, team=parallel.solo(args.device))
     return {"case": f"{dataset}:{ipc}", "s_per_step": seconds_per_step(out / "log.jsonl"),
-            "cpu_s_per_step": None if args.tiny else CPU_SECONDS.get((dataset, ipc)),
+            "cpu_s_per_step": None if args.tiny else cpu_seconds_per_step(dataset, ipc),
             "no_aug": report["no_aug"]["mean"], "aug": report["aug"]["mean"],
             "minutes": (time.perf_counter() - started) / 60}
 

@@ -26,17 +26,17 @@ The variants (``B`` = ``--boost-steps``):
 * ``nonlinear``: the inner model is the network itself, not its linearisation.
 * ``aug``: the support is augmented during distillation (crop, rotate, translate, cutout);
   ``aug_rep``: the same plus one augmented meta-gradient pass per step.
-* ``torch_init``: torch's default initialisation of the networks (before session 6).
+* ``torch_init``: torch's default initialisation of the networks (``network_init=torch``).
 * ``tb256_cg5``: ``tb256`` and ``cg5`` together (the two that cut a step's cost: the target
-  batch and the solves; no tuning): session 7's ``--preset fast``. Then one change each on top of it:
+  batch and the solves; no tuning): ``--preset fast`` without its 1 ipc start and boost. Then one
+  change each on top of it:
 * ``fast_aug``: every meta-gradient pass augmented, one transform per row held through the
   pass (``aug_per_pass``, so CG can solve it; ``normal_repeats=0, aug_repeats=1``), pool
   steps augmented; ``fast_aug4``: the same with 4 transformed copies of each image per pass.
 * ``fast_herding``: the support starts from the herding baseline's images (``init=herding``).
 * ``fast_lr3x``: ``lr3x`` decaying over 300 outer steps (fast's steps are 4x cheaper).
-* ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together: ``--preset fast`` at 1 ipc
-  since session 9 (herding start since session 8, the boost since session 9). Then one change
-  each on top of it, because it gains less per CPU minute once the boost has decayed (session 11):
+* ``fast_herding_lr3x``: ``fast_herding`` and ``fast_lr3x`` together: ``--preset fast`` at 1 ipc.
+  Then one change each on top of it, because it gains less per CPU minute once the boost has decayed:
 * ``fast_boost900``: the boost decays over 900 outer steps instead of 300 (about the steps
   that 2 hours of one thread make at 1 ipc).
 * ``fast_lr10x``: the boost starts at 10x instead of 3x (still decaying over 300 steps).
@@ -86,7 +86,7 @@ BASELINE_NAMES = {"random": "random real", "herding": "herding"}
 MARKERS = ("<!-- variants -->", "<!-- /variants -->")
 SECTION = "## Where the accuracy goes (1 ipc variants)"
 # the order variants run in (and are reported in): the most telling first
-FAST = SPEED_VARIANTS["fast"]  # tb256 + cg5: session 7's --preset fast
+FAST = SPEED_VARIANTS["fast"]  # tb256 + cg5
 FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300}  # --preset fast at 1 ipc
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
