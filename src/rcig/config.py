@@ -56,6 +56,8 @@ from rcig.errors import RcigError
 # The transforms rcig.augment implements, and the ones the evaluation protocol uses by default.
 AUGMENTATIONS = ("flip", "color", "crop", "rotate", "translate", "cutout")
 TEST_AUGMENTATIONS = ("crop", "rotate", "translate", "cutout")
+NORMS = ("none", "batch", "instance")  # the ConvNet's normalisation layers (rcig.models)
+NETWORK_INITS = ("reference", "torch")  # weight initialisation schemes (rcig.models.init)
 MAX_INT = 2 ** 31 - 1  # any larger count or size is a typo, and overflows torch's index types
 
 
@@ -334,8 +336,8 @@ def _validate(cfg: Config) -> None:
         need(value is None or value > 0, f"{name} must be > 0 or null (tune it), got {value!r}")
     need(cfg.softplus_beta >= 0, f"softplus_beta must be >= 0 (0 means ReLU), got {cfg.softplus_beta!r}")
     need(0 <= cfg.ema_decay < 1, f"ema_decay must be in [0, 1), got {cfg.ema_decay!r}")
-    need(cfg.norm in ("none", "batch", "instance"), f"norm must be none|batch|instance, got {cfg.norm!r}")
-    need(cfg.network_init in ("reference", "torch"), f"network_init must be reference|torch, got {cfg.network_init!r}")
+    need(cfg.norm in NORMS, f"norm must be {'|'.join(NORMS)}, got {cfg.norm!r}")
+    need(cfg.network_init in NETWORK_INITS, f"network_init must be {'|'.join(NETWORK_INITS)}, got {cfg.network_init!r}")
     need(cfg.init in ("real", "herding", "noise", "auto"), f"init must be real|herding|noise|auto, got {cfg.init!r}")
     need(cfg.solver in ("adam", "cg"), f"solver must be adam|cg, got {cfg.solver!r}")
     if cfg.solver == "cg":
@@ -432,5 +434,5 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["AUGMENTATIONS", "MAX_INT", "TEST_AUGMENTATIONS", "Config", "Kind", "default_preset_name", "depth_for_image_size",
+__all__ = ["AUGMENTATIONS", "MAX_INT", "NETWORK_INITS", "NORMS", "TEST_AUGMENTATIONS", "Config", "Kind", "default_preset_name", "depth_for_image_size",
            "from_dict", "is_int", "is_number", "knob", "load_preset", "paper_preset", "parse_overrides", "preset_names"]

@@ -16,7 +16,7 @@ from typing import Callable
 
 from torch import nn
 
-from rcig.config import Config
+from rcig.config import NORMS, Config
 from rcig.errors import RcigError
 from rcig.models.conv import Classifier, ConvNet, PlainNorm, plain_norms
 from rcig.models.init import apply_init
@@ -31,8 +31,8 @@ def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: in
     if arch == "conv":
         if activation not in ("relu", "softplus"):
             raise RcigError(f"unknown activation '{activation}'; choose relu or softplus")
-        if norm not in ("none", "batch", "instance"):
-            raise RcigError(f"unknown norm '{norm}'; choose none, batch or instance")
+        if norm not in NORMS:
+            raise RcigError(f"unknown norm '{norm}'; choose from {', '.join(NORMS)}")
         model = ConvNet(in_channels, num_classes, image_size, depth, width, activation, beta, norm)
     else:
         others = {"resnet18": ResNet18, "vgg11": VGG11, "alexnet": AlexNet}

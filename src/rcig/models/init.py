@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-INITS = ("reference", "torch")
+from rcig.config import NETWORK_INITS
 
 # Standard deviation of a standard normal truncated to [-2, 2] (flax / JAX's constant).
 _TRUNCATED_STD = 0.87962566103423978
@@ -52,4 +52,4 @@ def apply_init(model: nn.Module, init: str) -> nn.Module:
         return reference_init_(model)
     if init == "torch":
         return model
-    raise ValueError(f"unknown init {init!r}; choose from {INITS}")
+    raise ValueError(f"unknown init {init!r}; choose from {NETWORK_INITS}")
