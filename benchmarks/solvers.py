@@ -63,7 +63,7 @@ def measure(ipc: int, networks: int, exact_iterations: int, seed: int) -> list[d
         index = torch.randperm(len(prepared.x_train), generator=g)[:cfg.target_batch_size]
         x_t, y_t = prepared.x_train[index], prepared.y_train[index]
         started = time.perf_counter()
-        inner_lr, hvp_lr = tune_learning_rates(f, body0, support, x_t, y_t, cfg, progress=False)
+        inner_lr, hvp_lr = tune_learning_rates(f, body0, support, x_t, y_t, cfg)
         print(f"ipc {ipc} network {net}: tuned inner_lr {inner_lr:.3g} hvp_lr {hvp_lr:.3g} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 

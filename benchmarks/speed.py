@@ -114,7 +114,7 @@ def parse_case(case: str) -> tuple[str, int, dict]:
 
 def run_case(case: str, steps: int) -> dict:
     """Time ``steps`` outer steps of one case (runs inside the child process)."""
-    from rcig.algorithm.meta import support_rows
+    from rcig.algorithm.meta import support_row_count
     from rcig.algorithm.outer import Distiller
     from rcig.config import load_preset
     from rcig.models import distillation_network
@@ -136,7 +136,7 @@ def run_case(case: str, steps: int) -> dict:
     parts = {k: sum(r["parts"][k] for r in records) / steps for k in records[0]["parts"]}
     seconds = sum(r["seconds"] for r in records) / steps
     rss = peak_rss_mb()
-    return {"case": case, "preset": preset, "overrides": overrides, "ipc": ipc, "support_rows": support_rows(ipc * NUM_CLASSES, cfg.flip),
+    return {"case": case, "preset": preset, "overrides": overrides, "ipc": ipc, "support_rows": support_row_count(ipc * NUM_CLASSES, cfg.flip),
             "target_batch": cfg.target_batch_size, "steps_timed": steps, "seconds_per_step": seconds,
             "parts": parts, "gflop_per_step": flops / 1e9 if flops else None,
             "achieved_gflops_per_s": flops / seconds / 1e9 if flops else None, "peak_rss_mb": rss}

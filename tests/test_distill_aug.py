@@ -161,7 +161,7 @@ def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, norma
     calls = []
 
     def fake_meta(f, body0, support, x_t, y_t, cfg, inner_lr, hvp_lr, generator, augmented_pass, base_steps=0,
-                  team=None):
+                  split=None):
         calls.append((augmented_pass, x_t))
         value = 1.0 if augmented_pass else 0.0
         grads = {k: torch.full_like(v, value) for k, v in support.items()}

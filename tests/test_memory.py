@@ -5,7 +5,7 @@ import torch
 
 import rcig.algorithm.runner as runner_module
 from rcig.algorithm.memory import activation_floats, available_gb, shortfall_warning, step_memory
-from rcig.algorithm.meta import expand_support, support_rows
+from rcig.algorithm.meta import expand_support, support_row_count
 from rcig.algorithm.runner import distill
 from rcig.config import load_preset
 
@@ -84,4 +84,4 @@ def test_a_run_that_may_not_fit_says_so_before_it_starts(monkeypatch, capsys):
 @pytest.mark.parametrize("flip", [False, True])
 def test_the_row_count_is_the_rows_the_inner_model_sees(flip):
     x, y = torch.zeros(7, 1, 4, 4), torch.zeros(7, 3)
-    assert support_rows(7, flip) == expand_support(x, y, flip)[0].shape[0] == expand_support(x, y, flip)[1].shape[0]
+    assert support_row_count(7, flip) == expand_support(x, y, flip)[0].shape[0] == expand_support(x, y, flip)[1].shape[0]

@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rcig import parallel
 from rcig.algorithm.inner import (
     SOLVERS, InnerProblem, Network, Params, features_and_change, make_inner, ridge_matrix,
 )
@@ -45,6 +44,29 @@ from rcig.timing import Stopwatch
 
 LEAVES = ("x", "y", "log_temp")
 Augment = Callable[[Tensor], Tensor]  # support rows (n, ch, H, W) -> the same rows transformed
+
+
+class BatchSplit(NamedTuple):
+    """How the processes of a run share each target batch; the run driver builds it.
+
+    Every process gets the whole batch, takes the rows ``share(n)`` of it for the direct
+    gradient, and ``reduce`` sums ``weight * tensors`` over the processes (weight = share
+    size / batch size). :data:`SOLO` is one process: the whole batch, nothing to sum.
+    """
+
+    share: Callable[[int], slice]  # n -> this process's contiguous rows of a batch of n
+    reduce: Callable[[list[Tensor], float], list[Tensor]]  # (tensors, weight) -> sum over the processes
+
+
+SOLO = BatchSplit(share=lambda n: slice(0, n), reduce=lambda tensors, weight: tensors)
+
+
+def rows_in_share(rows: Tensor | None, part: slice) -> Tensor | None:
+    """The entries of ``rows`` (indices into a whole batch) that fall in ``part``, as indices
+    into the share; None (every row) stays None."""
+    if rows is None:
+        return None
+    return rows[(rows >= part.start) & (rows < part.stop)] - part.start
 
 
 @dataclass
@@ -78,7 +100,7 @@ def expand_support(x: Tensor, y: Tensor, flip: bool) -> tuple[Tensor, Tensor]:
     return torch.cat([x, x.flip(-1)]), torch.cat([y, y])
 
 
-def support_rows(n_images: int, flip: bool) -> int:
+def support_row_count(n_images: int, flip: bool) -> int:
     """How many rows ``expand_support`` makes of ``n_images`` support images."""
     return n_images * (2 if flip else 1)
 
@@ -323,13 +345,12 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
 
 # ---------------------------------------------------------------------------- one step
 
-def reduce_direct(direct: DirectResult, weight: float, team: parallel.Team) -> DirectResult:
-    """``sum_r weight_r direct_r`` over the ranks (weight = share / batch) of the loss, accuracy,
-    direct gradients and g_t: one message of ``x + y + log_temp + g_t + 2`` floats."""
+def reduce_direct(direct: DirectResult, weight: float, split: BatchSplit) -> DirectResult:
+    """``sum_r weight_r direct_r`` over the processes (weight = share / batch) of the loss,
+    accuracy, direct gradients and g_t, as one list of tensors."""
     keys = list(direct.g_t)
     scalars = torch.tensor([direct.loss, direct.acc], device=direct.grads["x"].device)
-    parts = parallel.weighted_sum([scalars] + [direct.grads[k] for k in LEAVES] + [direct.g_t[k] for k in keys],
-                                  weight, team)
+    parts = split.reduce([scalars] + [direct.grads[k] for k in LEAVES] + [direct.g_t[k] for k in keys], weight)
     return DirectResult(float(parts[0][0]), float(parts[0][1]), dict(zip(LEAVES, parts[1:4])),
                         dict(zip(keys, parts[4:])))
 
@@ -337,7 +358,7 @@ def reduce_direct(direct: DirectResult, weight: float, team: parallel.Team) -> D
 def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg: Config,
                   inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None,
                   augmented_pass: bool = False, base_steps: int = 0,
-                  team: parallel.Team | None = None) -> MetaResult:
+                  split: BatchSplit = SOLO) -> MetaResult:
     """The full RCIG meta-gradient for one base network and one target batch.
 
     ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
@@ -351,10 +372,10 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     pool-training steps the base network has done (the inner Adam's starting count, see
     :func:`rcig.algorithm.inner.solve_inner`).
 
-    ``team`` (:class:`rcig.parallel.Team`, None: one process): every rank gets the whole
-    target batch and takes its share for the direct gradient; the direct gradient, g_t
-    and the outer loss and accuracy are then summed over the ranks weighted by share size
-    (see :mod:`rcig.parallel`), and the rest runs identically on every rank.
+    ``split`` (:class:`BatchSplit`): every process gets the whole target batch and takes its
+    share for the direct gradient; the direct gradient, g_t and the outer loss and accuracy
+    are then summed over the processes weighted by share size, and the rest runs identically
+    on every process.
     """
     options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
     solve_inner, solve_hinv = SOLVERS[cfg.solver]
@@ -370,13 +391,12 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
     support_k, target_k = cfg.direct_batch_sizes
     support_rows = grad_rows(len(x_s), support_k, generator)
     target_rows = grad_rows(len(x_t), target_k, generator)  # over the whole batch, on every rank
-    part = slice(None) if team is None else parallel.share(len(x_t), team)
-    rows = dict(support_rows=support_rows, target_rows=target_rows if team is None else
-                parallel.share_rows(target_rows, part), chunk=cfg.max_forward_batch_size)
+    part = split.share(len(x_t))
+    rows = dict(support_rows=support_rows, target_rows=rows_in_share(target_rows, part),
+                chunk=cfg.max_forward_batch_size)
     direct = direct_gradient(f, body0, support, delta, x_t[part], y_t[part], l2=l2, **options, **rows,
                              augment=augment.outer)
-    if team is not None:
-        direct = reduce_direct(direct, len(x_t[part]) / len(x_t), team)
+    direct = reduce_direct(direct, len(x_t[part]) / len(x_t), split)
     clock.lap("direct")
     problem = inner_problem(*problem_args, cfg.hinv_batch_size, generator, full)
     v, residuals = solve_hinv(problem, delta, direct.g_t, hvp_lr, cfg.n_hinv_steps)
@@ -390,6 +410,7 @@ def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Te
                       clock.laps)
 
 
-__all__ = ["LEAVES", "Augment", "DirectResult", "MetaResult", "PassAugmentation", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
+__all__ = ["LEAVES", "SOLO", "Augment", "BatchSplit", "DirectResult", "MetaResult", "PassAugmentation", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
            "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient", "inner_prediction",
-           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "pass_augmentation", "support_augmentation", "support_rows"]
+           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "pass_augmentation", "rows_in_share", "support_augmentation",
+           "support_row_count"]

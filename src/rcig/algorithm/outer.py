@@ -36,14 +36,13 @@ import torch
 
 from rcig.algorithm.inner import Network, Params, make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
 from rcig.algorithm.meta import (
-    LEAVES, MetaResult, augmented, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
+    LEAVES, SOLO, BatchSplit, MetaResult, augmented, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
     support_augmentation,
 )
 from rcig.algorithm.optim import EMA, AdaBelief
 from rcig.algorithm.pool import ModelPool, draw_pool_steps
 from rcig.config import Config
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
-from rcig.parallel import Team, solo
 from rcig.errors import RcigError
 from rcig.timing import Stopwatch
 
@@ -134,36 +133,35 @@ def grow_while_stable(lr: float, is_stable: Callable[[float], bool], max_trials:
 
 
 def tune_learning_rates(f: Network, body0: Params, support: dict[str, torch.Tensor], x_t: torch.Tensor,
-                        y_t: torch.Tensor, cfg: Config, progress: bool) -> tuple[float, float]:
+                        y_t: torch.Tensor, cfg: Config,
+                        on_trial: Callable[[float], None] | None = None) -> tuple[float, float]:
     """Tune the inner and H^-1 g learning rates on one fresh network and one target batch.
 
     A trial is one outer step's solve; it is "stable" when the recorded values decrease at
     every step. The hvp trials share one inner solve and one g_t (they depend only on the
-    tuned inner lr), so each costs only the support's H v products.
+    tuned inner lr), so each costs only the support's H v products. ``on_trial(lr)`` is
+    called before each trial (a progress display).
     """
-    from rcig.progress import Progress
-
     x_s, y_s = expand_support(support["x"], support["y"], cfg.flip)
     l2 = l2_strength(cfg, support["x"].shape[0])
     problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
-    bar = Progress(None, "tune learning rates", "trial", enabled=progress, transient=True)
 
     def trial(solve) -> Callable[[float], bool]:
         def is_stable(lr: float) -> bool:
-            bar.update(1, lr=f"{lr:.3g}")
+            if on_trial is not None:
+                on_trial(lr)
             return solve_outcome(solve(lr)) == Outcome.MONOTONIC
         return is_stable
 
-    with bar:
-        inner_lr = cfg.inner_lr or grow_while_stable(
-            cfg.inner_lr_start, trial(lambda lr: solve_inner(problem, lr, cfg.n_inner_steps).values))
-        if cfg.hvp_lr is not None:
-            return inner_lr, cfg.hvp_lr
-        delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
-        options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
-        g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options).g_t
-        hvp_lr = grow_while_stable(
-            cfg.hvp_lr_start, trial(lambda lr: solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps).values))
+    inner_lr = cfg.inner_lr or grow_while_stable(
+        cfg.inner_lr_start, trial(lambda lr: solve_inner(problem, lr, cfg.n_inner_steps).values))
+    if cfg.hvp_lr is not None:
+        return inner_lr, cfg.hvp_lr
+    delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
+    options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
+    g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options).g_t
+    hvp_lr = grow_while_stable(
+        cfg.hvp_lr_start, trial(lambda lr: solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps).values))
     return inner_lr, hvp_lr
 
 
@@ -215,16 +213,17 @@ class RunState:
 class Distiller:
     """Holds the fixed parts of a run (data, config, model factory) and steps a RunState.
 
-    ``team`` (:class:`rcig.parallel.Team`; None: one process on ``x_train``'s device): the
-    device everything lives on, and the ranks each step's target batch is split across.
-    Random draws stay on CPU generators; networks are initialised on the CPU and moved, so
-    a seed gives the same run on every device.
+    ``device`` (None: ``x_train``'s): where everything lives. ``split``: how the processes of
+    the run share each step's target batch (:class:`rcig.algorithm.meta.BatchSplit`; the
+    default is one process). Random draws stay on CPU generators; networks are initialised
+    on the CPU and moved, so a seed gives the same run on every device.
     """
 
     def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, num_classes: int, ipc: int,
-                 cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module], team: Team | None = None):
-        self.team = team or solo(x_train.device)
-        device = self.team.device
+                 cfg: Config, seed: int, make_model: Callable[[], torch.nn.Module],
+                 device: torch.device | None = None, split: BatchSplit = SOLO):
+        device = x_train.device if device is None else device
+        self.split = split
         self.x_train, self.y_train = x_train.to(device), y_train.to(device)
         self.num_classes, self.ipc, self.cfg, self.seed = num_classes, ipc, cfg, seed
         self.make_model = lambda: make_model().to(device)
@@ -258,13 +257,14 @@ class Distiller:
         index = torch.randperm(len(self.x_train), generator=generator)[:n].to(self.x_train.device)
         return self.x_train[index], self.y_train[index]
 
-    def tune(self, state: RunState, progress: bool = True) -> None:
-        """Tune the learning rates on a fresh network (not one of the pool's)."""
+    def tune(self, state: RunState, on_trial: Callable[[float], None] | None = None) -> None:
+        """Tune the learning rates on a fresh network (not one of the pool's); ``on_trial(lr)``
+        before each trial (:func:`tune_learning_rates`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + 2)
             f, body0 = self.base_network(dict(self.make_model().named_parameters()))
         x_t, y_t = self.target_batch(torch.Generator().manual_seed(self.seed + 3))
-        state.inner_lr, state.hvp_lr = tune_learning_rates(f, body0, state.support, x_t, y_t, self.cfg, progress)
+        state.inner_lr, state.hvp_lr = tune_learning_rates(f, body0, state.support, x_t, y_t, self.cfg, on_trial)
 
     def step(self, state: RunState) -> dict[str, Any]:
         """One outer iteration; mutates ``state`` only at the end (so it stays consistent)."""
@@ -279,7 +279,7 @@ class Distiller:
             try:
                 results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
                                              state.generator, augmented_pass, base_steps=state.pool.steps(index),
-                                             team=self.team))
+                                             split=self.split))
             except torch.linalg.LinAlgError as exc:  # phi phi^T + l2 I only fails to factor on inf/huge features
                 raise RcigError(f"diverged at iteration {state.iteration + 1}: the inner problem's kernel matrix "
                                 f"cannot be factored ({str(exc).splitlines()[0]})") from None

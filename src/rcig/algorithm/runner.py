@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from rcig import parallel
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
 from rcig.algorithm.memory import available_gb, shortfall_warning, step_memory
-from rcig.algorithm.meta import support_rows
+from rcig.algorithm.meta import BatchSplit, support_row_count
 from rcig.algorithm.outer import Distiller, RunState, start_images
 from rcig.atomic import atomic_write
 from rcig.config import Config, default_preset_name, from_dict, load_preset
@@ -217,14 +217,16 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
     if leader and team.device.type == "cpu":  # a GPU's memory is not the system's
-        need = step_memory(cfg, support_rows(ipc * ds.num_classes, cfg.flip), ds.channels, ds.image_size, ds.num_classes)
+        need = step_memory(cfg, support_row_count(ipc * ds.num_classes, cfg.flip), ds.channels, ds.image_size, ds.num_classes)
         if warning := shortfall_warning(need, available_gb()):
             print(warning, file=sys.stderr, flush=True)
     identity = _run_identity(ds.spec, ipc, seed, cfg)
 
     distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
                           distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
-                                               image_size=ds.image_size), team)
+                                               image_size=ds.image_size), team.device,
+                          BatchSplit(share=lambda n: parallel.share(n, team),
+                                     reduce=lambda tensors, weight: parallel.weighted_sum(tensors, weight, team)))
     state = distiller.new_state(blank=True)  # the initial support is made below unless a checkpoint is resumed
     ckpt_path = out_dir / "checkpoints" / "latest.pt" if out_dir and leader else None
     log_path = out_dir / "log.jsonl" if out_dir and leader else None
@@ -274,8 +276,9 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         if cfg.tunes_learning_rates and (cfg.inner_lr is None or cfg.hvp_lr is None):
             if progress:
                 print("rcig: tuning the inner and H^-1 g learning rates on one network ...", file=sys.stderr)
-            with timed() as tune_cost:
-                distiller.tune(state, progress)
+            with timed() as tune_cost, Progress(None, "tune learning rates", "trial", enabled=progress,
+                                                transient=True) as trials:
+                distiller.tune(state, lambda lr: trials.update(1, lr=f"{lr:.3g}"))
             if progress:
                 print(f"rcig: inner_lr={state.inner_lr:.3g} hvp_lr={state.hvp_lr:.3g}", file=sys.stderr)
             if log_path is not None:  # the tuning's cost counts towards the run's (CG needs none)
@@ -302,7 +305,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
                 _save_set(distilled_set(state, distiller, prepared, cfg, seed),
                           out_dir / "checkpoints" / f"iter_{state.iteration}.safetensors")
             if eval_every and state.iteration % eval_every == 0:
-                _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path, bar)
+                _periodic_eval(state, distiller, prepared, cfg, seed, eval_settings, log_path, bar, team)
             if state.iteration % checkpoint_every == 0 or state.iteration == cfg.steps:
                 save_latest()
             out_of_time = past_budget(max_minutes, began, started, time.perf_counter(), state.iteration - first_step)
@@ -359,7 +362,7 @@ def _save_set(ds: DistilledSet, path: Path) -> None:
 
 
 def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config, seed: int, settings,
-                   log_path: Path | None, bar) -> None:
+                   log_path: Path | None, bar, team: Team) -> None:
     from rcig.evaluation import ProtocolSettings, evaluate_support
 
     # one network, with augmentation only: a cheap trend line, not the full protocol
@@ -368,9 +371,9 @@ def _periodic_eval(state: RunState, distiller: Distiller, prepared, cfg: Config,
     support = distiller.ema.average(state.ema)
     started = time.perf_counter()
     scores = evaluate_support(support["x"], support["y"], prepared.x_test, prepared.y_test, settings,
-                              flip=cfg.flip, progress=False, team=distiller.team)
+                              flip=cfg.flip, progress=False, team=team)
     record = {"iter": state.iteration, "eval": scores, "eval_seconds": round(time.perf_counter() - started, 1)}
-    if not distiller.team.leader:
+    if not team.leader:
         return
     bar.write(f"rcig: iteration {state.iteration}: " + ", ".join(
         f"{k} {v['mean']:.4f}" for k, v in scores.items() if isinstance(v, dict) and "mean" in v))
