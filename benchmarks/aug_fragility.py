@@ -47,7 +47,7 @@ def case_inputs(case: str, labels: torch.Tensor, protocol: ProtocolSettings) -> 
 
 
 def main(argv=None) -> dict:
-    from rcig.data.preprocess import prepare
+    from rcig.data import prepare
     from rcig.io import load
     from rcig.parallel import subnormals_flushed
 

@@ -58,14 +58,13 @@ def seconds_per_step(log: Path) -> float:
 def check_case(dataset: str, ipc: int, args, work: Path) -> dict:
     import rcig
     from rcig import parallel
-    from rcig.cli import evaluate_file
 
     started = time.perf_counter()
     out = work / f"{dataset}_ipc{ipc}"
     rcig.distill(dataset, ipc, steps=args.steps, out=out, overrides=TINY if args.tiny else None,
                  progress=False, device=args.device, data_dir=args.data_dir)
-    report = evaluate_file(out / "distilled.safetensors", models=args.models, steps=args.eval_steps,
-                           data_dir=args.data_dir, quiet=True, team=parallel.solo(args.device))
+    report = rcig.evaluate(out / "distilled.safetensors", models=args.models, steps=args.eval_steps,
+                           data_dir=args.data_dir, progress=False, team=parallel.solo(args.device))
     return {"case": f"{dataset}:{ipc}", "s_per_step": seconds_per_step(out / "log.jsonl"),
             "cpu_s_per_step": None if args.tiny else cpu_seconds_per_step(dataset, ipc),
             "no_aug": report["no_aug"]["mean"], "aug": report["aug"]["mean"],

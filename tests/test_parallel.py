@@ -127,13 +127,13 @@ def run_cli(*args, env=None):
 
 def test_parallel_eval_scores_each_network_as_the_serial_run(tmp_path):
     from rcig.evaluation.baselines import baseline_set
-    from rcig.cli import evaluate_file
+    from rcig import evaluate
     from rcig.io import save
 
     save(baseline_set("digits", 2, method="random", seed=0), tmp_path / "set.safetensors")
     torch.set_num_threads(1)
-    serial = evaluate_file(tmp_path / "set.safetensors", models=3, steps=20, test_limit=200,
-                           json_out=tmp_path / "serial.json", quiet=True)
+    serial = evaluate(tmp_path / "set.safetensors", models=3, steps=20, test_limit=200,
+                      json_out=tmp_path / "serial.json", progress=False)
     done = run_cli("eval", str(tmp_path / "set.safetensors"), "--models", "3", "--steps", "20", "--test-limit", "200",
                    "--json", str(tmp_path / "two.json"), "--workers", "2", "--device", "cpu")
     assert done.returncode == 0, done.stderr

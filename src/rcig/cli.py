@@ -8,7 +8,6 @@ An error that is a bug in rcig ends with one line saying so and exit status 70 (
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -103,8 +102,8 @@ def cmd_distill(args) -> None:
         f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
     run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
     if run_eval:
-        evaluate_file(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
-                      json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet, team=team)
+        evaluate_and_print(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
+                           json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet, team=team)
     else:
         say(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
     if team.leader:
@@ -133,99 +132,20 @@ def cmd_baseline(args) -> None:
 
 # -------------------------------------------------------------------------------- eval
 
-def evaluate_file(path: str | Path, *, models: int | None = None, arch: str | None = None, steps: int | None = None,
-                  test_limit: int | None = None, seed: int | None = None, json_out: str | Path | None = None,
-                  data_dir: str | None = None, which: str = "both", quiet: bool = False,
-                  compare: str | None = None, init: str | None = None, team: parallel.Team | None = None) -> dict:
-    """Score the set in ``path`` with the protocol stored in it; print and return the scores.
+def evaluate_and_print(path: Path | str, *, team: parallel.Team, quiet: bool = False, **options) -> dict:
+    """:func:`rcig.evaluation.evaluate` on the set file ``path``; the leader prints the scores."""
+    from rcig.evaluation import evaluate, format_scores
 
-    Arguments left as None take the protocol's defaults (:class:`rcig.evaluation.ProtocolSettings`)
-    or, for arch/depth/width/augmentations, the file's own protocol. ``arch`` may list several
-    architectures ("conv,resnet18"); ``compare`` ("random[,herding]") also scores baselines of
-    the same size with the same protocol and seeds, with DD-Ranking's IOR and ARS. One
-    architecture and no baseline: the JSON is ``{"no_aug", "aug", "dataset", ...}``; otherwise
-    it adds ``"archs"`` / ``"compare"`` / ``"ranking"``. Under a ``team`` of several ranks the
-    networks are shared out and the leader alone prints and writes ``json_out``.
-    """
-    from rcig import validate
-    from rcig.data import prepare
-    from rcig.evaluation import ProtocolSettings
-    from rcig.evaluation.ranking import ranking_scores
-    from rcig.evaluation.baselines import BASELINES, baseline_support
-    from rcig.evaluation.suite import ARCH_PROTOCOLS, format_table, parse_list, score_grid
-    from rcig.io import load
-
-    team = team or parallel.solo()
-    if json_out:
-        validate.output_file(json_out, (".json",), "--json")
-    ds = load(path)
-    meta = ds.meta
-    if meta.get("dataset") is None:
-        raise RcigError(f"{path} was imported without --dataset: its preprocessing is unknown and it names no test "
-                        "set; re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
-    with parallel.leader_first(team):  # the others then find its downloads and caches
-        prepared = prepare(meta["dataset"], data_dir)
-    validate.set_fits_dataset(ds.images, ds.labels, meta, prepared, str(path))
-    protocol, defaults = meta.get("protocol") or {}, ProtocolSettings()
-    archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or (protocol.get("arch", defaults.arch),)
-    baselines = parse_list(compare, BASELINES, "baseline")
-    settings = ProtocolSettings(arch=protocol.get("arch", defaults.arch),
-                                depth=protocol.get("depth", defaults.depth), width=protocol.get("width", defaults.width),
-                                n_models=models or defaults.n_models, steps=steps,
-                                seed=defaults.seed if seed is None else seed,
-                                augmentations=tuple(protocol.get("augmentations", defaults.augmentations)),
-                                test_limit=test_limit, init=init or defaults.init,
-                                settings=defaults.settings if which == "both" else (which,))
-    models = settings.n_models
-    channels, size = ds.images.shape[1], ds.images.shape[2]
-    for name in archs:
-        validate.network_fits(ARCH_PROTOCOLS[name]["arch"], channels, size, settings.depth, str(path))
-    supports = {"distilled": (ds.images, ds.labels)}
-    k = ds.labels.shape[1]
-    if baselines and len(ds.images) % k:
-        raise RcigError(f"--compare needs the same number of images per class; {path} has {len(ds.images)} for {k} classes")
-    for name in baselines:
-        supports[name] = baseline_support(prepared, name, len(ds.images) // k, settings.seed)
-    started = time.perf_counter()
-    grid = score_grid(supports, archs, settings, prepared.x_test, prepared.y_test, flip=bool(meta.get("flip")),
-                      progress=not quiet, team=team)
-    seconds = time.perf_counter() - started
-    ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
-    single = len(archs) == 1
-    report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
-              "method": meta.get("method"), "models": models, "arch": ",".join(archs), "steps": steps or "default",
-              "init": settings.init, "test_limit": test_limit, "seconds": round(seconds, 1)}
-    if not single:
-        report["archs"] = grid["distilled"]
-    if baselines:
-        report.update(compare={b: grid[b] for b in baselines}, ranking=ranking, seed=settings.seed)
-    if not team.leader:
-        return report
-    print(f"{meta['dataset']}  ipc={meta.get('ipc')}  method={meta.get('method')}  arch={report['arch']}  "
-          f"models={models}  ({seconds / 60:.1f} min)")
-    if single and not baselines:
-        scores = grid["distilled"][archs[0]]
-        for name in ("no_aug", "aug"):
-            if name in scores:
-                s = scores[name]
-                accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
-                print(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
-    else:
-        print("\n".join(format_table(grid, ranking)))
-    if json_out:
-        from rcig.atomic import atomic_write
-
-        # the scored file relative to the JSON's folder: portable, no machine's absolute path
-        report["file"] = os.path.relpath(os.path.abspath(path), os.path.abspath(Path(json_out).parent))
-        text = json.dumps(report, indent=2) + "\n"
-        atomic_write(json_out, lambda fh: fh.write(text.encode()))
+    report = evaluate(path, progress=not quiet, team=team, **options)
+    if team.leader:
+        print("\n".join(format_scores(report)))
     return report
 
 
 def cmd_eval(args) -> None:
-    evaluate_file(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
-                  seed=args.seed, json_out=args.json, data_dir=args.data_dir, which=args.settings, compare=args.compare,
-                  init=args.init, team=parallel.join(args.device))
+    evaluate_and_print(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
+                       seed=args.seed, json_out=args.json, data_dir=args.data_dir, settings=args.settings,
+                       compare=args.compare, init=args.init, team=parallel.join(args.device))
 
 
 # -------------------------------------------------------------------------------- show
@@ -251,17 +171,16 @@ def cmd_export(args) -> None:
 
 
 def cmd_import(args) -> None:
-    from rcig.interop import read, to_distilled_set
+    from rcig.interop import import_set
     from rcig.io import save
 
-    fmt, imported = read(args.path, args.format)
     flip = {"on": True, "off": False, "auto": None}[args.flip]
-    ds = to_distilled_set(imported, fmt, args.path, dataset=args.dataset, data_dir=args.data_dir,
-                          stored_as=args.stored_as, flip=flip)
+    ds = import_set(args.path, args.format, dataset=args.dataset, data_dir=args.data_dir, stored_as=args.stored_as,
+                    flip=flip)
     save(ds, args.out)
     where = (f"preprocessing of {ds.meta['dataset']}" if ds.meta["dataset"] else
              "preprocessing unknown (give --dataset to evaluate it)")
-    more = imported.extra.get("sets_in_file", 1)
+    fmt, more = ds.meta["source_format"], ds.meta.get("sets_in_file", 1)
     print(f"rcig: imported {len(ds.images)} images x {ds.labels.shape[1]} classes ({fmt}) to {args.out}; {where}; "
           f"flip trick {'on' if ds.meta['flip'] else 'off'}" + (f"; used the first of {more} sets" if more > 1 else ""))
 

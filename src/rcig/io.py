@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.data
 
 from rcig.atomic import atomic_write
+from rcig.data.formats import npz_archive
 from rcig.errors import RcigError
 
 FORMAT = "rcig-distilled/1"
@@ -24,10 +26,33 @@ FORMAT = "rcig-distilled/1"
 
 @dataclass
 class DistilledSet:
+    """A distilled set: images and labels in model space, and how to read them.
+
+    ``images`` (N, C, H, W) float32 live in rcig's model space for ``meta["dataset"]``: pixels
+    x/255 standardised with the training set's mean and std (per channel for RGB), and for
+    RGB sets then ZCA-whitened (:mod:`rcig.data.preprocess`; ``meta["preprocess"]`` says which).
+    ``labels`` (N, K) float32 are soft labels centred like the paper's one-hot encoding
+    (``one_hot - 1/K``; RCIG learns them) and are targets for an MSE loss on a network's K
+    outputs, not class probabilities. ``meta["flip"]``: the set was distilled with the flip
+    trick, and a network trained on it should also see its left-right mirror images
+    (:meth:`dataset` includes them). :meth:`test_set` gives the real test images in the
+    same model space; :meth:`pixels` maps the images back to pixels.
+    """
+
     images: torch.Tensor  # (N, C, H, W) float32, model space
     labels: torch.Tensor  # (N, K) float32
     meta: dict
     preprocess_arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        """The number of images stored (the mirrored copies of :meth:`dataset` not counted)."""
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        shape = "x".join(map(str, self.images.shape[1:]))
+        return (f"DistilledSet(dataset={self.meta.get('dataset')!r}, ipc={self.meta.get('ipc')}, "
+                f"classes={self.labels.shape[1]}, images={len(self)}x{shape}, method={self.meta.get('method')!r}, "
+                f"flip={bool(self.meta.get('flip'))})")
 
     @property
     def preprocessing_known(self) -> bool:
@@ -35,6 +60,7 @@ class DistilledSet:
         return self.meta.get("preprocess", {}).get("kind") != "unknown"
 
     def preprocessor(self):
+        """The :class:`rcig.data.preprocess.Preprocessor` that maps the dataset's pixels to this set's model space."""
         from rcig.data.preprocess import Preprocessor
 
         if not self.preprocessing_known:
@@ -42,13 +68,32 @@ class DistilledSet:
                             "re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
         return Preprocessor.from_state(self.meta["preprocess"], self.preprocess_arrays)
 
+    def dataset(self) -> torch.utils.data.TensorDataset:
+        """(image, label) pairs as a network trained on the set should see them: model-space
+        images, centred soft labels, and under the flip trick the mirrored copies after them
+        (2N pairs), as the paper's evaluation protocol trains."""
+        images, labels = self.images, self.labels
+        if self.meta.get("flip"):
+            images, labels = torch.cat([images, images.flip(-1)]), torch.cat([labels, labels])
+        return torch.utils.data.TensorDataset(images, labels)
+
+    def pixels(self) -> torch.Tensor:
+        """The images as pixels in [0, 1], (N, C, H, W) float32: the preprocessing undone
+        (ZCA, then the standardisation), values outside [0, 1] clipped."""
+        return self.preprocessor().to_unit(self.images).clamp(0.0, 1.0)
+
+    def test_set(self, data_dir: str | os.PathLike | None = None) -> torch.utils.data.TensorDataset:
+        """The real test split of ``meta["dataset"]`` as (image, class index) pairs, its images
+        mapped to model space by this set's own stored preprocessing (the same statistics and
+        ZCA matrices as the set's images). ``data_dir``: where the dataset's files are."""
+        return real_test_set(self, data_dir)
 
 def make_set(prepared, images: torch.Tensor, labels: torch.Tensor, *, ipc: int, method: str, seed: int,
              flip: bool, protocol: dict, config: dict | None = None, **extra) -> DistilledSet:
     """A DistilledSet of ``images``/``labels`` drawn from ``prepared`` (a rcig.data.Prepared)."""
     import time
 
-    from rcig import __version__
+    from rcig.version import __version__
 
     pre_meta, arrays = prepared.preprocessor.state()
     meta = {"dataset": prepared.dataset.spec, "ipc": ipc, "num_classes": prepared.dataset.num_classes,
@@ -58,6 +103,21 @@ def make_set(prepared, images: torch.Tensor, labels: torch.Tensor, *, ipc: int, 
     # a file's arrays: on the CPU whatever device made them
     return DistilledSet(images.detach().float().cpu().contiguous(), labels.detach().float().cpu().contiguous(),
                         meta, arrays)
+
+
+def real_test_set(ds: DistilledSet, data_dir: str | os.PathLike | None = None) -> torch.utils.data.TensorDataset:
+    """:meth:`DistilledSet.test_set`: the real test split of the set's dataset, preprocessed as
+    the set's images were; a one-line RcigError if the set names no dataset or does not fit it."""
+    from rcig.data import load as load_dataset
+
+    if ds.meta.get("dataset") is None:
+        raise RcigError("this set names no dataset (it was imported without --dataset); "
+                        "re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
+    data = load_dataset(ds.meta["dataset"], data_dir)
+    if data.num_classes != ds.labels.shape[1] or (data.channels, data.image_size) != tuple(ds.images.shape[1:3]):
+        raise RcigError(f"the set holds {ds.labels.shape[1]} classes of {tuple(ds.images.shape[1:])} images; "
+                        f"{ds.meta['dataset']} has {data.num_classes} of {(data.channels, data.image_size, data.image_size)}")
+    return torch.utils.data.TensorDataset(ds.preprocessor().to_model(data.x_test), torch.from_numpy(data.y_test))
 
 
 def save(ds: DistilledSet, path: str | os.PathLike) -> None:
@@ -86,7 +146,7 @@ def load(path: str | os.PathLike) -> DistilledSet:
     path = validate.input_file(path, "distilled-set file (.safetensors or .npz)")
     try:
         if path.suffix == ".npz":
-            npz_magic(path)
+            npz_archive(path)
             with np.load(path, allow_pickle=False) as f:
                 meta = json.loads(str(f["meta"])) if "meta" in f.files else None
                 tensors = {k.replace("__", "/"): torch.from_numpy(f[k]) for k in f.files if k != "meta"}
@@ -111,12 +171,3 @@ def load(path: str | os.PathLike) -> DistilledSet:
     validate.distilled_set(images, labels, meta, arrays, str(path))
     return DistilledSet(images.float(), labels.float(), meta, arrays)
 
-
-def npz_magic(path: Path) -> None:
-    """RcigError unless ``path`` starts like a zip archive (what .npz files are)."""
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-    if head.startswith(b"\x93NUMPY"):
-        raise RcigError(f"{path} holds a single .npy array, not an .npz archive of named arrays")
-    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        raise RcigError(f"{path} is not an .npz archive (not a zip file)")

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from rcig.data import sources
+from rcig.data.preprocess import Preprocessor, fit_preprocessor
 from rcig.errors import RcigError
 
 
@@ -97,6 +99,27 @@ def describe_specs(data_dir: str | os.PathLike | None = None) -> list[dict]:
     return rows
 
 
-from rcig.data.preprocess import Prepared, Preprocessor, fit_preprocessor, prepare  # noqa: E402
+
+@dataclass
+class Prepared:
+    """A dataset in model space: what the engine and the evaluation consume."""
+
+    dataset: Dataset
+    preprocessor: Preprocessor
+    x_train: torch.Tensor  # (N, C, H, W) float32
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def prepare(spec_or_dataset: str | Dataset = "digits", data_dir: str | os.PathLike | None = None, *,
+            download: bool = True, cache_dir: str | os.PathLike | None = None) -> Prepared:
+    """A dataset (by spec, or already loaded) in model space, with its fitted preprocessing."""
+    dataset = spec_or_dataset if isinstance(spec_or_dataset, Dataset) else load(spec_or_dataset, data_dir,
+                                                                                download=download)
+    pre = fit_preprocessor(dataset, cache_dir)
+    return Prepared(dataset, pre, pre.to_model(dataset.x_train), torch.from_numpy(dataset.y_train),
+                    pre.to_model(dataset.x_test), torch.from_numpy(dataset.y_test))
+
 
 __all__ = ["Dataset", "Prepared", "Preprocessor", "describe_specs", "fit_preprocessor", "load", "prepare"]

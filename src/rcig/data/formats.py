@@ -186,13 +186,22 @@ def _pickled_names(source: FileSource, file: str, key: str):
 # ------------------------------------------------------------------------------- npz
 
 
+def npz_archive(path: Path) -> None:
+    """RcigError unless ``path`` starts like a zip archive (what .npz files are)."""
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"\x93NUMPY"):
+        raise RcigError(f"{path} holds a single .npy array, not an .npz archive of named arrays")
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        raise RcigError(f"{path} is not an .npz archive (not a zip file)")
+
+
 def load_npz(path: Path) -> dict[str, np.ndarray]:
     """keys x_train, y_train, x_test, y_test (+ optional class_names); HxW or HxWxC uint8."""
     from rcig import validate
-    from rcig.io import npz_magic
 
     validate.input_file(path, ".npz dataset file")
-    npz_magic(path)
+    npz_archive(path)
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -1,4 +1,4 @@
-r"""The paper's preprocessing, its exact inverse, and the model-space dataset.
+r"""The paper's preprocessing and its exact inverse.
 
 * Gray sets:  ``x/255``, then ``(x - mean) / std`` with scalar statistics of the training set.
 * RGB sets:   ``x/255``, per-channel ``(x - mean_c) / std_c``, then ZCA whitening
@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +62,17 @@ class Preprocessor:
             out.append(chunk.contiguous())
         return torch.cat(out) if out else torch.empty(0)
 
-    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
-        """float (N, C, H, W) in model space -> uint8 (N, H, W, C), clipped to 0..255."""
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, C, H, W) in model space -> float32 (N, C, H, W) pixels x/255 (the exact
+        inverse of :meth:`to_model`'s maths, not clipped: distilled images may leave [0, 1])."""
         x = x.detach().float().cpu()
         if self.unwhiten is not None:
             x = self._apply(x, self.unwhiten)
-        x = x * torch.from_numpy(self.std).view(1, -1, 1, 1) + torch.from_numpy(self.mean).view(1, -1, 1, 1)
-        return (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return x * torch.from_numpy(self.std).view(1, -1, 1, 1) + torch.from_numpy(self.mean).view(1, -1, 1, 1)
+
+    def to_pixels(self, x: torch.Tensor) -> np.ndarray:
+        """float (N, C, H, W) in model space -> uint8 (N, H, W, C), clipped to 0..255."""
+        return (self.to_unit(x) * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
     # -- storage -----------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -142,25 +145,3 @@ def fit_preprocessor(dataset, cache_dir: str | os.PathLike | None = None) -> Pre
     except OSError:
         pass  # a read-only cache only costs a refit next time
     return pre
-
-
-@dataclass
-class Prepared:
-    """A dataset in model space: what the engine and the evaluation consume."""
-
-    dataset: object
-    preprocessor: Preprocessor
-    x_train: torch.Tensor  # (N, C, H, W) float32
-    y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
-def prepare(spec_or_dataset="digits", data_dir=None, *, download: bool = True, cache_dir=None) -> Prepared:
-    from rcig.data import Dataset, load
-
-    dataset = spec_or_dataset if isinstance(spec_or_dataset, Dataset) else load(spec_or_dataset, data_dir,
-                                                                                download=download)
-    pre = fit_preprocessor(dataset, cache_dir)
-    return Prepared(dataset, pre, pre.to_model(dataset.x_train), torch.from_numpy(dataset.y_train),
-                    pre.to_model(dataset.x_test), torch.from_numpy(dataset.y_test))

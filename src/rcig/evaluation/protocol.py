@@ -79,12 +79,8 @@ def train_models(images: torch.Tensor, labels: torch.Tensor, settings: ProtocolS
     """Train one network per seed on (images, labels); returns them in eval mode.
 
     Networks train one after another, in the default (NCHW) layout with a fused Adam, and
-    are returned channels-last, the faster layout for the test pass. Measured here
-    (benchmarks/eval_speed.py, CPU time at 1 thread): the step before (channels-last,
-    for-loop Adam) took ~1.3x as long; one grouped ConvNet over the networks (``groups=M``)
-    and a ``vmap`` over stacked parameters (BENCHMARKS.md) are no faster, since even 10
-    images of 28 px give each convolution a product over 10 x 8 x 8 .. 10 x 32 x 32
-    positions, enough for the CPU's conv rate.
+    are returned channels-last, the faster layout for the test pass (benchmarks/eval_speed.py
+    compares the layouts, and training the networks together, in BENCHMARKS.md).
     """
     n, c, h, _ = images.shape
     models = make_models(settings, c, labels.shape[1], h, seeds, images.device)

@@ -1,4 +1,5 @@
-"""Several architectures and baselines scored in one call, as ``rcig eval --arch a,b --compare random``.
+"""Scoring a distilled set: :func:`evaluate`, under one or several architectures' protocols and
+beside baselines of the same size (``rcig eval --arch a,b --compare random``).
 
 What the reference release's ``eval.py`` changes per architecture is the network alone:
 every network trains with Adam at ``eval_lr`` = 1e-4, the same 500-step warm-up and cosine
@@ -10,10 +11,19 @@ and ``resnet18`` / ``vgg11`` / ``alexnet`` swap the network and keep every other
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rcig.errors import RcigError
 from rcig.evaluation.protocol import ProtocolSettings, evaluate_support
+
+if TYPE_CHECKING:
+    from rcig.io import DistilledSet
+    from rcig.parallel import Team
 
 ARCH_PROTOCOLS = {
     "conv": {"arch": "conv", "norm": "none"},
@@ -71,3 +81,115 @@ def format_table(grid: dict, ranking: dict | None = None) -> list[str]:
             cells.append(f"{r['ars']['mean'] * 100:8.2f}" if "ars" in r else f"{'-':>8}")
             lines.append(f"{arch:<9}  " + "  ".join(cells))
     return lines
+
+
+def protocol_settings(meta: dict, *, models: int | None = None, steps: int | None = None, seed: int | None = None,
+                      test_limit: int | None = None, settings: str = "both", init: str | None = None) -> ProtocolSettings:
+    """The protocol a set's metadata asks for (its arch, depth, width, augmentations), with the
+    given arguments in place of the protocol's defaults where they are not None."""
+    protocol, defaults = meta.get("protocol") or {}, ProtocolSettings()
+    if settings not in ("both", "no_aug", "aug"):
+        raise RcigError(f"settings must be both, no_aug or aug, got {settings!r}")
+    return ProtocolSettings(arch=protocol.get("arch", defaults.arch), depth=protocol.get("depth", defaults.depth),
+                            width=protocol.get("width", defaults.width), n_models=models or defaults.n_models,
+                            steps=steps, seed=defaults.seed if seed is None else seed,
+                            augmentations=tuple(protocol.get("augmentations", defaults.augmentations)),
+                            test_limit=test_limit, init=init or defaults.init,
+                            settings=defaults.settings if settings == "both" else (settings,))
+
+
+def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None = None, arch: str | None = None,
+             steps: int | None = None, test_limit: int | None = None, seed: int | None = None,
+             settings: str = "both", compare: str | None = None, init: str | None = None,
+             data_dir: str | os.PathLike | None = None, json_out: str | os.PathLike | None = None,
+             progress: bool = True, team: Team | None = None) -> dict:
+    """Score a distilled set (a :class:`rcig.io.DistilledSet` or its file) with the paper's
+    protocol on the real test set of the dataset it names; returns the scores (fractions).
+
+    Arguments left as None take the protocol's defaults (:class:`ProtocolSettings`) or, for
+    arch/depth/width/augmentations, the set's own protocol. ``arch`` may list several
+    architectures ("conv,resnet18"); ``compare`` ("random[,herding]") also scores baselines of
+    the same size with the same protocol and seeds, with DD-Ranking's IOR and ARS;
+    ``settings`` is "both", "no_aug" or "aug". One architecture and no baseline: the result is
+    ``{"no_aug", "aug", "dataset", ...}``; otherwise it adds ``"archs"`` / ``"compare"`` /
+    ``"ranking"``. ``json_out`` (checked before any work) receives the result as JSON. Under a
+    ``team`` of several ranks the networks are shared out and the leader alone writes.
+    """
+    from rcig import parallel, validate
+    from rcig.data import prepare
+    from rcig.evaluation.baselines import BASELINES, baseline_support
+    from rcig.evaluation.ranking import ranking_scores
+    from rcig.io import DistilledSet, load
+
+    team = team or parallel.solo()
+    if json_out:
+        validate.output_file(json_out, (".json",), "--json")
+    path = None if isinstance(distilled, DistilledSet) else Path(distilled)
+    ds = load(path) if path is not None else distilled
+    where = str(path) if path is not None else "the set"
+    meta = ds.meta
+    if meta.get("dataset") is None:
+        raise RcigError(f"{where} was imported without --dataset: its preprocessing is unknown and it names no test "
+                        "set; re-import it with: rcig import SOURCE --dataset SPEC --out FILE")
+    with parallel.leader_first(team):  # the others then find its downloads and caches
+        prepared = prepare(meta["dataset"], data_dir)
+    validate.set_fits_dataset(ds.images, ds.labels, meta, prepared, where)
+    archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or ((meta.get("protocol") or {}).get("arch", "conv"),)
+    baselines = parse_list(compare, BASELINES, "baseline")
+    base = protocol_settings(meta, models=models, steps=steps, seed=seed, test_limit=test_limit, settings=settings,
+                             init=init)
+    channels, size = ds.images.shape[1], ds.images.shape[2]
+    for name in archs:
+        validate.network_fits(ARCH_PROTOCOLS[name]["arch"], channels, size, base.depth, where)
+    supports = {"distilled": (ds.images, ds.labels)}
+    k = ds.labels.shape[1]
+    if baselines and len(ds.images) % k:
+        raise RcigError(f"--compare needs the same number of images per class; {where} has {len(ds.images)} for "
+                        f"{k} classes")
+    for name in baselines:
+        supports[name] = baseline_support(prepared, name, len(ds.images) // k, base.seed)
+    started = time.perf_counter()
+    grid = score_grid(supports, archs, base, prepared.x_test, prepared.y_test, flip=bool(meta.get("flip")),
+                      progress=progress, team=team)
+    seconds = time.perf_counter() - started
+    ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
+    single = len(archs) == 1
+    report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
+              "method": meta.get("method"), "models": base.n_models, "arch": ",".join(archs),
+              "steps": steps or "default", "init": base.init, "test_limit": test_limit, "seconds": round(seconds, 1)}
+    if not single:
+        report["archs"] = grid["distilled"]
+    if baselines:
+        report.update(compare={b: grid[b] for b in baselines}, ranking=ranking, seed=base.seed)
+    if json_out and team.leader:
+        write_scores(report, json_out, path)
+    return report
+
+
+def write_scores(report: dict, json_out: str | os.PathLike, scored: Path | None) -> None:
+    """``report`` as JSON in ``json_out``, atomically; with the scored file's path relative to
+    the JSON's folder (portable: no machine's absolute path) when there is one."""
+    from rcig.atomic import atomic_write
+
+    if scored is not None:
+        report["file"] = os.path.relpath(os.path.abspath(scored), os.path.abspath(Path(json_out).parent))
+    text = json.dumps(report, indent=2) + "\n"
+    atomic_write(json_out, lambda fh: fh.write(text.encode()))
+
+
+def format_scores(report: dict) -> list[str]:
+    """The lines ``rcig eval`` prints for a result of :func:`evaluate`: a header, then each
+    setting's mean +- std and per-network accuracies (%), or the table of :func:`format_table`."""
+    lines = [f"{report['dataset']}  ipc={report.get('ipc')}  method={report.get('method')}  arch={report['arch']}  "
+             f"models={report['models']}  ({report['seconds'] / 60:.1f} min)"]
+    archs = report["arch"].split(",")
+    if "archs" not in report and "compare" not in report:
+        for name in ("no_aug", "aug"):
+            if name in report:
+                s = report[name]
+                accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
+                lines.append(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
+        return lines
+    distilled = report.get("archs") or {archs[0]: {k: report[k] for k in ("no_aug", "aug") if k in report}}
+    grid = {"distilled": distilled, **report.get("compare", {})}
+    return lines + format_table(grid, report.get("ranking"))

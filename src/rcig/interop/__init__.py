@@ -1,8 +1,7 @@
 """Distilled sets from and to other tools' formats.
 
-    imported = read(path, detect_format(path))                  # rcig | frepo | mtt | dc | kip
-    ds = to_distilled_set(imported, fmt, path, dataset="cifar10")  # rcig.io.DistilledSet
-    export(ds, "mtt", "out/")                                     # mtt | dc | kip | imagefolder | npz
+    ds = import_set(path, dataset="cifar10")      # rcig | frepo | mtt | dc | kip -> rcig.io.DistilledSet
+    export(ds, "mtt", "out/")                     # mtt | dc | kip | imagefolder | npz
 
 Import keeps the images exactly as stored. With a dataset, the file records that dataset's
 preprocessing (rcig's: standardisation, + ZCA for RGB), i.e. it asserts the images live in
@@ -167,7 +166,7 @@ def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, datase
     ``flip`` (the flip trick at evaluation) defaults to the paper's preset for RCIG
     checkpoints (on for RGB) and off for every other format, whose tools do not use it.
     """
-    from rcig import __version__
+    from rcig.version import __version__
     from rcig.io import DistilledSet, make_set
 
     stored = parse_stored_as(stored_as)
@@ -199,5 +198,14 @@ def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, datase
                     seed=None, flip=flip, protocol=protocol, **extra)
 
 
+def import_set(path: str | Path, format: str = "auto", *, dataset: str | None = None, data_dir: str | None = None,
+               stored_as: str = "model", flip: bool | None = None):
+    """A distilled set made by another tool, read from ``path`` (format "auto" detects it from
+    the content; else one of :data:`IMPORT_FORMATS`), as an :class:`rcig.io.DistilledSet`:
+    :func:`read` then :func:`to_distilled_set` (see both, and the module docstring)."""
+    fmt, imported = read(path, format)
+    return to_distilled_set(imported, fmt, path, dataset=dataset, data_dir=data_dir, stored_as=stored_as, flip=flip)
+
+
 __all__ = ["EXPORTERS", "IMPORT_FORMATS", "Imported", "StoredAs", "UNKNOWN_PREPROCESS", "detect_format", "export",
-           "parse_stored_as", "read", "to_distilled_set"]
+           "import_set", "parse_stored_as", "read", "to_distilled_set"]
