@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.bench
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.bench
 
 
 @pytest.fixture(scope="module")
