@@ -3,11 +3,14 @@ has no import loop."""
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import rcig
 
@@ -95,3 +98,65 @@ def test_evaluate_from_python_scores_a_set_or_its_file_alike(tmp_path):
     assert 0.0 <= from_set["no_aug"]["mean"] <= 1.0 and "aug" not in from_set
     written = json.loads((tmp_path / "scores.json").read_text())
     assert written["no_aug"] == from_file["no_aug"] and (tmp_path / written["file"]).resolve() == DIGITS.resolve()
+
+
+def rgb_npz(tmp_path: Path) -> str:
+    """An ``npz:`` spec of a tiny 8x8 RGB dataset (3 classes): its preprocessing has a ZCA."""
+    g = np.random.default_rng(0)
+    x = g.integers(0, 256, size=(60, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(60) % 3
+    np.savez(tmp_path / "rgb.npz", x_train=x[:45], y_train=y[:45], x_test=x[45:], y_test=y[45:])
+    return f"npz:{tmp_path / 'rgb.npz'}"
+
+
+@pytest.mark.parametrize("spec", ["digits", "rgb"])
+def test_a_sets_pixels_and_test_set_undo_and_repeat_its_preprocessing(tmp_path, monkeypatch, spec):
+    from rcig.data import load, prepare
+    from rcig.data.sampling import centred_one_hot
+    from rcig.io import make_set
+
+    monkeypatch.setenv("RCIG_CACHE_DIR", str(tmp_path / "cache"))
+    spec = rgb_npz(tmp_path) if spec == "rgb" else spec
+    prepared, raw = prepare(spec), load(spec)
+    k = prepared.dataset.num_classes
+    ds = make_set(prepared, prepared.x_train[:6], centred_one_hot(prepared.y_train[:6], k), ipc=2, method="real",
+                  seed=0, flip=False, protocol={})
+    assert (ds.meta["preprocess"]["kind"] == "zca") == (raw.channels == 3)
+    # pixels(): the training images as x/255, NCHW (float32 round trip through the whitening)
+    expected = torch.from_numpy(raw.x_train[:6]).permute(0, 3, 1, 2).float() / 255
+    assert ds.pixels().shape == expected.shape
+    assert torch.allclose(ds.pixels(), expected, atol=2e-5)
+    # test_set(): the real test split in the set's model space, with class indices
+    test = ds.test_set()
+    images, labels = test.tensors
+    assert torch.equal(labels, torch.from_numpy(raw.y_test)) and len(test) == len(raw.y_test)
+    assert torch.allclose(images, prepared.x_test, atol=1e-5)
+    # from the stored statistics, not a refit: a set whose stored mean is off maps the test set otherwise
+    ds.meta["preprocess"]["mean"] = [m + 0.1 for m in ds.meta["preprocess"]["mean"]]
+    assert not torch.allclose(ds.test_set().tensors[0], prepared.x_test, atol=1e-3)
+
+
+def test_a_set_has_a_length_a_one_line_repr_and_a_dataset_with_its_mirrored_copies():
+    ds = rcig.load(DIGITS)
+    assert len(ds) == 10
+    text = repr(ds)
+    assert "\n" not in text and len(text) < 200 and "tensor" not in text
+    assert all(part in text for part in ("'digits'", "ipc=1", "classes=10", "10x1x8x8", "'rcig'"))
+    plain = ds.dataset()
+    assert len(plain) == 10 and torch.equal(plain.tensors[0], ds.images) and torch.equal(plain.tensors[1], ds.labels)
+    ds.meta["flip"] = True
+    mirrored = ds.dataset()
+    x, y = mirrored.tensors
+    assert len(mirrored) == 20 and torch.equal(x[10:], ds.images.flip(-1)) and torch.equal(y[10:], ds.labels)
+    assert "flip=True" in repr(ds)
+
+
+def test_the_example_trains_a_users_own_model_on_the_shipped_set():
+    example = SRC.parent / "examples" / "train_your_model.py"
+    user_lines = [line for line in example.read_text().split('"""')[2].splitlines() if line.strip()]
+    assert len(user_lines) <= 40
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    accuracy = float(done.stdout.strip().splitlines()[-1].split()[-1].rstrip("%"))
+    assert accuracy > 40  # ten classes: chance is 10%
