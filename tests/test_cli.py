@@ -142,3 +142,53 @@ def test_offline_download_says_so_and_what_to_fetch(tmp_path, monkeypatch, capsy
     for word in ("downloading them failed", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
                  "https://ossci-datasets.s3.amazonaws.com/mnist/", str(tmp_path / "cache" / "datasets" / "mnist")):
         assert word in err, (word, err)
+
+
+def test_every_command_has_a_description_examples_and_readable_options(capsys):
+    from rcig.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert set(commands) == {"datasets", "distill", "baseline", "eval", "export", "import", "report", "show"}
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert sub.description and "examples:\n  rcig " + name in text, name
+        assert "--quiet" in text, name  # every command can be quiet
+        metavars = [a.metavar for a in sub._actions if a.option_strings and a.metavar]
+        assert all("_" not in m for m in metavars), (name, metavars)  # N, DIR, FILE, not CHECKPOINT_EVERY
+    distill = commands["distill"].format_help()
+    assert "(default: 10)" in distill and "--no-baseline" in distill  # defaults shown
+    assert "(default: 1)" in commands["baseline"].format_help()  # the same ipc default as distill
+    assert commands["baseline"].get_default("ipc") == 1
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], "rcig: error: the following arguments are required: COMMAND (see rcig --help)"),
+    (["distil"], "rcig: error: argument COMMAND: invalid choice: 'distil'; did you mean distill? (see rcig --help)"),
+    (["eval", "x", "--settings", "bth"], "did you mean both?"),
+    (["distill", "--steps", "ten"], "rcig: error: argument --steps: expected a non-negative integer, got 'ten'"),
+])
+def test_parser_errors_have_one_prefix_and_suggest(argv, expected, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and expected in err, err
+    assert err.count("rcig:") == 1
+
+
+def test_outputs_are_never_overwritten_silently(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run(["baseline", "--quiet"], capsys)[0] == 0  # the default place, with distill's default ipc
+    made = tmp_path / "runs" / "digits_random_ipc1.safetensors"
+    assert made.is_file()
+    assert run(["show", str(made)], capsys)[0] == 0  # beside the set
+    picture = made.with_suffix(".png")
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    picture.write_bytes(b"the user's own file")
+    for argv in (["baseline"], ["show", str(made)], ["show", str(made), "--out", str(picture)],
+                 ["export", str(made), "--format", "npz", "--out", str(picture)]):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "exists; pass --force" in err, (argv, err)
+    assert picture.read_bytes() == b"the user's own file"
+    assert run(["show", str(made), "--force"], capsys)[0] == 0
+    assert picture.read_bytes().startswith(b"\x89PNG")

@@ -55,11 +55,39 @@ def positive_minutes(text: str) -> float:
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the one-line error of every other bad input (usage via --help)."""
+    """argparse with the one-line error of every other bad input (usage via --help), and the
+    closest choice suggested for a mistyped one."""
 
     def error(self, message: str):
-        print(f"rcig: error: {self.prog}: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        print(f"rcig: error: {did_you_mean(_one_line(message))} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def did_you_mean(message: str) -> str:
+    """argparse's "invalid choice: 'distil' (choose from ...)" as "invalid choice: 'distil'; did you
+    mean distill?" when a choice is close; any other message as it is."""
+    import difflib
+    import re
+
+    match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not match:
+        return message
+    choices = re.findall(r"'([^']*)'", match.group(2))
+    close = difflib.get_close_matches(match.group(1), choices, n=1, cutoff=0.6)
+    return message[:match.end(1) + 1] + f"; did you mean {close[0]}?" if close else message
+
+
+def refuse_existing(path: str | Path, force: bool, what: str = "--out") -> None:
+    """No silent overwrite: an existing output (a file, or a folder with files in it) needs ``--force``."""
+    path = Path(path)
+    used = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if used and not force:
+        raise RcigError(f"{path} exists; pass --force to replace it, or choose another {what}")
+
+
+def slug(spec: str) -> str:
+    """A dataset spec as a file-name part: ``npz:/data/x.npz`` -> ``npz__data_x.npz``."""
+    return spec.replace(":", "_").replace("/", "_")
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -88,7 +116,7 @@ def cmd_distill(args) -> None:
     from rcig.algorithm.runner import distill
     from rcig.config import parse_overrides
 
-    out = Path(args.out) if args.out else Path("runs") / f"{args.dataset or 'digits'}_ipc{args.ipc or 1}"
+    out = Path(args.out) if args.out else Path(RUNS) / f"{slug(args.dataset or 'digits')}_ipc{args.ipc or DEFAULT_IPC}"
     validate.output_dir(out, "--out")
     started = time.perf_counter()
     team = parallel.join(args.device)
@@ -102,8 +130,12 @@ def cmd_distill(args) -> None:
         f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
     run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
     if run_eval:
+        if args.baseline:
+            say(f"rcig: scoring the set and, beside it, {len(result.images)} random real images (--no-baseline "
+                "skips them and halves the scoring time)")
         evaluate_and_print(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
-                           json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet, team=team)
+                           json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet,
+                           compare="random" if args.baseline else None, team=team)
     else:
         say(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
     if team.leader:
@@ -119,8 +151,9 @@ def cmd_baseline(args) -> None:
     from rcig.evaluation.baselines import baseline_set
     from rcig.io import save
 
-    out = Path(args.out or f"out/{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.safetensors")
+    out = Path(args.out or f"{RUNS}/{slug(args.dataset)}_{args.method}_ipc{args.ipc}.safetensors")
     validate.output_file(out, SET_SUFFIXES, "--out")
+    refuse_existing(out, args.force)
     team = parallel.join(args.device)  # under torchrun: every rank computes, the leader writes
     ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir,
                       device=team.device)
@@ -143,9 +176,14 @@ def evaluate_and_print(path: Path | str, *, team: parallel.Team, quiet: bool = F
 
 
 def cmd_eval(args) -> None:
+    if args.json:
+        from rcig import validate
+
+        validate.output_file(args.json, (".json",), "--json")
+        refuse_existing(args.json, args.force, "--json")
     evaluate_and_print(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
                        seed=args.seed, json_out=args.json, data_dir=args.data_dir, settings=args.settings,
-                       compare=args.compare, init=args.init, team=parallel.join(args.device))
+                       compare=args.compare, init=args.init, quiet=args.quiet, team=parallel.join(args.device))
 
 
 # -------------------------------------------------------------------------------- show
@@ -155,9 +193,11 @@ def cmd_show(args) -> None:
     from rcig.io import load
     from rcig.viz import save_grid
 
-    validate.output_file(args.out, IMAGE_SUFFIXES, "--out")
-    save_grid(load(args.file), args.out, max_per_class=args.max_per_class)
-    print(f"rcig: wrote {args.out}")
+    out = Path(args.out) if args.out else Path(args.file).with_suffix(".png")
+    validate.output_file(out, IMAGE_SUFFIXES, "--out")
+    refuse_existing(out, args.force)
+    save_grid(load(args.file), out, max_per_class=args.max_per_class)
+    print(f"rcig: wrote {out}")
 
 
 # ------------------------------------------------------------------ export, import, report
@@ -166,6 +206,7 @@ def cmd_export(args) -> None:
     from rcig.interop import export
     from rcig.io import load
 
+    refuse_existing(args.out, args.force)
     files = export(load(args.file), args.format, args.out)
     print(f"rcig: wrote {args.format}: " + (str(files[0]) if len(files) == 1 else f"{len(files)} files in {args.out}"))
 
@@ -174,6 +215,7 @@ def cmd_import(args) -> None:
     from rcig.interop import import_set
     from rcig.io import save
 
+    refuse_existing(args.out, args.force)
     flip = {"on": True, "off": False, "auto": None}[args.flip]
     ds = import_set(args.path, args.format, dataset=args.dataset, data_dir=args.data_dir, stored_as=args.stored_as,
                     flip=flip)
@@ -193,9 +235,41 @@ def cmd_report(args) -> None:
 
 # ------------------------------------------------------------------------------ parser
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option with a default shows it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, [], argparse.SUPPRESS) and not isinstance(action.default, bool) \
+                and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def examples(*lines: str) -> str:
+    return "examples:\n" + "".join(f"  {line}\n" for line in lines)
+
+
+def paragraph(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=79)
+
+
+def add_common_options(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    if data:
+        p.add_argument("--data-dir", metavar="DIR", help="a folder with the dataset's files (see `rcig datasets`)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output (warnings, errors and results are still printed)")
+
+
+def add_force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace the output if it exists (else rcig refuses)")
+
+
 def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", metavar=parallel.DEVICES,
-                   help="where to compute (default auto: a CUDA GPU if torch sees one, else the CPU)")
+                   help="where to compute (auto: a CUDA GPU if torch sees one, else the CPU)")
 
 
 def add_scale_options(p: argparse.ArgumentParser, what: str) -> None:
@@ -204,102 +278,156 @@ def add_scale_options(p: argparse.ArgumentParser, what: str) -> None:
                    help=f"{what} on this machine (torchrun --standalone; each gets cores/N threads)")
 
 
+DEFAULT_IPC = 1  # images per class of distill and baseline when none is given
+RUNS = "runs"  # where outputs go when no --out is given
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rcig.config import preset_names
 
-    parser = Parser(prog="rcig", description="Dataset distillation with Convexified Implicit "
-                                     "Gradients (RCIG, Loo et al., ICML 2023).")
+    parser = Parser(prog="rcig", formatter_class=HelpFormatter,
+                    description=paragraph("Dataset distillation with Convexified Implicit Gradients (RCIG, Loo et al., "
+                                "ICML 2023): learn a few synthetic images per class that train a network "
+                                "nearly as well as the whole dataset."),
+                    epilog=examples("rcig distill                       # digits, 1 image per class, scored: ~5 min",
+                                    "rcig distill --dataset fashion_mnist --ipc 10 --preset fast --max-minutes 120",
+                                    "rcig eval runs/digits_ipc1/distilled.safetensors --compare random",
+                                    "rcig COMMAND --help                # each command's options and examples"))
     parser.add_argument("--version", action="version", version=f"rcig {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
-    p = sub.add_parser("datasets", help="list dataset specs and whether their files were found")
-    p.add_argument("--data-dir", help="also look in this folder")
-    p.set_defaults(func=cmd_datasets)
+    def command(name: str, summary: str, *example_lines: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=summary, description=paragraph(summary[0].upper() + summary[1:] + "."),
+                           epilog=examples(*example_lines), formatter_class=HelpFormatter)
+        p.set_defaults(func=func)
+        return p
 
-    p = sub.add_parser("distill", help="distil a dataset with RCIG (no arguments: a short run on digits + eval)")
-    p.add_argument("--dataset", help="dataset spec (default digits; see `rcig datasets`)")
-    p.add_argument("--ipc", type=positive_int, help="images per class (default 1)")
-    p.add_argument("--preset", choices=preset_names(), help="the paper's config (default: by image size/channels), or "
-                   "fast: the CPU recipe on top of it (256 target images, 5 CG iterations per solve, "
-                   "a 3x support learning rate decaying over 300 steps, herding's images as the start at 1 ipc)")
-    p.add_argument("--steps", type=non_negative_int, help="outer steps (default: 50 on digits, else the config's)")
-    p.add_argument("--seed", type=seed_int, help="seed (default 0)")
-    p.add_argument("--out", help="run directory (default runs/<dataset>_ipc<N>)")
+    p = command("datasets", "list the dataset specs, whether their files are here, and what rcig would download",
+                "rcig datasets", "rcig datasets --data-dir ~/data", func=cmd_datasets)
+    add_common_options(p)
+
+    p = command("distill", "learn a small synthetic set from a dataset with RCIG; writes a run folder "
+                "(set, picture, log, checkpoints, report.html)",
+                "rcig distill                                   # digits, 1 ipc, 50 steps, then scored: ~5 min",
+                "rcig distill --dataset fashion_mnist --ipc 10 --preset fast --max-minutes 120",
+                "rcig distill --out runs/fashion_mnist_ipc10 --resume --steps 600   # continue a run",
+                "rcig distill --set inner_lr=1e-4 --eval-every 10",
+                func=cmd_distill)
+    p.add_argument("--dataset", metavar="SPEC", help="dataset spec (default: digits; see `rcig datasets`)")
+    p.add_argument("--ipc", type=positive_int, metavar="N", help=f"images per class (default: {DEFAULT_IPC})")
+    p.add_argument("--preset", choices=preset_names(), metavar="NAME",
+                   help=f"one of {', '.join(preset_names())}: the paper's config (default: the one for the image "
+                   "size and channels), or fast, the CPU recipe on top of it (256 target images, 5 CG "
+                   "iterations per solve, a 3x support learning rate decaying over 300 steps, herding's images "
+                   "as the start at 1 ipc)")
+    p.add_argument("--steps", type=non_negative_int, metavar="N",
+                   help="outer steps (default: 50 on digits, else the preset's)")
+    p.add_argument("--seed", type=seed_int, metavar="SEED", help="random seed (default: 0)")
+    p.add_argument("--out", metavar="DIR", help=f"run folder (default: {RUNS}/<dataset>_ipc<N>); a folder holding "
+                   "another run is refused")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set inner_lr=1e-4 (repeatable)")
-    p.add_argument("--checkpoint-every", type=positive_int, default=10, help="iterations between checkpoints")
-    p.add_argument("--eval-every", type=positive_int, help="score the EMA support every N iterations (1 model)")
-    p.add_argument("--max-minutes", type=positive_minutes, help="wall-clock budget, data loading and tuning included: "
-                   "no step starts that would end past it (at least one runs; continue with --resume); "
-                   "without --steps the budget alone ends a new run")
-    p.add_argument("--eval", dest="eval", action="store_true", default=None, help="evaluate when done")
-    p.add_argument("--no-eval", dest="eval", action="store_false", help="don't evaluate when done")
-    p.add_argument("--models", type=positive_int, default=5, help="models for the final evaluation")
-    p.add_argument("--test-limit", type=positive_int, help="evaluate on the first K test images only")
-    p.add_argument("--data-dir", help="folder with the dataset files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-every", type=positive_int, default=10, metavar="N",
+                   help="outer steps between checkpoints")
+    p.add_argument("--eval-every", type=positive_int, metavar="N",
+                   help="score the set every N steps (one network, with augmentation): a test-accuracy curve in "
+                   "the log and the report")
+    p.add_argument("--max-minutes", type=positive_minutes, metavar="MIN",
+                   help="wall-clock budget, data loading and tuning included: no step starts that would end past "
+                   "it (at least one runs; continue with --resume); without --steps the budget alone ends a new run")
+    p.add_argument("--eval", dest="eval", action="store_true", default=None,
+                   help="score the set when done (default: on digits only, the others take longer)")
+    p.add_argument("--no-eval", dest="eval", action="store_false", help="don't score the set when done")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false",
+                   help="when scoring, skip the random real images of the same size scored beside the set "
+                   "(they double the scoring time)")
+    p.add_argument("--models", type=positive_int, default=5, metavar="N", help="networks per setting when scoring")
+    p.add_argument("--test-limit", type=positive_int, metavar="K", help="score on the first K test images only")
+    add_common_options(p)
     add_scale_options(p, "split each step's target batch across N processes")
-    p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("baseline", help="make a random-real or herding baseline set")
-    p.add_argument("--dataset", default="digits", help="dataset spec (default digits)")
-    p.add_argument("--ipc", type=positive_int, default=10, help="images per class (default 10)")
-    p.add_argument("--method", choices=("random", "herding"), default="random")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--out", help="output file (.safetensors or .npz)")
-    p.add_argument("--data-dir", help="folder with the dataset files")
+    p = command("baseline", "make a comparison set of real images: random ones, or herding's",
+                f"rcig baseline                                  # {RUNS}/digits_random_ipc1.safetensors",
+                "rcig baseline --dataset fashion_mnist --ipc 10 --method herding",
+                func=cmd_baseline)
+    p.add_argument("--dataset", default="digits", metavar="SPEC", help="dataset spec (see `rcig datasets`)")
+    p.add_argument("--ipc", type=positive_int, default=DEFAULT_IPC, metavar="N", help="images per class")
+    p.add_argument("--method", choices=("random", "herding"), default="random",
+                   help="random real images, or herding's (per class, the images whose features best match the "
+                   "class mean)")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="SEED", help="random seed")
+    p.add_argument("--out", metavar="FILE", help=f"output file, .safetensors or .npz (default: "
+                   f"{RUNS}/<dataset>_<method>_ipc<N>.safetensors)")
+    add_force_option(p)
+    add_common_options(p)
     add_device_option(p)
-    p.set_defaults(func=cmd_baseline)
 
-    p = sub.add_parser("eval", help="score a distilled set with the paper's protocol")
-    p.add_argument("file")
-    p.add_argument("--models", type=positive_int, default=5, help="networks per setting (default 5)")
-    p.add_argument("--arch", metavar="A[,B...]", help="architectures, comma-separated, from conv, conv_bn, resnet18, "
-                   "vgg11, alexnet: one table, rows architectures (default: the file's)")
+    p = command("eval", "score a set with the paper's protocol: train fresh networks on it alone, test them",
+                "rcig eval runs/digits_ipc1/distilled.safetensors",
+                "rcig eval set.safetensors --compare random,herding --json scores.json",
+                "rcig eval set.safetensors --arch conv,resnet18 --models 3",
+                func=cmd_eval)
+    p.add_argument("file", metavar="FILE", help="a set (.safetensors or .npz) written by rcig or `rcig import`")
+    p.add_argument("--models", type=positive_int, default=5, metavar="N", help="networks per setting")
+    p.add_argument("--arch", metavar="A[,B...]", help="architectures, comma-separated, from conv, conv_bn, "
+                   "resnet18, vgg11, alexnet: one table, rows architectures (default: the file's)")
     p.add_argument("--compare", metavar="random[,herding]", help="also score baselines of the same size with the "
                    "same protocol and seeds, and report DD-Ranking's IOR and ARS")
-    p.add_argument("--steps", type=positive_int, help="training steps (default 1000 for <= 10 images, else 2000)")
-    p.add_argument("--test-limit", type=positive_int, help="first K test images only (quick checks)")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="training steps (default: 1000 for <= 10 images, else 2000)")
+    p.add_argument("--test-limit", type=positive_int, metavar="K", help="first K test images only (quick checks)")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="SEED", help="the first network's seed")
+    p.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both",
+                   help="train without augmentation, with it, or both")
     p.add_argument("--init", choices=("reference", "torch"), default="reference",
-                   help="the networks' initialisation: the reference release's (flax lecun-normal, default) or "
-                   "torch's (rcig's protocol before session 7)")
-    p.add_argument("--json", help="write the scores as JSON here")
-    p.add_argument("--data-dir", help="folder with the dataset files")
+                   help="the networks' initialisation: the reference release's (flax lecun-normal) or torch's")
+    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON here")
+    add_force_option(p)
+    add_common_options(p)
     add_scale_options(p, "train the networks on N processes")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="write a distilled set in another tool's format")
-    p.add_argument("file")
+    p = command("export", "write a set in another tool's format", "rcig export set.safetensors --format npz "
+                "--out set_for_numpy.npz", "rcig export set.safetensors --format imagefolder --out set_images/",
+                func=cmd_export)
+    p.add_argument("file", metavar="FILE", help="an rcig set")
     p.add_argument("--format", required=True, choices=("mtt", "dc", "kip", "imagefolder", "npz"))
-    p.add_argument("--out", required=True, help="a folder for mtt and imagefolder, else a file")
-    p.set_defaults(func=cmd_export)
+    p.add_argument("--out", required=True, metavar="PATH", help="a folder for mtt and imagefolder, else a file")
+    add_force_option(p)
+    add_common_options(p, data=False)
 
-    p = sub.add_parser("import", help="read a distilled set made by another tool into rcig's format")
-    p.add_argument("path", help="a flax checkpoint, images_best.pt (or its folder), a DC .pt or a KIP .npz")
+    p = command("import", "read a set made by another tool into rcig's format",
+                "rcig import images_best.pt --dataset cifar10 --stored-as norm:0.4914,0.4822,0.4465/0.247,0.243,0.261 "
+                "--out mtt.safetensors", "rcig import checkpoint_dir --dataset fashion_mnist --out rcig_release.safetensors",
+                func=cmd_import)
+    p.add_argument("path", metavar="PATH", help="a flax checkpoint, images_best.pt (or its folder), a DC .pt or a "
+                   "KIP .npz")
     p.add_argument("--format", default="auto", choices=("auto", "rcig", "frepo", "mtt", "dc", "kip"))
-    p.add_argument("--dataset", help="the dataset it was distilled from: records its preprocessing so eval and "
-                   "show treat it right (without: kept as stored, preprocessing unknown)")
+    p.add_argument("--dataset", metavar="SPEC", help="the dataset it was distilled from: records its preprocessing "
+                   "so eval and show treat it right (without: kept as stored, preprocessing unknown)")
     p.add_argument("--stored-as", default="model", metavar="model|unit|norm:MEAN/STD",
-                   help="how the file stores images: rcig's model space for the dataset (default; the RCIG and "
-                   "FRePo releases), pixels/255 ('unit'), or per-channel normalised pixels (DC, DSA, DM)")
+                   help="how the file stores images: rcig's model space for the dataset (the RCIG and FRePo "
+                   "releases), pixels/255 ('unit'), or per-channel normalised pixels (DC, DSA, DM)")
     p.add_argument("--flip", choices=("auto", "on", "off"), default="auto",
                    help="flip trick at eval (auto: the paper's preset for rcig checkpoints, else off)")
-    p.add_argument("--out", required=True, help="output file (.safetensors or .npz)")
-    p.add_argument("--data-dir", help="folder with the dataset files")
-    p.set_defaults(func=cmd_import)
+    p.add_argument("--out", required=True, metavar="FILE", help="output file (.safetensors or .npz)")
+    add_force_option(p)
+    add_common_options(p)
 
-    p = sub.add_parser("report", help="write DIR/report.html for a run directory")
-    p.add_argument("dir")
-    p.set_defaults(func=cmd_report)
+    p = command("report", "write DIR/report.html for a run folder (replacing it)", "rcig report runs/digits_ipc1",
+                func=cmd_report)
+    p.add_argument("dir", metavar="DIR", help="a run folder written by `rcig distill`")
+    add_common_options(p, data=False)
 
-    p = sub.add_parser("show", help="draw a distilled set, one row per class")
-    p.add_argument("file")
-    p.add_argument("--out", default="grid.png", help=f"picture file ({', '.join(IMAGE_SUFFIXES)})")
-    p.add_argument("--max-per-class", type=positive_int)
-    p.set_defaults(func=cmd_show)
+    p = command("show", "draw a set as a picture, one row per class",
+                "rcig show runs/digits_ipc1/distilled.safetensors   # writes runs/digits_ipc1/distilled.png",
+                "rcig show set.safetensors --out set.jpg --max-per-class 5", func=cmd_show)
+    p.add_argument("file", metavar="FILE", help="an rcig set")
+    p.add_argument("--out", metavar="IMAGE", help=f"picture file, {', '.join(IMAGE_SUFFIXES)} (default: FILE with "
+                   ".png in place of its extension)")
+    p.add_argument("--max-per-class", type=positive_int, metavar="N", help="draw at most N images of each class")
+    add_force_option(p)
+    add_common_options(p, data=False)
     return parser
 
 
