@@ -14,6 +14,9 @@ Transforms, with the magnitudes of the reference release's evaluation (its augma
 * ``translate`` shift by up to 12.5% of the side in x and y
 * ``cutout``    zero one square of a quarter of the side, placed wholly inside the image
 
+``augment_alike`` instead draws ONE transform and ONE set of its parameters for several
+batches at once (the Siamese augmentation of distribution matching, :mod:`rcig.evaluation.dm`).
+
 Geometric transforms share one ``affine_grid`` / ``grid_sample`` call (bilinear, zero fill),
 so they only mix pixel values with each other and with 0: their output lies within
 ``[min(x.min(), 0), max(x.max(), 0)]``. ``color`` deliberately changes the range.
@@ -58,31 +61,60 @@ def affine_params(op: str, n: int, g: torch.Generator) -> torch.Tensor:
     return theta
 
 
-def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def color_factors(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(brightness shift, contrast factor, saturation factor), each (n,), drawn in that order."""
+    brightness = _uniform(n, -0.25, 0.25, g)
+    contrast = _log_uniform(n, math.exp(-0.25), math.exp(0.25), g)
+    return brightness, contrast, _log_uniform(n, math.exp(-0.25), math.exp(0.25), g)
+
+
+def apply_color(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
+                saturation: torch.Tensor) -> torch.Tensor:
     """Brightness, then contrast (about the image mean), then saturation (about each pixel's
-    channel mean), on normalised images."""
-    n = x.shape[0]
+    channel mean), on normalised images; each factor (n,) or (1,) (one for every image)."""
 
-    def draw(values: torch.Tensor) -> torch.Tensor:  # drawn on the CPU generator, used on x's device
-        return values.view(n, 1, 1, 1).to(x.device)
+    def per_image(values: torch.Tensor) -> torch.Tensor:  # drawn on the CPU generator, used on x's device
+        return values.view(-1, 1, 1, 1).to(x.device)
 
-    x = x + draw(_uniform(n, -0.25, 0.25, g))
+    x = x + per_image(brightness)
     mean_all = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean_all) * draw(_log_uniform(n, math.exp(-0.25), math.exp(0.25), g)) + mean_all
+    x = (x - mean_all) * per_image(contrast) + mean_all
     mean_c = x.mean(dim=1, keepdim=True)
-    return (x - mean_c) * draw(_log_uniform(n, math.exp(-0.25), math.exp(0.25), g)) + mean_c
+    return (x - mean_c) * per_image(saturation) + mean_c
 
 
-def cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Zero an (h//4, w//4) rectangle at a uniformly random place wholly inside each image."""
-    n, _, h, w = x.shape
+def color(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """:func:`apply_color` with factors drawn for each image."""
+    return apply_color(x, *color_factors(x.shape[0], g))
+
+
+def cutout_corners(n: int, h: int, w: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top, left), each (n,): where :func:`apply_cutout`'s rectangles start."""
     side_h, side_w = max(1, h // 4), max(1, w // 4)
-    top = torch.randint(0, h - side_h + 1, (n,), generator=g).view(n, 1, 1).to(x.device)
-    left = torch.randint(0, w - side_w + 1, (n,), generator=g).view(n, 1, 1).to(x.device)
+    top = torch.randint(0, h - side_h + 1, (n,), generator=g)
+    return top, torch.randint(0, w - side_w + 1, (n,), generator=g)
+
+
+def apply_cutout(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+    """Zero an (h//4, w//4) rectangle at (top, left) of each image ((n,) or (1,) corners)."""
+    _, _, h, w = x.shape
+    side_h, side_w = max(1, h // 4), max(1, w // 4)
+    top, left = top.view(-1, 1, 1).to(x.device), left.view(-1, 1, 1).to(x.device)
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     hole = (rows >= top) & (rows < top + side_h) & (cols >= left) & (cols < left + side_w)
     return x * (~hole).unsqueeze(1).to(x.dtype)
+
+
+def cutout(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Zero an (h//4, w//4) rectangle at a uniformly random place wholly inside each image."""
+    return apply_cutout(x, *cutout_corners(x.shape[0], x.shape[2], x.shape[3], g))
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample each image through its (n, 2, 3) affine ``theta`` (bilinear, zero fill)."""
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def augment_batch(x: torch.Tensor, names: tuple[str, ...] | list[str], generator: torch.Generator) -> torch.Tensor:
@@ -112,6 +144,27 @@ def augment_batch(x: torch.Tensor, names: tuple[str, ...] | list[str], generator
             out[rows] = cutout(x[rows], generator)
     if geometric.any():
         rows = geometric.nonzero().squeeze(1)
-        grid = F.affine_grid(theta[rows].to(x.device, x.dtype), list(x[rows].shape), align_corners=False)
-        out[rows] = F.grid_sample(x[rows], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[rows] = warp(x[rows], theta[rows])
     return out
+
+
+def augment_alike(batches: list[torch.Tensor], names: tuple[str, ...] | list[str],
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """One transform drawn uniformly from ``names``, with ONE draw of its parameters, applied
+    to every image of every batch (a Siamese augmentation: real and synthetic images seen
+    through the same transform). Differentiable in the images."""
+    unknown = [n for n in names if n not in TRANSFORMS]
+    if unknown or not names:
+        raise ValueError(f"unknown augmentation(s) {unknown or names}; choose from {TRANSFORMS}")
+    name = names[int(torch.randint(0, len(names), (1,), generator=generator))]
+    if name == "flip":
+        return [x.flip(-1) for x in batches]
+    if name in GEOMETRIC:
+        theta = affine_params(name, 1, generator)
+        return [warp(x, theta.expand(x.shape[0], 2, 3)) for x in batches]
+    if name == "color":
+        factors = color_factors(1, generator)
+        return [apply_color(x, *factors) for x in batches]
+    h, w = batches[0].shape[2:]  # cutout
+    corners = cutout_corners(1, h, w, generator)
+    return [apply_cutout(x, *corners) for x in batches]

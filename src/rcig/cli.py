@@ -156,11 +156,16 @@ def cmd_baseline(args) -> None:
     refuse_existing(out, args.force)
     team = parallel.join(args.device)  # under torchrun: every rank computes, the leader writes
     ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir,
-                      device=team.device)
+                      device=team.device, steps=args.steps, max_minutes=args.max_minutes,
+                      progress=team.leader and not args.quiet)
     if not team.leader:
         return
     save(ds, out)
-    print(f"rcig: wrote {len(ds.images)} {args.method} images ({args.ipc} per class) to {out}")
+    cost = ds.meta["cost"]
+    steps = ds.meta["dm"]["iterations"] if args.method == "dm" else 0
+    done = f", {steps} iteration{'s' * (steps != 1)}" if args.method == "dm" else ""
+    print(f"rcig: wrote {len(ds.images)} {args.method} images ({args.ipc} per class) to {out}{done} "
+          f"({cost['seconds'] / 60:.1f} min, {cost['cpu_seconds'] / 60:.1f} CPU min)")
 
 
 # -------------------------------------------------------------------------------- eval
@@ -284,6 +289,7 @@ RUNS = "runs"  # where outputs go when no --out is given
 
 def build_parser() -> argparse.ArgumentParser:
     from rcig.config import preset_names
+    from rcig.evaluation.baselines import BASELINES
 
     parser = Parser(prog="rcig", formatter_class=HelpFormatter,
                     description=paragraph("Dataset distillation with Convexified Implicit Gradients (RCIG, Loo et al., "
@@ -347,15 +353,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
     add_scale_options(p, "split each step's target batch across N processes")
 
-    p = command("baseline", "make a comparison set of real images: random ones, or herding's",
+    p = command("baseline", "make a comparison set: random real images, herding's, or Distribution Matching's "
+                "(DM, a peer method)",
                 f"rcig baseline                                  # {RUNS}/digits_random_ipc1.safetensors",
                 "rcig baseline --dataset fashion_mnist --ipc 10 --method herding",
+                "rcig baseline --dataset fashion_mnist --method dm --max-minutes 60",
                 func=cmd_baseline)
     p.add_argument("--dataset", default="digits", metavar="SPEC", help="dataset spec (see `rcig datasets`)")
     p.add_argument("--ipc", type=positive_int, default=DEFAULT_IPC, metavar="N", help="images per class")
-    p.add_argument("--method", choices=("random", "herding"), default="random",
-                   help="random real images, or herding's (per class, the images whose features best match the "
-                   "class mean)")
+    p.add_argument("--method", choices=BASELINES, default="random",
+                   help="random real images; herding's (per class, the images whose features best match the "
+                   "class mean); or dm: Distribution Matching (Zhao and Bilen, WACV 2023), random real images "
+                   "optimised so their mean features under fresh random ConvNets match their class's")
+    p.add_argument("--steps", type=positive_int, metavar="N", help="dm: iterations (default: 20000, the paper's)")
+    p.add_argument("--max-minutes", type=positive_minutes, metavar="MIN",
+                   help="dm: wall-clock budget, data loading included: no iteration starts that would end past it "
+                   "(at least one runs)")
     p.add_argument("--seed", type=seed_int, default=0, metavar="SEED", help="random seed")
     p.add_argument("--out", metavar="FILE", help=f"output file, .safetensors or .npz (default: "
                    f"{RUNS}/<dataset>_<method>_ipc<N>.safetensors)")

@@ -3,6 +3,7 @@
 ``Stopwatch`` records named laps (wall seconds between successive ``lap`` calls) and the
 wall and CPU seconds since it started (``total``); CPU time is this process's, all its
 threads, the fair measure on a shared machine. ``timed()`` is a block's total as a dict.
+``past_budget`` says when a loop under a wall-clock budget should not start another step.
 """
 
 from __future__ import annotations
@@ -31,6 +32,17 @@ class Stopwatch:
                 "cpu_seconds": round(time.process_time() - self._cpu, 3)}
 
 
+def past_budget(max_minutes: float | None, began: float, loop_started: float, now: float, steps_done: int) -> bool:
+    """Whether a loop that began at ``began`` (``time.perf_counter`` seconds), started its
+    steps at ``loop_started`` and has done ``steps_done`` >= 1 since should stop rather than
+    start another: the next step, at the mean step time so far, would end past ``max_minutes``
+    (None: no budget)."""
+    if max_minutes is None:
+        return False
+    mean_step = (now - loop_started) / steps_done
+    return now - began + mean_step > 60 * max_minutes
+
+
 @contextlib.contextmanager
 def timed() -> Iterator[dict[str, float]]:
     """A dict that, once the block has run, holds its :meth:`Stopwatch.total`."""
@@ -40,4 +52,4 @@ def timed() -> Iterator[dict[str, float]]:
     cost.update(clock.total())
 
 
-__all__ = ["Stopwatch", "timed"]
+__all__ = ["Stopwatch", "past_budget", "timed"]

@@ -117,7 +117,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     """
     from rcig import parallel, validate
     from rcig.data import prepare
-    from rcig.evaluation.baselines import BASELINES, baseline_support
+    from rcig.evaluation.baselines import SELECTIONS, baseline_support
     from rcig.evaluation.ranking import ranking_scores
     from rcig.io import DistilledSet, load
 
@@ -135,7 +135,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
         prepared = prepare(meta["dataset"], data_dir)
     validate.set_fits_dataset(ds.images, ds.labels, meta, prepared, where)
     archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or ((meta.get("protocol") or {}).get("arch", "conv"),)
-    baselines = parse_list(compare, BASELINES, "baseline")
+    baselines = parse_list(compare, SELECTIONS, "baseline")
     base = protocol_settings(meta, models=models, steps=steps, seed=seed, test_limit=test_limit, settings=settings,
                              init=init)
     channels, size = ds.images.shape[1], ds.images.shape[2]

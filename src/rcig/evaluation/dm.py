@@ -1,0 +1,160 @@
+"""Distribution Matching (DM; Zhao and Bilen, "Dataset Condensation with Distribution
+Matching", WACV 2023, arXiv 2110.04181): a peer method, made by ``rcig baseline --method dm``
+and scored under the same protocol as RCIG's sets.
+
+The synthetic images S (``ipc`` per class, class-ordered) start as given (``rcig baseline``:
+the random-real baseline of the same seed) and keep their hard labels (centred one-hot). Each iteration draws
+
+* a fresh embedding network psi: the protocol's ConvNet (its depth and width, ReLU, the
+  protocol's initialisation) without its classifier, randomly initialised, never trained;
+* for each class c, a batch B_c of ``real_batch`` real images of c (all of them if the
+  class is smaller) and one augmentation A_c: one transform with one draw of its parameters,
+  applied alike to B_c and to S_c (:func:`rcig.augment.augment_alike`, the Siamese
+  augmentation);
+
+and takes one step of SGD with momentum on the images alone, down the gradient of
+
+    L(S) = sum_c || mean_{x in B_c} psi(A_c(x)) - mean_{s in S_c} psi(A_c(s)) ||^2
+
+(the squared distance between the class means of the embeddings). The real means are
+constants of the step, computed without a graph. The step, with g = dL/dS::
+
+    v <- momentum * v + g
+    S <- S - lr * v
+
+Defaults (:class:`DMSettings`) are the paper's: learning rate 1 and momentum 0.5 for the
+images, 256 real images per class, 20,000 iterations. The paper's differentiable Siamese
+augmentations (colour, crop, cutout, flip, scale, rotate) are rcig's six transforms
+(``rcig.config.AUGMENTATIONS``: ``translate`` is the shift the paper calls crop, ``crop``
+the zoom it calls scale) with rcig's magnitudes (:mod:`rcig.augment`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+
+from rcig.augment import augment_alike
+from rcig.config import AUGMENTATIONS
+
+
+class DMSettings(NamedTuple):
+    """DM's hyperparameters (the paper's) and its embedding network's shape."""
+
+    iterations: int = 20_000
+    lr: float = 1.0
+    momentum: float = 0.5
+    real_batch: int = 256
+    augmentations: tuple[str, ...] = AUGMENTATIONS
+    depth: int = 3
+    width: int = 128
+
+
+class DMState(NamedTuple):
+    images: torch.Tensor    # (C * ipc, ch, H, W) the synthetic images, class-ordered
+    velocity: torch.Tensor  # SGD's momentum buffer, the images' shape
+    iteration: int          # steps taken
+
+
+class DMResult(NamedTuple):
+    images: torch.Tensor    # (C * ipc, ch, H, W)
+    labels: torch.Tensor    # (C * ipc, C) centred one-hot
+    iterations: int         # steps taken (the budget may stop before DMSettings.iterations)
+    losses: list[float]     # L(S) before each step
+
+
+def matching_loss(embed: Callable[[torch.Tensor], torch.Tensor], real: Sequence[torch.Tensor],
+                  synthetic: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_c || mean_i embed(real[c])_i - mean_j embed(synthetic[c])_j ||^2, a scalar.
+
+    real[c]: (n_c, ch, H, W), embedded without a graph (constants); synthetic[c]: (ipc, ch, H, W),
+    the tensors the gradient reaches. ``embed`` maps (n, ch, H, W) to features (n, D).
+    """
+    if len(real) != len(synthetic):
+        raise ValueError(f"{len(real)} real batches for {len(synthetic)} synthetic ones")
+    total = torch.zeros((), dtype=synthetic[0].dtype, device=synthetic[0].device)
+    for r, s in zip(real, synthetic):
+        with torch.no_grad():
+            target = embed(r).mean(0)
+        total = total + (target - embed(s).mean(0)).square().sum()
+    return total
+
+
+def embedding_network(settings: DMSettings, channels: int, num_classes: int, image_size: int,
+                      seed: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The features of the protocol's ConvNet of ``seed`` (its classifier unused, weights frozen)."""
+    from rcig.evaluation.protocol import ProtocolSettings, make_models
+
+    shape = ProtocolSettings(depth=settings.depth, width=settings.width)
+    net = make_models(shape, channels, num_classes, image_size, [seed], device)[0]
+    return net.requires_grad_(False).features
+
+
+def dm_step(state: DMState, pools: Sequence[torch.Tensor], settings: DMSettings, generator: torch.Generator,
+            ) -> tuple[DMState, float]:
+    """One DM iteration: (the next state, L(S) before the step). ``pools[c]``: the real images
+    of class c (n_c, ch, H, W); every draw (network seed, batches, augmentations) from ``generator``."""
+    images = state.images
+    k, (channels, size) = len(pools), (images.shape[1], images.shape[2])
+    ipc = len(images) // k
+    seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+    embed = embedding_network(settings, channels, k, size, seed, images.device)
+    support = images.detach().requires_grad_(True)
+    real, synthetic = [], []
+    for c, pool in enumerate(pools):
+        rows = torch.randperm(len(pool), generator=generator)[:settings.real_batch].to(pool.device)
+        r, s = augment_alike([pool[rows], support[c * ipc:(c + 1) * ipc]], settings.augmentations, generator)
+        real.append(r)
+        synthetic.append(s)
+    loss = matching_loss(embed, real, synthetic)
+    (grad,) = torch.autograd.grad(loss, support)
+    velocity = settings.momentum * state.velocity + grad
+    return DMState(images - settings.lr * velocity, velocity, state.iteration + 1), float(loss.detach())
+
+
+def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, seed: int,
+                          settings: DMSettings = DMSettings(), *, max_minutes: float | None = None,
+                          began: float | None = None, progress: bool = False,
+                          device: torch.device = torch.device("cpu")) -> DMResult:
+    """DM's synthetic set grown from ``images`` (C * ipc, ch, H, W), class-ordered, with hard
+    ``labels`` (C * ipc, C), on the training images of ``prepared`` (a rcig.data.Prepared).
+
+    Runs ``settings.iterations`` steps, or fewer under a wall-clock budget of ``max_minutes``
+    counted from ``began`` (a ``time.perf_counter()``; None: this call's start): no step starts
+    that would end past it, at the mean step time so far (:func:`rcig.timing.past_budget`);
+    at least one runs. Seeded: every draw comes from one generator of ``seed``.
+    """
+    from tqdm import tqdm
+
+    from rcig.data.sampling import class_members
+    from rcig.timing import past_budget
+
+    began = time.perf_counter() if began is None else began
+    k = prepared.dataset.num_classes
+    if len(images) % k or len(images) != len(labels):
+        raise ValueError(f"{len(images)} images and {len(labels)} labels are not the same number per class of {k}")
+    ipc = len(images) // k
+    members = class_members(prepared.y_train, k, ipc, prepared.dataset.class_names)
+    pools = [prepared.x_train[m].to(device) for m in members]
+    images = images.to(device)
+    state = DMState(images, torch.zeros_like(images), 0)
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    bar = tqdm(total=settings.iterations, desc=f"rcig dm {prepared.dataset.spec} ipc={ipc}", unit="iter",
+               disable=not progress, dynamic_ncols=True)
+    loop_started = time.perf_counter()
+    with bar:
+        while state.iteration < settings.iterations:
+            state, loss = dm_step(state, pools, settings, generator)
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}")
+            if past_budget(max_minutes, began, loop_started, time.perf_counter(), state.iteration):
+                break
+    return DMResult(state.images.detach(), labels.to(device), state.iteration, losses)
+
+
+__all__ = ["DMResult", "DMSettings", "DMState", "distribution_matching", "dm_step", "embedding_network",
+           "matching_loss"]
