@@ -41,8 +41,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def measure(ipc: int, networks: int, exact_iterations: int, seed: int) -> list[dict]:
     from rcig.algorithm.outer import init_support, tune_learning_rates
-    from rcig.algorithm.inner import network, split_params
-    from rcig.algorithm.meta import meta_gradient
+    from rcig.algorithm.inner import BaseNetwork, make_solvers, network, split_params
+    from rcig.algorithm.meta import Batch, meta_gradient
     from rcig.config import load_preset
     from rcig.data import prepare
     from rcig.models import distillation_network
@@ -59,17 +59,17 @@ def measure(ipc: int, networks: int, exact_iterations: int, seed: int) -> list[d
         torch.manual_seed(seed + 100 + net)
         model = make_model()
         body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
-        f = network(model, head0)
+        base = BaseNetwork(network(model, head0), body0)
         index = torch.randperm(len(prepared.x_train), generator=g)[:cfg.target_batch_size]
-        x_t, y_t = prepared.x_train[index], prepared.y_train[index]
+        target = Batch(prepared.x_train[index], prepared.y_train[index])
         started = time.perf_counter()
-        inner_lr, hvp_lr = tune_learning_rates(f, body0, support, x_t, y_t, cfg)
+        inner_lr, hvp_lr = tune_learning_rates(base, support, target, cfg)
         print(f"ipc {ipc} network {net}: tuned inner_lr {inner_lr:.3g} hvp_lr {hvp_lr:.3g} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
 
         def run(solver: str, iterations: int):
             variant = cfg.replace(solver=solver, n_inner_steps=iterations, n_hinv_steps=iterations)
-            return meta_gradient(f, body0, support, x_t, y_t, variant, inner_lr, hvp_lr)
+            return meta_gradient(base, support, target, variant, make_solvers(variant, inner_lr, hvp_lr, 0))
 
         exact = run("cg", exact_iterations)
         for solver, iterations in SETTINGS:

@@ -133,11 +133,11 @@ def test_a_kernel_matrix_that_cannot_be_factored_is_a_divergence(tmp_path, monke
     real_meta = outer_module.meta_gradient
     calls = {"n": 0}
 
-    def blown_up_support(f, body0, support, *args, **kwargs):
+    def blown_up_support(base, support, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             support = {**support, "x": support["x"] * 1e30}
-        return real_meta(f, body0, support, *args, **kwargs)
+        return real_meta(base, support, *args, **kwargs)
 
     monkeypatch.setattr(outer_module, "meta_gradient", blown_up_support)
     with pytest.raises(RcigError, match=r"diverged at iteration 2: the inner problem's kernel matrix") as info:
@@ -247,7 +247,7 @@ def test_each_knob_changes_the_run():
 
 
 def test_row_sampled_inner_problem_is_the_subset_problem():
-    from rcig.algorithm.inner import make_inner
+    from rcig.algorithm.inner import inner_problem
     from rcig.algorithm.meta import RowSampledInner
 
     f, body0 = tiny_network()
@@ -255,18 +255,19 @@ def test_row_sampled_inner_problem_is_the_subset_problem():
     delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
     sampled = RowSampledInner(f, body0, x_s, y_s, 0.1, True, 4, torch.Generator().manual_seed(5))
     rows = torch.randperm(6, generator=torch.Generator().manual_seed(5))[:4]
-    subset = make_inner(f, body0, x_s[rows], y_s[rows], 0.1, True)
+    subset = inner_problem(f, body0, x_s[rows], y_s[rows], 0.1, True)
     loss, grad = sampled.loss_and_grad(delta)
     want_loss, want_grad = subset.loss_and_grad(delta)
     assert loss == pytest.approx(want_loss)
     for k in grad:
         torch.testing.assert_close(grad[k], want_grad[k])
-    full_loss, _ = make_inner(f, body0, x_s, y_s, 0.1, True).loss_and_grad(delta)
+    full_loss, _ = inner_problem(f, body0, x_s, y_s, 0.1, True).loss_and_grad(delta)
     assert loss != pytest.approx(full_loss)
 
 
 def test_subsampled_implicit_gradient_only_moves_selected_rows():
-    from rcig.algorithm.meta import implicit_gradient
+    from rcig.algorithm.inner import BaseNetwork
+    from rcig.algorithm.meta import GradSettings, implicit_gradient
 
     f, body0 = tiny_network()
     support = {"x": torch.randn(6, 1, 8, 8), "y": torch.eye(3).repeat(2, 1) - 1 / 3, "log_temp": torch.tensor(0.0)}
@@ -274,32 +275,35 @@ def test_subsampled_implicit_gradient_only_moves_selected_rows():
     v = {k: 1e-2 * torch.randn_like(t) for k, t in body0.items()}
     for linearize in (True, False):
         opts = dict(l2=0.1, flip=False, linearize=linearize, learn_labels=True)
-        full = implicit_gradient(f, body0, support, delta, v, **opts)
-        same = implicit_gradient(f, body0, support, delta, v, **opts, rows=torch.randperm(6))
+        full = implicit_gradient(BaseNetwork(f, body0), support, delta, v, GradSettings(**opts))
+        same = implicit_gradient(BaseNetwork(f, body0), support, delta, v, GradSettings(**opts), rows=torch.randperm(6))
         torch.testing.assert_close(same["x"], full["x"], rtol=1e-4, atol=1e-8)
         torch.testing.assert_close(same["y"], full["y"], rtol=1e-4, atol=1e-8)
-        part = implicit_gradient(f, body0, support, delta, v, **opts, rows=torch.tensor([1, 4]), chunk=3)
+        part = implicit_gradient(BaseNetwork(f, body0), support, delta, v, GradSettings(**opts, chunk=3),
+                                 rows=torch.tensor([1, 4]))
         assert part["x"][[0, 2, 3, 5]].abs().max() == 0 and part["x"][[1, 4]].abs().max() > 0
         torch.testing.assert_close(part["y"], full["y"], rtol=1e-4, atol=1e-8)  # labels: every row
 
 
 def test_subsampled_direct_gradient_only_moves_selected_rows():
-    from rcig.algorithm.meta import direct_gradient
+    from rcig.algorithm.inner import BaseNetwork
+    from rcig.algorithm.meta import Batch, DirectRows, GradSettings, direct_gradient
 
     f, body0 = tiny_network()
     support = {"x": torch.randn(6, 1, 8, 8), "y": torch.eye(3).repeat(2, 1) - 1 / 3, "log_temp": torch.tensor(0.0)}
     delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
     x_t, y_t = torch.randn(12, 1, 8, 8), torch.arange(12) % 3
     opts = dict(l2=0.1, flip=False, linearize=True, learn_labels=True)
-    full = direct_gradient(f, body0, support, delta, x_t, y_t, **opts)
+    base, target = BaseNetwork(f, body0), Batch(x_t, y_t)
+    full = direct_gradient(base, support, delta, target, GradSettings(**opts))
     # every row selected, in another order: the same loss and gradients
-    same = direct_gradient(f, body0, support, delta, x_t, y_t, **opts, support_rows=torch.randperm(6),
-                           target_rows=torch.randperm(12))
+    same = direct_gradient(base, support, delta, target, GradSettings(**opts),
+                           DirectRows(torch.randperm(6), torch.randperm(12)))
     assert same.loss == pytest.approx(full.loss, rel=1e-5)
     torch.testing.assert_close(same.grads["x"], full.grads["x"], rtol=1e-4, atol=1e-7)
     # a subset: unselected support rows get no image gradient, the loss is unchanged
-    part = direct_gradient(f, body0, support, delta, x_t, y_t, **opts, support_rows=torch.tensor([0, 2]),
-                           target_rows=torch.arange(5), chunk=3)
+    part = direct_gradient(base, support, delta, target, GradSettings(**opts, chunk=3),
+                           DirectRows(torch.tensor([0, 2]), torch.arange(5)))
     assert part.loss == pytest.approx(full.loss, rel=1e-5)
     assert part.grads["x"][[1, 3, 4, 5]].abs().max() == 0 and part.grads["x"][[0, 2]].abs().max() > 0
 
@@ -323,7 +327,7 @@ def test_inner_adam_starts_at_the_base_networks_pool_step_count():
     """The reference's inner solve keeps the pool network's Adam count: from count k with zero
     moments, the first step on a constant gradient is lr (1-b1)/(1-b1^(k+1)) / sqrt((1-b2)/(1-b2^(k+1)))
     per element, 0.709 lr for k = 50 (a fresh Adam's first step is lr)."""
-    from rcig.algorithm.inner import solve_inner
+    from rcig.algorithm.inner import AdamSolver, InnerLoss
 
     class Linear:  # L(delta) = <g, delta>: a constant gradient
         body0 = {"w": torch.zeros(5)}
@@ -331,8 +335,8 @@ def test_inner_adam_starts_at_the_base_networks_pool_step_count():
         def loss_and_grad(self, delta):
             return float(delta["w"].sum()), {"w": torch.ones(5)}
 
-    fresh = solve_inner(Linear(), 0.1, 1).x["w"]
-    old = solve_inner(Linear(), 0.1, 1, start_count=50).x["w"]
+    fresh = AdamSolver(0.1, 1).solve(InnerLoss(Linear())).x["w"]
+    old = AdamSolver(0.1, 1, start_count=50).solve(InnerLoss(Linear())).x["w"]
     torch.testing.assert_close(fresh, torch.full((5,), -0.1))
     k, b1, b2 = 50, 0.9, 0.999
     ratio = (1 - b1) / (1 - b1 ** (k + 1)) / ((1 - b2) / (1 - b2 ** (k + 1))) ** 0.5
@@ -345,9 +349,9 @@ def test_outer_step_passes_the_pool_networks_step_count_to_the_inner_solve(monke
 
     real, seen = outer.meta_gradient, []
 
-    def spy(*args, base_steps=0, **kwargs):
-        seen.append(base_steps)
-        return real(*args, base_steps=base_steps, **kwargs)
+    def spy(base, support, target, cfg, solvers, *args):
+        seen.append(solvers.inner.start_count)
+        return real(base, support, target, cfg, solvers, *args)
 
     monkeypatch.setattr(outer, "meta_gradient", spy)
     distill("digits", 1, steps=6, overrides={**TINY, "max_online_steps": 100}, progress=False)

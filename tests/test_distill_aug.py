@@ -8,7 +8,10 @@ import torch
 
 import rcig.algorithm.outer as distill_module
 from rcig.algorithm.outer import Distiller, boost_scale
-from rcig.algorithm.meta import MetaResult, direct_gradient, held_augmentation, meta_gradient, support_augmentation
+from rcig.algorithm.inner import BaseNetwork, make_solvers
+from rcig.algorithm.meta import (
+    Batch, GradSettings, MetaResult, direct_gradient, held_augmentation, meta_gradient, support_augmentation,
+)
 from rcig.algorithm.runner import distill
 from rcig.config import AUGMENTATIONS, Config, from_dict, parse_overrides
 from rcig.data import prepare
@@ -58,9 +61,10 @@ def test_direct_gradient_reaches_the_images_through_the_transform():
     delta = {k: 0.01 * torch.randn_like(v) for k, v in body0.items()}
     options = dict(l2=1e-3, flip=False, linearize=True, learn_labels=True)
     flip_all = support_augmentation(("flip",), torch.Generator().manual_seed(0))
-    _, _, through, _ = direct_gradient(f, body0, support, delta, x_t, y_t, augment=flip_all, **options)
+    _, _, through, _ = direct_gradient(BaseNetwork(f, body0), support, delta, Batch(x_t, y_t), GradSettings(**options),
+                                       augment=flip_all)
     flipped = {**support, "x": support["x"].flip(-1)}
-    _, _, plain, _ = direct_gradient(f, body0, flipped, delta, x_t, y_t, **options)
+    _, _, plain, _ = direct_gradient(BaseNetwork(f, body0), flipped, delta, Batch(x_t, y_t), GradSettings(**options))
     assert torch.allclose(through["x"], plain["x"].flip(-1), atol=1e-7, rtol=1e-5)
     assert not torch.allclose(through["x"], plain["x"], atol=1e-7, rtol=1e-5)  # the flip mattered
 
@@ -76,6 +80,11 @@ def tiny_problem():
     return network(model, head0), body0, support, torch.randn(20, 1, 8, 8), torch.randint(0, 3, (20,))
 
 
+def one_pass(f, body0, support, x_t, y_t, cfg, *rest):
+    """``meta_gradient`` of one pass with the Adam solves at 3e-3 (or cfg's CG) on a fresh network."""
+    return meta_gradient(BaseNetwork(f, body0), support, Batch(x_t, y_t), cfg, make_solvers(cfg, 3e-3, 3e-3, 0), *rest)
+
+
 # ----------------------------------------------------------------- meta-gradient passes
 
 def test_a_normal_pass_keeps_the_outer_problem_plain_and_an_augmented_pass_does_not():
@@ -85,7 +94,7 @@ def test_a_normal_pass_keeps_the_outer_problem_plain_and_an_augmented_pass_does_
     f, body0, support, x_t, y_t = tiny_problem()
     plain_cfg = Config(n_inner_steps=0, n_hinv_steps=3)
     aug_cfg = plain_cfg.replace(aug=GRAY)
-    run = lambda cfg, aug_pass: meta_gradient(f, body0, support, x_t, y_t, cfg, 3e-3, 3e-3,  # noqa: E731
+    run = lambda cfg, aug_pass: one_pass(f, body0, support, x_t, y_t, cfg,  # noqa: E731
                                               torch.Generator().manual_seed(0), aug_pass)
     plain, normal, augmented = run(plain_cfg, False), run(aug_cfg, False), run(aug_cfg, True)
     for k in ("x", "y"):
@@ -111,7 +120,7 @@ def test_an_aug_per_pass_pass_is_the_plain_pass_of_the_transformed_support(solve
     f, body0, support, x_t, y_t = tiny_problem()
     plain_cfg = Config(n_inner_steps=4, n_hinv_steps=4, solver=solver)
     held_cfg = plain_cfg.replace(aug=("flip",), aug_per_pass=True)
-    run = lambda cfg, s, aug_pass: meta_gradient(f, body0, s, x_t, y_t, cfg, 3e-3, 3e-3,  # noqa: E731
+    run = lambda cfg, s, aug_pass: one_pass(f, body0, s, x_t, y_t, cfg,  # noqa: E731
                                                  torch.Generator().manual_seed(0), aug_pass)
     flipped = {**support, "x": support["x"].flip(-1)}
     held, oracle = run(held_cfg, support, True), run(plain_cfg, flipped, False)
@@ -130,18 +139,18 @@ def test_aug_copies_make_the_pass_support_k_transformed_copies_with_their_labels
     each image's gradient summing its two copies' (chain rule through the tiling)."""
     f, body0, support, x_t, y_t = tiny_problem()
     held_cfg = Config(n_inner_steps=4, n_hinv_steps=4, solver="cg", aug=("flip",), aug_per_pass=True, aug_copies=2)
-    held = meta_gradient(f, body0, support, x_t, y_t, held_cfg, 3e-3, 3e-3, torch.Generator().manual_seed(0), True)
+    held = one_pass(f, body0, support, x_t, y_t, held_cfg, torch.Generator().manual_seed(0), True)
     n = len(support["x"])
     tiled = {"x": support["x"].flip(-1).repeat(2, 1, 1, 1), "y": support["y"].repeat(2, 1),
              "log_temp": support["log_temp"]}
     oracle_cfg = Config(n_inner_steps=4, n_hinv_steps=4, solver="cg", l2_rate=held_cfg.l2_rate / 2)
-    oracle = meta_gradient(f, body0, tiled, x_t, y_t, oracle_cfg, 3e-3, 3e-3, torch.Generator().manual_seed(0))
+    oracle = one_pass(f, body0, tiled, x_t, y_t, oracle_cfg, torch.Generator().manual_seed(0))
     # the direct parts are exact; the implicit part is clipped per leaf, so compare direct + implicit
     for part in ("direct", "implicit"):
         got, want = getattr(held, part), getattr(oracle, part)
         assert torch.allclose(got["x"], (want["x"][:n] + want["x"][n:]).flip(-1), atol=1e-6, rtol=1e-4)
         assert torch.allclose(got["y"], want["y"][:n] + want["y"][n:], atol=1e-6, rtol=1e-4)
-    one = meta_gradient(f, body0, support, x_t, y_t, held_cfg.replace(aug_copies=1), 3e-3, 3e-3,
+    one = one_pass(f, body0, support, x_t, y_t, held_cfg.replace(aug_copies=1),
                         torch.Generator().manual_seed(0), True)
     assert not torch.allclose(one.direct["y"], held.direct["y"], atol=1e-6, rtol=1e-4)  # the copies mattered
 
@@ -160,9 +169,8 @@ def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, norma
     each on its own target batch, and steps the support with their plain mean."""
     calls = []
 
-    def fake_meta(f, body0, support, x_t, y_t, cfg, inner_lr, hvp_lr, generator, augmented_pass, base_steps=0,
-                  split=None):
-        calls.append((augmented_pass, x_t))
+    def fake_meta(base, support, target, cfg, solvers, generator, augmented_pass, split=None):
+        calls.append((augmented_pass, target.x))
         value = 1.0 if augmented_pass else 0.0
         grads = {k: torch.full_like(v, value) for k, v in support.items()}
         zero = {"w": torch.zeros(2)}
@@ -187,7 +195,7 @@ def test_aug_repeats_passes_are_averaged_with_the_normal_ones(monkeypatch, norma
 def test_pool_networks_train_on_augmented_support(monkeypatch):
     """With the meta-gradient faked (no augmentation there), `aug` still changes what the used
     pool network learns: its steps see augmented support rows."""
-    def fake_meta(f, body0, support, *args, **kwargs):
+    def fake_meta(base, support, *args, **kwargs):
         grads = {k: torch.zeros_like(v) for k, v in support.items()}
         zero = {"w": torch.zeros(2)}
         return MetaResult(grads, grads, grads, 0.0, 0.0, [], [], zero, {})

@@ -15,9 +15,9 @@ from torch.func import functional_call
 
 from rcig.algorithm.inner import (
     HEAD_WEIGHT, LinearizedInner, NonlinearInner, features_and_change, network, ridge_matrix,
-    solve_hinv, solve_hinv_cg, solve_inner, solve_inner_cg, split_params, tree_dot,
+    AdamSolver, BaseNetwork, CGSolver, HinvQuadratic, InnerLoss, split_params, tree_dot,
 )
-from rcig.algorithm.meta import direct_gradient, implicit_gradient, inner_prediction, outer_loss
+from rcig.algorithm.meta import Batch, GradSettings, direct_gradient, implicit_gradient, inner_prediction, outer_loss
 from rcig.models import build_model
 
 C, N_S, N_T, L2 = 3, 6, 9, 0.05
@@ -162,7 +162,7 @@ def test_e_iterative_hinv_approaches_exact_solve():
     exact = torch.linalg.solve(full_hessian(problem, delta), flat(rhs))
     errors = []
     for steps in (20, 200, 2000):
-        v, residuals = solve_hinv(problem, delta, rhs, lr=0.01, steps=steps)
+        v, residuals = AdamSolver(lr=0.01, steps=steps).solve(HinvQuadratic(problem, delta, rhs))
         errors.append(float((flat(v) - exact).norm() / exact.norm()))
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 1e-3
@@ -173,7 +173,7 @@ def test_e_iterative_hinv_approaches_exact_solve():
 def test_inner_solve_decreases_loss_to_the_exact_minimiser():
     _, f, body0, _, x_s, y_s, _, _, delta = tiny_problem()
     problem = LinearizedInner(f, body0, x_s, y_s, L2)
-    d_star, losses = solve_inner(problem, lr=0.02, steps=3000)
+    d_star, losses = AdamSolver(lr=0.02, steps=3000).solve(InnerLoss(problem))
     exact_loss = problem.loss_and_grad(exact_inner_solution(f, body0, x_s, y_s))[0]
     assert losses[0] > losses[100] > losses[-1]
     assert losses[-1] == pytest.approx(exact_loss, rel=1e-4)
@@ -215,11 +215,11 @@ def test_f_meta_gradient_matches_differentiating_through_exact_solve():
     # RCIG: direct gradient at delta*, v = H^-1 g_t solved exactly, implicit gradient.
     delta = {k: t.detach() for k, t in exact_inner_solution(f, body0, x_s, y_s).items()}
     opts = dict(l2=L2, flip=False, linearize=True, learn_labels=True)
-    result = direct_gradient(f, body0, support, delta, x_t, y_t, **opts)
+    result = direct_gradient(BaseNetwork(f, body0), support, delta, Batch(x_t, y_t), GradSettings(**opts))
     direct, g_t = result.grads, result.g_t
     problem = LinearizedInner(f, body0, x_s, y_s, L2)
     v = unflat(torch.linalg.solve(full_hessian(problem, delta), flat(g_t)), delta)
-    implicit = implicit_gradient(f, body0, support, delta, v, **opts)
+    implicit = implicit_gradient(BaseNetwork(f, body0), support, delta, v, GradSettings(**opts))
     torch.testing.assert_close(direct["x"] + implicit["x"], want_x, rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(direct["y"] + implicit["y"], want_y, rtol=1e-5, atol=1e-9)
     # and the implicit part is not negligible, so this test would notice it missing
@@ -230,8 +230,8 @@ def test_g_cg_inner_solve_is_exact_after_n_c_plus_one_iterations():
     _, f, body0, _, x_s, y_s, _, _, _ = tiny_problem()
     problem = LinearizedInner(f, body0, x_s, y_s, L2)
     exact = exact_inner_solution(f, body0, x_s, y_s)
-    few, _ = solve_inner_cg(problem, lr=None, steps=3)
-    d_star, losses = solve_inner_cg(problem, lr=None, steps=N_S * C + 1)
+    few, _ = CGSolver(3).solve(InnerLoss(problem))
+    d_star, losses = CGSolver(N_S * C + 1).solve(InnerLoss(problem))
     torch.testing.assert_close(flat(d_star), flat(exact), rtol=1e-6, atol=1e-9)
     assert float((flat(few) - flat(exact)).norm()) > 1e-3 * float(flat(exact).norm())  # not exact at once
     # the recorded L_in is the true loss of each iterate, and it never rises
@@ -246,7 +246,7 @@ def test_g_cg_hinv_is_exact_and_its_residual_falls():
     problem = LinearizedInner(f, body0, x_s, y_s, L2)
     g = {k: torch.randn(t.shape, generator=torch.Generator().manual_seed(9)) for k, t in delta.items()}
     exact = torch.linalg.solve(full_hessian(problem, delta), flat(g))
-    v, residuals = solve_hinv_cg(problem, delta, g, lr=None, steps=N_S * C + 1)
+    v, residuals = CGSolver(N_S * C + 1).solve(HinvQuadratic(problem, delta, g))
     torch.testing.assert_close(flat(v), exact, rtol=1e-6, atol=1e-9)
     assert residuals[0] > residuals[1] > residuals[2]
     assert all(a >= b - 1e-14 for a, b in zip(residuals[:-1], residuals[1:]))

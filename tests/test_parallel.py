@@ -34,9 +34,9 @@ def recording_targets(monkeypatch_like, store: list):
 
     real = meta.direct_gradient
 
-    def recorded(f, body0, support, delta, x_t, y_t, **kwargs):
-        store.append(x_t.clone())
-        return real(f, body0, support, delta, x_t, y_t, **kwargs)
+    def recorded(base, support, delta, target, *args, **kwargs):
+        store.append(target.x.clone())
+        return real(base, support, delta, target, *args, **kwargs)
 
     monkeypatch_like(meta, "direct_gradient", recorded)
 

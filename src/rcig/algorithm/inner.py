@@ -28,7 +28,8 @@ the last line being the collapsed ridge form of
 non-linearised ablation) gets them from autograd. Both are an :class:`InnerProblem`, the
 contract the solvers rely on.
 
-Two solvers (``Config.solver``), each one Hessian-vector product (one JVP + one VJP) per
+Two solvers (``Config.solver``), each a :class:`Solver` of an :class:`Objective` (the inner
+loss, or the H^-1 g quadratic) and each one Hessian-vector product (one JVP + one VJP) per
 iteration:
 
 * ``adam`` (the reference): ``n_inner_steps`` Adam steps on L_in from delta = 0 and
@@ -41,18 +42,28 @@ iteration:
 from __future__ import annotations
 
 import warnings
-from typing import Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 from torch.func import functional_call, jvp, linearize, vjp
 
-from rcig.algorithm.optim import Adam, tree_zeros_like
+from rcig.algorithm.optim import Adam, Params, tree_zeros_like
 
-Params = dict[str, Tensor]
+if TYPE_CHECKING:
+    from rcig.config import Config
+
 # f(body, x) -> (logits (N, C), features (N, D)): a network with its final-layer weight fixed
 Network = Callable[[Params, Tensor], tuple[Tensor, Tensor]]
 HEAD_WEIGHT = "classifier.weight"
+
+
+class BaseNetwork(NamedTuple):
+    """theta0 as the inner problem sees it: ``f`` with the final-layer weight W0 fixed, and
+    the body parameters ``body0`` around which delta moves."""
+
+    f: Network
+    body0: Params
 
 
 class InnerProblem(Protocol):
@@ -103,6 +114,12 @@ def network(model: torch.nn.Module, head_weight: Tensor) -> Network:
     return f
 
 
+def base_network(model: torch.nn.Module, params: Params) -> BaseNetwork:
+    """The :class:`BaseNetwork` of ``model`` (a template) at the parameters ``params`` (detached)."""
+    body0, head0 = split_params({k: v.detach() for k, v in params.items()})
+    return BaseNetwork(network(model, head0), body0)
+
+
 def features_and_change(f: Network, body0: Params, x: Tensor, delta: Params, linearize: bool) -> tuple[Tensor, Tensor]:
     """``(phi0(x), u(x))`` differentiable in ``x`` and ``delta`` (see module docstring).
 
@@ -124,8 +141,8 @@ def ridge_matrix(phi: Tensor, l2: float) -> Tensor:
 
 # ------------------------------------------------------------------------ inner problems
 
-class _InnerProblem:
-    """What both inner problems hold: the base network and the (detached) support.
+class WholeSupportInner:
+    """What the inner problems of a fixed support hold: the base network and the (detached) support.
 
     Everything here is detached from the support: it is what the inner solve and the
     H^-1 g solve iterate on, built once per outer step.
@@ -143,7 +160,7 @@ class _InnerProblem:
         return self.loss_and_grad(tree_zeros_like(self.body0))
 
 
-class LinearizedInner(_InnerProblem):
+class LinearizedInner(WholeSupportInner):
     """The inner problem of the linearised model (the default, convex).
 
     Setup: one forward of the support for ``phi0`` and the Cholesky factor of ``A``, one
@@ -200,7 +217,7 @@ class LinearizedInner(_InnerProblem):
         return {k: self.scale * (back[k] + v[k]) for k in v}
 
 
-class NonlinearInner(_InnerProblem):
+class NonlinearInner(WholeSupportInner):
     """The same loss without linearisation: ``u = f(x; theta0 + delta) - f(x; theta0)``.
 
     Not convex; gradient and Hessian-vector products come from autograd (double backward).
@@ -232,8 +249,8 @@ class NonlinearInner(_InnerProblem):
         return dict(zip(leaves, hv))
 
 
-def make_inner(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
-               one_shot: bool = False) -> InnerProblem:
+def inner_problem(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
+                  one_shot: bool = False) -> InnerProblem:
     """The inner problem of the support (x_s, y_s); ``one_shot``: see :class:`LinearizedInner`."""
     if linearize:
         return LinearizedInner(f, body0, x_s, y_s, l2, one_shot)
@@ -242,50 +259,120 @@ def make_inner(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, l
 
 # ----------------------------------------------------------------------------- solvers
 
-def adam_minimise(grad_fn: Callable[[Params], tuple[float, Params]], start: Params, lr: float,
-                  steps: int, start_count: int = 0) -> SolveResult:
-    """``steps`` Adam steps from ``start`` using ``grad_fn(x) -> (value, grad)``.
+class Objective(Protocol):
+    """What a solver minimises, from x = 0: :class:`InnerLoss` or :class:`HinvQuadratic`."""
+
+    def like(self) -> Params:
+        """A tree shaped like x (the solve starts from its zeros)."""
+
+    def value_and_grad(self, x: Params) -> tuple[float, Params]:
+        """The value the solve records at x, and the objective's gradient there."""
+
+    def value_and_grad_at_zero(self) -> tuple[float, Params]:
+        """The recorded value and the gradient at x = 0."""
+
+    def hvp(self, v: Params) -> Params:
+        """The Hessian times v (constant where the objective is quadratic, as CG assumes)."""
+
+    def recorded(self, value0: float, q: float) -> float:
+        """The recorded value where ``q = 0.5 x^T H x + grad(0)^T x`` (the quadratic model)."""
+
+
+class InnerLoss(NamedTuple):
+    """``L_in(delta)`` of an inner problem, recorded as itself; its minimiser is delta*."""
+
+    problem: InnerProblem
+
+    def like(self) -> Params:
+        return self.problem.body0
+
+    def value_and_grad(self, delta: Params) -> tuple[float, Params]:
+        return self.problem.loss_and_grad(delta)
+
+    def value_and_grad_at_zero(self) -> tuple[float, Params]:
+        return self.problem.loss_and_grad_at_zero()
+
+    def hvp(self, v: Params) -> Params:
+        return self.problem.hvp(tree_zeros_like(v), v)
+
+    def recorded(self, value0: float, q: float) -> float:
+        return value0 + q
+
+
+class HinvQuadratic(NamedTuple):
+    """``0.5 v^T H v - v^T g`` (H at delta), minimised by ``v = H^-1 g``; recorded as the
+    residual ``v^T (H v - 2 g)``, twice its value."""
+
+    problem: InnerProblem
+    delta: Params
+    g: Params
+
+    def like(self) -> Params:
+        return self.g
+
+    def value_and_grad(self, v: Params) -> tuple[float, Params]:
+        hv = self.problem.hvp(self.delta, v)
+        residual = float(sum((v[k] * (hv[k] - 2 * self.g[k])).sum() for k in v))
+        return residual, {k: hv[k] - self.g[k] for k in v}
+
+    def value_and_grad_at_zero(self) -> tuple[float, Params]:
+        return 0.0, {k: -t for k, t in self.g.items()}
+
+    def hvp(self, v: Params) -> Params:
+        return self.problem.hvp(self.delta, v)
+
+    def recorded(self, value0: float, q: float) -> float:
+        return 2 * q
+
+
+class Solver(Protocol):
+    """Minimises an :class:`Objective` from zero; a new solver is a class with this method
+    and a branch in :func:`make_solvers` for its config name."""
+
+    def solve(self, objective: Objective) -> SolveResult:
+        """The solution and the value recorded before each step or iteration."""
+
+
+class AdamSolver(NamedTuple):
+    """``steps`` Adam steps at learning rate ``lr`` from x = 0 (the reference's solver).
 
     ``start_count``: the step count Adam starts from (its moments start at zero regardless),
     which sets its bias corrections: step j of the solve divides by ``1 - b1^(k + j)`` and
-    ``sqrt(1 - b2^(k + j))`` with k = start_count.
-    Returns the final point and the value recorded *before* each step (as the reference
-    logs them), which the learning-rate tuning and adaptation read.
-    """
-    adam = Adam()
-    x, state, values = start, {**adam.init(start), "count": start_count}, []
-    for _ in range(steps):
-        value, g = grad_fn(x)
-        values.append(value)
-        x, state = adam.step(x, g, state, lr=lr)
-    return SolveResult(x, values)
-
-
-@torch.no_grad()
-def solve_inner(problem: InnerProblem, lr: float, steps: int, start_count: int = 0) -> SolveResult:
-    """delta* by ``steps`` Adam steps on L_in from delta = 0 (docs/algorithm.md: 20 steps).
-
-    ``start_count``: the base network's pool-training steps. The reference's inner solve
-    reuses the pool network's optimiser state, so its Adam count starts there (moments at
-    zero): for a network 50 steps old the first step is 0.71x, the 20th 1.62x the size a
-    fresh Adam takes. A fresh network (and the learning-rate tuning's) starts at 0.
-    """
-    return adam_minimise(problem.loss_and_grad, tree_zeros_like(problem.body0), lr, steps, start_count)
-
-
-@torch.no_grad()
-def solve_hinv(problem: InnerProblem, delta: Params, g: Params, lr: float, steps: int) -> SolveResult:
-    """v ~= H^-1 g by Adam on ``0.5 v^T H v - v^T g`` from v = 0.
-
-    Records the residual ``v^T (H v - 2 g)`` (twice the objective) before each step.
+    ``sqrt(1 - b2^(k + j))`` with k = start_count. The reference's inner solve reuses the
+    pool network's optimiser state, so its count starts at that network's pool-training
+    steps: for a network 50 steps old the first step is 0.71x, the 20th 1.62x the size a
+    fresh Adam takes. Records the value *before* each step (as the reference logs them),
+    which the learning-rate tuning and adaptation read.
     """
 
-    def objective(v: Params) -> tuple[float, Params]:
-        hv = problem.hvp(delta, v)
-        residual = float(sum((v[k] * (hv[k] - 2 * g[k])).sum() for k in v))
-        return residual, {k: hv[k] - g[k] for k in v}
+    lr: float
+    steps: int
+    start_count: int = 0
 
-    return adam_minimise(objective, tree_zeros_like(g), lr, steps)
+    @torch.no_grad()
+    def solve(self, objective: Objective) -> SolveResult:
+        adam = Adam()
+        x = tree_zeros_like(objective.like())
+        state, values = {**adam.init(x), "count": self.start_count}, []
+        for _ in range(self.steps):
+            value, g = objective.value_and_grad(x)
+            values.append(value)
+            x, state = adam.step(x, g, state, lr=self.lr)
+        return SolveResult(x, values)
+
+
+class CGSolver(NamedTuple):
+    """At most ``steps`` conjugate-gradient iterations on ``H x = -grad(0)`` from x = 0, the
+    minimiser of a quadratic objective (no learning rate; exact after n C + 1 iterations
+    for the linearised inner problem, module docstring)."""
+
+    steps: int
+
+    @torch.no_grad()
+    def solve(self, objective: Objective) -> SolveResult:
+        value0, grad0 = objective.value_and_grad_at_zero()
+        x, q = conjugate_gradients(objective.hvp, {k: -t for k, t in grad0.items()}, self.steps)
+        return SolveResult(x, [objective.recorded(value0, value) for value in q])
 
 
 def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) -> SolveResult:
@@ -313,22 +400,23 @@ def conjugate_gradients(hvp: Callable[[Params], Params], b: Params, steps: int) 
     return SolveResult(x, values)
 
 
-@torch.no_grad()
-def solve_inner_cg(problem: InnerProblem, lr: float, steps: int, start_count: int = 0) -> SolveResult:
-    """delta* by CG on ``H delta = -grad L_in(0)``; L_in before each iteration (``lr`` and
-    ``start_count`` unused)."""
-    loss0, grad0 = problem.loss_and_grad_at_zero()
-    zero = tree_zeros_like(grad0)
-    delta, q = conjugate_gradients(lambda v: problem.hvp(zero, v), {k: -t for k, t in grad0.items()}, steps)
-    return SolveResult(delta, [loss0 + value for value in q])
+class Solvers(NamedTuple):
+    """The two solves of a meta-gradient pass."""
+
+    inner: Solver  # delta* = argmin L_in
+    hinv: Solver  # v = H^-1 g_t
 
 
-@torch.no_grad()
-def solve_hinv_cg(problem: InnerProblem, delta: Params, g: Params, lr: float, steps: int) -> SolveResult:
-    """v = H^-1 g by CG; the residual ``v^T (H v - 2 g)`` before each iteration (``lr`` unused)."""
-    v, q = conjugate_gradients(lambda u: problem.hvp(delta, u), g, steps)
-    return SolveResult(v, [2 * value for value in q])
+def make_solvers(cfg: Config, inner_lr: float, hvp_lr: float, start_count: int) -> Solvers:
+    """The solvers ``cfg.solver`` names, for a base network ``start_count`` pool steps old."""
+    if cfg.solver == "cg":
+        return Solvers(CGSolver(cfg.n_inner_steps), CGSolver(cfg.n_hinv_steps))
+    if cfg.solver == "adam":
+        return Solvers(AdamSolver(inner_lr, cfg.n_inner_steps, start_count), AdamSolver(hvp_lr, cfg.n_hinv_steps))
+    raise ValueError(f"unknown solver {cfg.solver!r}")
 
 
-# name -> (inner solve, H^-1 g solve); both take (problem, ..., lr, steps)
-SOLVERS = {"adam": (solve_inner, solve_hinv), "cg": (solve_inner_cg, solve_hinv_cg)}
+__all__ = ["HEAD_WEIGHT", "AdamSolver", "BaseNetwork", "CGSolver", "HinvQuadratic", "InnerLoss", "InnerProblem",
+           "LinearizedInner", "Network", "NonlinearInner", "Objective", "SolveResult", "Solver", "Solvers",
+           "WholeSupportInner", "base_network", "conjugate_gradients", "features_and_change", "inner_problem",
+           "make_solvers", "network", "ridge_matrix", "split_params", "tree_dot", "tree_norm"]

@@ -36,8 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rcig.algorithm.inner import (
-    SOLVERS, InnerProblem, Network, Params, features_and_change, make_inner, ridge_matrix,
+    BaseNetwork, HinvQuadratic, InnerLoss, InnerProblem, Network, Solvers, features_and_change, inner_problem,
+    ridge_matrix,
 )
+from rcig.algorithm.optim import Params
 from rcig.augment import augment_batch
 from rcig.config import Config
 from rcig.timing import Stopwatch
@@ -235,11 +237,11 @@ class RowSampledInner:
         self.augment = augment
         self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
 
-    def _subset(self):
+    def _subset(self) -> InnerProblem:
         f, body0, x_s, y_s, l2, linearize = self.args
         rows = grad_rows(len(x_s), self.k, self.generator)
         x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
-        return make_inner(f, body0, augmented(x, self.augment), y, l2, linearize, one_shot=True)
+        return inner_problem(f, body0, augmented(x, self.augment), y, l2, linearize, one_shot=True)
 
     def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
@@ -251,87 +253,113 @@ class RowSampledInner:
         return self._subset().hvp(delta, v)
 
 
-def inner_problem(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool, k: int | None,
-                  generator: torch.Generator | None, full: InnerProblem | None = None,
-                  augment: Augment | None = None) -> InnerProblem:
-    """The whole-support problem ``full`` (built if None), or a :class:`RowSampledInner` of
-    k rows and/or fresh augmentations."""
-    if (k is not None and k < len(x_s)) or augment is not None:
-        return RowSampledInner(f, body0, x_s, y_s, l2, linearize, k, generator, augment)
-    return full if full is not None else make_inner(f, body0, x_s, y_s, l2, linearize)
-
-
 # -------------------------------------------------------------------- the two gradients
 
-def direct_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta: Params, x_t: Tensor,
-                    y_t: Tensor, *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
-                    support_rows: Tensor | None = None, target_rows: Tensor | None = None,
-                    chunk: int | None = None, augment: Augment | None = None) -> DirectResult:
+class Batch(NamedTuple):
+    """Real target images and their labels (class indices (m,), or centred one-hot rows (m, C))."""
+
+    x: Tensor
+    y: Tensor
+
+
+class GradSettings(NamedTuple):
+    """What the direct and implicit gradients need of the config."""
+
+    l2: float  # the ridge strength, :func:`l2_strength`
+    flip: bool
+    linearize: bool
+    learn_labels: bool
+    chunk: int | None = None  # rows per forward of the rows without gradients (None: all at once)
+
+
+class DirectRows(NamedTuple):
+    """The rows the direct gradient backpropagates through (None: all)."""
+
+    support: Tensor | None = None
+    target: Tensor | None = None
+
+
+def direct_gradient(base: BaseNetwork, support: dict[str, Tensor], delta: Params, target: Batch,
+                    settings: GradSettings, rows: DirectRows = DirectRows(),
+                    augment: Augment | None = None) -> DirectResult:
     """:class:`DirectResult` (loss, acc, direct grads per leaf, g_t = dL_out/d delta), delta held at delta*.
 
-    ``support_rows`` / ``target_rows``: backpropagate through these rows only (large sets).
+    ``rows``: backpropagate through these support / target rows only (large sets).
     ``augment``: the support rows (flip copies included) go through it, inside the graph.
     """
+    f, body0 = base
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
-        y = support["y"].detach().requires_grad_(learn_labels)
+        y = support["y"].detach().requires_grad_(settings.learn_labels)
         log_temp = support["log_temp"].detach().requires_grad_()
         d = {k: v.detach().requires_grad_() for k, v in delta.items()}
-        x_s, y_s = augmented_rows(*expand_support(x, y, flip), augment)
-        phi_s, u_s, order_s = partial_features(f, body0, x_s, d, linearize, support_rows, chunk)
-        phi_t, u_t, order_t = partial_features(f, body0, x_t, d, linearize, target_rows, chunk)
-        y_s, y_t = y_s[order_s], y_t[order_t]
-        pred = inner_prediction(phi_s, u_s, y_s, phi_t, u_t, l2)
+        x_s, y_s = augmented_rows(*expand_support(x, y, settings.flip), augment)
+        phi_s, u_s, order_s = partial_features(f, body0, x_s, d, settings.linearize, rows.support, settings.chunk)
+        phi_t, u_t, order_t = partial_features(f, body0, target.x, d, settings.linearize, rows.target, settings.chunk)
+        y_s, y_t = y_s[order_s], target.y[order_t]
+        pred = inner_prediction(phi_s, u_s, y_s, phi_t, u_t, settings.l2)
         loss = outer_loss(pred, y_t, log_temp, y_s)
-        wrt = [x, log_temp, *d.values()] + ([y] if learn_labels else [])
+        wrt = [x, log_temp, *d.values()] + ([y] if settings.learn_labels else [])
         grads = torch.autograd.grad(loss, wrt)
     direct = {"x": grads[0], "log_temp": grads[1],
-              "y": grads[-1] if learn_labels else torch.zeros_like(y)}
+              "y": grads[-1] if settings.learn_labels else torch.zeros_like(y)}
     g_t = dict(zip(d, grads[2:2 + len(d)]))
-    target = y_t if y_t.dim() == 1 else y_t.argmax(1)
-    acc = float((pred.argmax(1) == target).float().mean())
+    labels = y_t if y_t.dim() == 1 else y_t.argmax(1)
+    acc = float((pred.argmax(1) == labels).float().mean())
     return DirectResult(loss.item(), acc, direct, g_t)
 
 
-def implicit_gradient(f: Network, body0: Params, support: dict[str, Tensor], delta: Params, v: Params,
-                      *, l2: float, flip: bool, linearize: bool, learn_labels: bool,
-                      rows: Tensor | None = None, chunk: int | None = None,
+def implicit_gradient(base: BaseNetwork, support: dict[str, Tensor], delta: Params, v: Params,
+                      settings: GradSettings, rows: Tensor | None = None,
                       augment: Augment | None = None) -> dict[str, Tensor]:
     """``- d/dS [ v . grad_delta L_in(delta*, S) ]`` per leaf (log_temp's is zero).
 
     ``rows``: differentiate through these support rows only (``implicit_batch_size``).
     ``augment``: the support rows (flip copies included) go through it, inside the graph.
     """
+    learn_labels = settings.learn_labels
     with torch.enable_grad():
         x = support["x"].detach().requires_grad_()
         y = support["y"].detach().requires_grad_(learn_labels)
-        x_s, y_s = augmented_rows(*expand_support(x, y, flip), augment)
-        n, c = y_s.shape
-        scale = l2 / (n * c)
-        if linearize:
-            # v . grad L_in = c(-<J v, A^-1 (Y - J delta)> + <v, delta>); the last term is
-            # constant in S. Two JVPs of the support, differentiable in x.
-            def parts(xx):
-                phi, j_delta = features_and_change(f, body0, xx, delta, True)
-                return phi, j_delta, features_and_change(f, body0, xx, v, True)[1]
-
-            (phi_s, j_delta, j_v), order = rows_with_grad(parts, x_s, rows, chunk)
-            a_inv_r = torch.linalg.solve(ridge_matrix(phi_s, l2), y_s[order] - j_delta)
-            v_dot_grad = -scale * (j_v * a_inv_r).sum()
-        else:
-            d = {k: t.detach().requires_grad_() for k, t in delta.items()}
-            # the other rows keep their graph to delta (x detached): g needs every row
-            (phi_s, u_s), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, d, False),
-                                                 x_s, rows, chunk, keep_graph=True)
-            r = y_s[order] - u_s
-            l_in = 0.5 * scale * ((r * torch.linalg.solve(ridge_matrix(phi_s, l2), r)).sum()
-                                  + sum((t * t).sum() for t in d.values()))
-            g = torch.autograd.grad(l_in, list(d.values()), create_graph=True)
-            v_dot_grad = sum((gi * v[k]).sum() for gi, k in zip(g, d))
+        x_s, y_s = augmented_rows(*expand_support(x, y, settings.flip), augment)
+        v_dot_grad = (linearized_v_dot_grad if settings.linearize else nonlinear_v_dot_grad)(
+            base, x_s, y_s, delta, v, settings, rows)
         wrt = [x] + ([y] if learn_labels else [])
         grads = torch.autograd.grad(v_dot_grad, wrt)
     return {"x": -grads[0], "y": -grads[1] if learn_labels else torch.zeros_like(y),
             "log_temp": torch.zeros_like(support["log_temp"])}
+
+
+def linearized_v_dot_grad(base: BaseNetwork, x_s: Tensor, y_s: Tensor, delta: Params, v: Params,
+                          settings: GradSettings, rows: Tensor | None) -> Tensor:
+    """``v . grad L_in`` up to a term constant in the support: ``-c <J v, A^-1 (Y - J delta)>``
+    (the ``c <v, delta>`` term drops out); two JVPs of the support, differentiable in x."""
+    f, body0 = base
+    n, c = y_s.shape
+
+    def parts(xx):
+        phi, j_delta = features_and_change(f, body0, xx, delta, True)
+        return phi, j_delta, features_and_change(f, body0, xx, v, True)[1]
+
+    (phi_s, j_delta, j_v), order = rows_with_grad(parts, x_s, rows, settings.chunk)
+    a_inv_r = torch.linalg.solve(ridge_matrix(phi_s, settings.l2), y_s[order] - j_delta)
+    return -(settings.l2 / (n * c)) * (j_v * a_inv_r).sum()
+
+
+def nonlinear_v_dot_grad(base: BaseNetwork, x_s: Tensor, y_s: Tensor, delta: Params, v: Params,
+                         settings: GradSettings, rows: Tensor | None) -> Tensor:
+    """``v . grad L_in(delta*)`` of the non-linearised model, by double backward; the rows
+    outside ``rows`` keep their graph to delta (x detached): the gradient needs every row."""
+    f, body0 = base
+    n, c = y_s.shape
+    d = {k: t.detach().requires_grad_() for k, t in delta.items()}
+    (phi_s, u_s), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, d, False),
+                                         x_s, rows, settings.chunk, keep_graph=True)
+    r = y_s[order] - u_s
+    l_in = 0.5 * (settings.l2 / (n * c)) * ((r * torch.linalg.solve(ridge_matrix(phi_s, settings.l2), r)).sum()
+                                           + sum((t * t).sum() for t in d.values()))
+    g = torch.autograd.grad(l_in, list(d.values()), create_graph=True)
+    return sum((gi * v[k]).sum() for gi, k in zip(g, d))
 
 
 def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -343,7 +371,81 @@ def clip_to(implicit: dict[str, Tensor], direct: dict[str, Tensor]) -> dict[str,
     return out
 
 
-# ---------------------------------------------------------------------------- one step
+# ---------------------------------------------------------------------------- one pass
+
+class RowSubsets(NamedTuple):
+    """How many rows carry gradients in each part of a pass (None: all), drawn from ``generator``."""
+
+    direct_support: int | None
+    direct_target: int | None
+    implicit: int | None
+    generator: torch.Generator | None
+
+
+class Pass(NamedTuple):
+    """What the parts of one meta-gradient pass run on (:func:`new_pass`, :func:`plain_pass`)."""
+
+    base: BaseNetwork
+    support: dict[str, Tensor]
+    n_rows: int  # the rows the inner model sees (flip and augmented copies included)
+    inner: InnerProblem  # the inner solve's
+    hinv: InnerProblem  # the H^-1 g solve's
+    settings: GradSettings
+    subsets: RowSubsets
+    augment: Augment | None  # the support rows of the direct and implicit gradients, in the graph
+
+
+def grad_settings(cfg: Config, n_images: int) -> GradSettings:
+    return GradSettings(l2_strength(cfg, n_images), cfg.flip, cfg.linearize, cfg.learn_labels,
+                        cfg.max_forward_batch_size)
+
+
+def plain_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config) -> Pass:
+    """A pass on the whole plain support: one inner problem for both solves, no augmentation,
+    every row with gradients (the learning-rate tuning's)."""
+    settings = grad_settings(cfg, support["x"].shape[0])
+    x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
+    problem = inner_problem(*base, x_s, y_s, settings.l2, cfg.linearize)
+    return Pass(base, support, len(x_s), problem, problem, settings, RowSubsets(None, None, None, None), None)
+
+
+def new_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config, generator: torch.Generator | None,
+             augmented_pass: bool) -> Pass:
+    """A step's pass: its augmentation (:func:`pass_augmentation`, drawn now) and its inner
+    problems, row-sampled and/or freshly augmented at every solver step where the config says."""
+    settings = grad_settings(cfg, support["x"].shape[0])
+    augment = pass_augmentation(cfg, generator, augmented_pass)
+    x_s, y_s = augmented_rows(*expand_support(support["x"].detach(), support["y"].detach(), cfg.flip), augment.rows)
+    args = (*base, x_s, y_s, settings.l2, cfg.linearize)
+    whole = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else inner_problem(*args)
+
+    def problem(k: int | None, fresh: Augment | None) -> InnerProblem:
+        if (k is not None and k < len(x_s)) or fresh is not None:
+            return RowSampledInner(*args, k, generator, fresh)
+        return whole if whole is not None else inner_problem(*args)
+
+    subsets = RowSubsets(*cfg.direct_batch_sizes, cfg.implicit_batch_size, generator)
+    return Pass(base, support, len(x_s), problem(cfg.inner_train_batch_size, augment.inner),
+                problem(cfg.hinv_batch_size, None), settings, subsets, augment.outer)
+
+
+def pass_direct(p: Pass, delta: Params, target: Batch, split: BatchSplit = SOLO) -> DirectResult:
+    """The pass's direct gradient and g_t at delta*: this process's share of the target batch,
+    summed over the processes by ``split`` (one process: the whole batch)."""
+    support_rows = grad_rows(p.n_rows, p.subsets.direct_support, p.subsets.generator)
+    target_rows = grad_rows(len(target.x), p.subsets.direct_target, p.subsets.generator)  # over the whole batch
+    part = split.share(len(target.x))
+    rows = DirectRows(support_rows, rows_in_share(target_rows, part))
+    direct = direct_gradient(p.base, p.support, delta, Batch(target.x[part], target.y[part]), p.settings, rows,
+                             p.augment)
+    return reduce_direct(direct, len(target.x[part]) / len(target.x), split)
+
+
+def pass_implicit(p: Pass, delta: Params, v: Params) -> dict[str, Tensor]:
+    """The pass's implicit gradient at delta* and v ~= H^-1 g_t."""
+    rows = grad_rows(p.n_rows, p.subsets.implicit, p.subsets.generator)
+    return implicit_gradient(p.base, p.support, delta, v, p.settings, rows, p.augment)
+
 
 def reduce_direct(direct: DirectResult, weight: float, split: BatchSplit) -> DirectResult:
     """``sum_r weight_r direct_r`` over the processes (weight = share / batch) of the loss,
@@ -355,62 +457,37 @@ def reduce_direct(direct: DirectResult, weight: float, split: BatchSplit) -> Dir
                         dict(zip(keys, parts[4:])))
 
 
-def meta_gradient(f: Network, body0: Params, support: dict[str, Tensor], x_t: Tensor, y_t: Tensor, cfg: Config,
-                  inner_lr: float, hvp_lr: float, generator: torch.Generator | None = None,
-                  augmented_pass: bool = False, base_steps: int = 0,
+def meta_gradient(base: BaseNetwork, support: dict[str, Tensor], target: Batch, cfg: Config, solvers: Solvers,
+                  generator: torch.Generator | None = None, augmented_pass: bool = False,
                   split: BatchSplit = SOLO) -> MetaResult:
-    """The full RCIG meta-gradient for one base network and one target batch.
+    """The RCIG meta-gradient of one pass: one base network, one target batch.
 
-    ``f``: :func:`rcig.algorithm.inner.network` of the base network; ``support``: dict with
-    ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors.
+    ``support``: dict with ``x`` (n, ch, H, W), ``y`` (n, C), ``log_temp`` () tensors.
     ``generator`` draws the support/target rows when the config subsamples them for large
     supports (``direct_batch_sizes``, ``inner_train_batch_size``, ``hinv_batch_size``,
     ``implicit_batch_size``) and the augmentations (``cfg.aug``); with none of them set it
-    is not used. ``augmented_pass``: an ``aug_repeats`` pass (direct and implicit gradient
-    on fresh augmentations, or on one held draw with ``cfg.aug_per_pass``; see the module
-    docstring). ``base_steps``: how many
-    pool-training steps the base network has done (the inner Adam's starting count, see
-    :func:`rcig.algorithm.inner.solve_inner`).
-
-    ``split`` (:class:`BatchSplit`): every process gets the whole target batch and takes its
-    share for the direct gradient; the direct gradient, g_t and the outer loss and accuracy
-    are then summed over the processes weighted by share size, and the rest runs identically
-    on every process.
+    is not used. ``augmented_pass``: an ``aug_repeats`` pass (module docstring).
+    ``split``: how the processes share the target batch (:class:`BatchSplit`); everything
+    but the direct gradient runs identically on every process.
     """
-    options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
-    solve_inner, solve_hinv = SOLVERS[cfg.solver]
-    l2 = l2_strength(cfg, support["x"].shape[0])
     clock = Stopwatch()
-    augment = pass_augmentation(cfg, generator, augmented_pass)
-    x_s, y_s = augmented_rows(*expand_support(support["x"].detach(), support["y"].detach(), cfg.flip), augment.rows)
-    problem_args = (f, body0, x_s, y_s, l2, cfg.linearize)
-    full = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else make_inner(*problem_args)
-    problem = inner_problem(*problem_args, cfg.inner_train_batch_size, generator, full, augment.inner)
-    delta, inner_losses = solve_inner(problem, inner_lr, cfg.n_inner_steps, base_steps)
+    p = new_pass(base, support, cfg, generator, augmented_pass)
+    delta, inner_losses = solvers.inner.solve(InnerLoss(p.inner))  # 1. delta*
     clock.lap("inner_solve")
-    support_k, target_k = cfg.direct_batch_sizes
-    support_rows = grad_rows(len(x_s), support_k, generator)
-    target_rows = grad_rows(len(x_t), target_k, generator)  # over the whole batch, on every rank
-    part = split.share(len(x_t))
-    rows = dict(support_rows=support_rows, target_rows=rows_in_share(target_rows, part),
-                chunk=cfg.max_forward_batch_size)
-    direct = direct_gradient(f, body0, support, delta, x_t[part], y_t[part], l2=l2, **options, **rows,
-                             augment=augment.outer)
-    direct = reduce_direct(direct, len(x_t[part]) / len(x_t), split)
+    direct = pass_direct(p, delta, target, split)  # 2. direct gradient and g_t
     clock.lap("direct")
-    problem = inner_problem(*problem_args, cfg.hinv_batch_size, generator, full)
-    v, residuals = solve_hinv(problem, delta, direct.g_t, hvp_lr, cfg.n_hinv_steps)
+    v, residuals = solvers.hinv.solve(HinvQuadratic(p.hinv, delta, direct.g_t))  # 3. v ~= H^-1 g_t
     clock.lap("hinv")
-    implicit_rows = grad_rows(len(x_s), cfg.implicit_batch_size, generator)
-    implicit = clip_to(implicit_gradient(f, body0, support, delta, v, l2=l2, **options, rows=implicit_rows,
-                                         chunk=cfg.max_forward_batch_size, augment=augment.outer), direct.grads)
+    implicit = clip_to(pass_implicit(p, delta, v), direct.grads)  # 4. implicit gradient, 5. clipped
     clock.lap("implicit")
     grads = {k: direct.grads[k] + implicit[k] for k in LEAVES}
     return MetaResult(grads, direct.grads, implicit, direct.loss, direct.acc, inner_losses, residuals, delta,
                       clock.laps)
 
 
-__all__ = ["LEAVES", "SOLO", "Augment", "BatchSplit", "DirectResult", "MetaResult", "PassAugmentation", "RowSampledInner", "augmented", "augmented_rows", "clip_to",
-           "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient", "inner_prediction",
-           "l2_strength", "label_margin", "meta_gradient", "outer_loss", "pass_augmentation", "rows_in_share", "support_augmentation",
+__all__ = ["LEAVES", "SOLO", "Augment", "Batch", "BatchSplit", "DirectResult", "DirectRows", "GradSettings",
+           "MetaResult", "Pass", "PassAugmentation", "RowSampledInner", "RowSubsets", "augmented", "augmented_rows",
+           "clip_to", "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient",
+           "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "new_pass", "outer_loss",
+           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "rows_in_share", "support_augmentation",
            "support_row_count"]

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import torch
 
-Tree = dict[str, torch.Tensor]
+Params = dict[str, torch.Tensor]
 
 
-def tree_zeros_like(params: Tree) -> Tree:
+def tree_zeros_like(params: Params) -> Params:
     """A dict of zero tensors shaped like ``params``."""
     return {k: torch.zeros_like(v) for k, v in params.items()}
 
 
-def _check_keys(params: Tree, other: dict, what: str) -> None:
+def _check_keys(params: Params, other: dict, what: str) -> None:
     # A missing gradient would silently freeze a leaf; say which one instead.
     missing = [k for k in params if k not in other]
     if missing:
@@ -45,21 +45,21 @@ class AdaBelief:
 
     ``scale`` (an argument of ``step``, default 1 per leaf) multiplies the construction-time
     rates for that one step: a learning-rate schedule as a function of the step, so the
-    state stays ``{"count": int, "mu": Tree, "nu": Tree}`` and checkpoints exactly.
+    state stays ``{"count": int, "mu": Params, "nu": Params}`` and checkpoints exactly.
     """
 
     def __init__(self, lrs: dict[str, float], b1: float = 0.9, b2: float = 0.999,
                  eps: float = 1e-16, eps_root: float = 1e-16):
         self.lrs, self.b1, self.b2, self.eps, self.eps_root = dict(lrs), b1, b2, eps, eps_root
 
-    def init(self, params: Tree) -> dict:
+    def init(self, params: Params) -> dict:
         """Zero moments and count 0."""
         _check_keys(params, self.lrs, "AdaBelief learning rates")
         return {"count": 0, "mu": tree_zeros_like(params), "nu": tree_zeros_like(params)}
 
     @torch.no_grad()
-    def step(self, params: Tree, grads: Tree, state: dict,
-             scale: dict[str, float] | None = None) -> tuple[Tree, dict]:
+    def step(self, params: Params, grads: Params, state: dict,
+             scale: dict[str, float] | None = None) -> tuple[Params, dict]:
         """One step at rates ``lr[leaf] * scale.get(leaf, 1)``; returns ``(new_params, new_state)``
         and leaves the inputs untouched."""
         _check_keys(params, grads, "AdaBelief gradients")
@@ -99,18 +99,18 @@ def _adam_leaf(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
 class Adam:
     """Bias-corrected Adam (torch.optim.Adam semantics, no weight decay), pure and functional.
 
-    State: ``{"count": int, "mu": Tree, "nu": Tree}``; ``step(params, grads, state, lr=...)``.
+    State: ``{"count": int, "mu": Params, "nu": Params}``; ``step(params, grads, state, lr=...)``.
     """
 
     def __init__(self, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
         self.b1, self.b2, self.eps = b1, b2, eps
 
-    def init(self, params: Tree) -> dict:
+    def init(self, params: Params) -> dict:
         """Zero moments and count 0."""
         return {"count": 0, "mu": tree_zeros_like(params), "nu": tree_zeros_like(params)}
 
     @torch.no_grad()
-    def step(self, params: Tree, grads: Tree, state: dict, lr: float) -> tuple[Tree, dict]:
+    def step(self, params: Params, grads: Params, state: dict, lr: float) -> tuple[Params, dict]:
         """One step at learning rate ``lr``; returns ``(new_params, new_state)``."""
         _check_keys(params, grads, "Adam gradients")
         t = state["count"] + 1
@@ -130,24 +130,24 @@ class EMA:
         average_t = hidden_t / (1 - d^t)          (t = number of updates so far)
 
     so the average after one update is exactly that update's params.
-    State: ``{"count": int, "hidden": Tree}``.
+    State: ``{"count": int, "hidden": Params}``.
     """
 
     def __init__(self, decay: float):
         self.decay = decay
 
-    def init(self, params: Tree) -> dict:
+    def init(self, params: Params) -> dict:
         """Zero hidden state, no updates yet."""
         return {"count": 0, "hidden": tree_zeros_like(params)}
 
     @torch.no_grad()
-    def update(self, state: dict, params: Tree) -> dict:
+    def update(self, state: dict, params: Params) -> dict:
         """The state after folding in ``params`` (a new dict; ``state`` is untouched)."""
         d = self.decay
         hidden = {k: d * state["hidden"][k] + (1 - d) * params[k].detach() for k in state["hidden"]}
         return {"count": state["count"] + 1, "hidden": hidden}
 
-    def average(self, state: dict) -> Tree:
+    def average(self, state: dict) -> Params:
         """The bias-corrected average; an error before the first update (it would be 0/0)."""
         if state["count"] == 0:
             raise ValueError("the EMA has no updates yet")
@@ -155,4 +155,4 @@ class EMA:
         return {k: v / correction for k, v in state["hidden"].items()}
 
 
-__all__ = ["EMA", "Adam", "AdaBelief", "Tree", "tree_zeros_like"]
+__all__ = ["EMA", "Adam", "AdaBelief", "Params", "tree_zeros_like"]

@@ -34,13 +34,15 @@ from typing import Any, Callable
 
 import torch
 
-from rcig.algorithm.inner import Network, Params, make_inner, network, solve_hinv, solve_inner, split_params, tree_norm
+from rcig.algorithm.inner import (
+    AdamSolver, BaseNetwork, HinvQuadratic, InnerLoss, Objective, Solvers, base_network, make_solvers, tree_norm,
+)
 from rcig.algorithm.meta import (
-    LEAVES, SOLO, BatchSplit, MetaResult, augmented, direct_gradient, expand_support, grad_rows, l2_strength, meta_gradient,
+    LEAVES, SOLO, Batch, BatchSplit, MetaResult, expand_support, meta_gradient, pass_direct, plain_pass,
     support_augmentation,
 )
 from rcig.algorithm.optim import EMA, AdaBelief
-from rcig.algorithm.pool import ModelPool, draw_pool_steps
+from rcig.algorithm.pool import ModelPool, draw_pool_steps, support_loss
 from rcig.config import Config
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
 from rcig.errors import RcigError
@@ -50,9 +52,8 @@ from rcig.timing import Stopwatch
 # ------------------------------------------------------------------------- the support
 
 def start_images(init: str, ipc: int) -> str:
-    """The config's ``init`` with "auto" resolved: "herding" at 1 ipc, where herding's images score
-    far above random ones (Fashion-MNIST: 64.5 / 67.7 vs 49.2 / 49.9 %), else "real" (at 10 ipc
-    herding's score below random ones: 71.1 vs 72.8 with augmentation; BENCHMARKS.md)."""
+    """The config's ``init`` with "auto" resolved: "herding" at 1 ipc, else "real", the
+    start that scored higher at each size (BENCHMARKS.md)."""
     if init == "auto":
         return "herding" if ipc == 1 else "real"
     return init
@@ -132,36 +133,32 @@ def grow_while_stable(lr: float, is_stable: Callable[[float], bool], max_trials:
     return lr * 1.2 ** (bad + 1) * 0.7
 
 
-def tune_learning_rates(f: Network, body0: Params, support: dict[str, torch.Tensor], x_t: torch.Tensor,
-                        y_t: torch.Tensor, cfg: Config,
+def tune_learning_rates(base: BaseNetwork, support: dict[str, torch.Tensor], target: Batch, cfg: Config,
                         on_trial: Callable[[float], None] | None = None) -> tuple[float, float]:
-    """Tune the inner and H^-1 g learning rates on one fresh network and one target batch.
+    """Tune the Adam solvers' inner and H^-1 g learning rates on one network and one target batch.
 
-    A trial is one outer step's solve; it is "stable" when the recorded values decrease at
-    every step. The hvp trials share one inner solve and one g_t (they depend only on the
-    tuned inner lr), so each costs only the support's H v products. ``on_trial(lr)`` is
-    called before each trial (a progress display).
+    A trial is one solve of the step's own pass (:func:`rcig.algorithm.meta.plain_pass`: the
+    whole plain support); it is "stable" when the recorded values decrease at every step.
+    The hvp trials share one inner solve and one g_t (they depend only on the tuned inner
+    lr), so each costs only the support's H v products. ``on_trial(lr)`` is called before
+    each trial (a progress display).
     """
-    x_s, y_s = expand_support(support["x"], support["y"], cfg.flip)
-    l2 = l2_strength(cfg, support["x"].shape[0])
-    problem = make_inner(f, body0, x_s, y_s, l2, cfg.linearize)
+    p = plain_pass(base, support, cfg)
 
-    def trial(solve) -> Callable[[float], bool]:
+    def stable(objective: Callable[[], Objective], steps: int) -> Callable[[float], bool]:
         def is_stable(lr: float) -> bool:
             if on_trial is not None:
                 on_trial(lr)
-            return solve_outcome(solve(lr)) == Outcome.MONOTONIC
+            return solve_outcome(AdamSolver(lr, steps).solve(objective()).values) == Outcome.MONOTONIC
         return is_stable
 
-    inner_lr = cfg.inner_lr or grow_while_stable(
-        cfg.inner_lr_start, trial(lambda lr: solve_inner(problem, lr, cfg.n_inner_steps).values))
+    inner_lr = cfg.inner_lr or grow_while_stable(cfg.inner_lr_start, stable(lambda: InnerLoss(p.inner),
+                                                                            cfg.n_inner_steps))
     if cfg.hvp_lr is not None:
         return inner_lr, cfg.hvp_lr
-    delta, _ = solve_inner(problem, inner_lr, cfg.n_inner_steps)
-    options = dict(flip=cfg.flip, linearize=cfg.linearize, learn_labels=cfg.learn_labels)
-    g_t = direct_gradient(f, body0, support, delta, x_t, y_t, l2=l2, **options).g_t
-    hvp_lr = grow_while_stable(
-        cfg.hvp_lr_start, trial(lambda lr: solve_hinv(problem, delta, g_t, lr, cfg.n_hinv_steps).values))
+    delta = AdamSolver(inner_lr, cfg.n_inner_steps).solve(InnerLoss(p.inner)).x
+    g_t = pass_direct(p, delta, target).g_t
+    hvp_lr = grow_while_stable(cfg.hvp_lr_start, stable(lambda: HinvQuadratic(p.hinv, delta, g_t), cfg.n_hinv_steps))
     return inner_lr, hvp_lr
 
 
@@ -248,65 +245,51 @@ class Distiller:
                         self.cfg.inner_lr or self.cfg.inner_lr_start, self.cfg.hvp_lr or self.cfg.hvp_lr_start,
                         generator)
 
-    def base_network(self, params: Params) -> tuple[Network, Params]:
-        body0, head0 = split_params({k: v.detach() for k, v in params.items()})
-        return network(self.model, head0), body0
-
-    def target_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_batch(self, generator: torch.Generator) -> Batch:
         n = min(self.cfg.target_batch_size, len(self.x_train))
         index = torch.randperm(len(self.x_train), generator=generator)[:n].to(self.x_train.device)
-        return self.x_train[index], self.y_train[index]
+        return Batch(self.x_train[index], self.y_train[index])
 
     def tune(self, state: RunState, on_trial: Callable[[float], None] | None = None) -> None:
         """Tune the learning rates on a fresh network (not one of the pool's); ``on_trial(lr)``
         before each trial (:func:`tune_learning_rates`)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed + 2)
-            f, body0 = self.base_network(dict(self.make_model().named_parameters()))
-        x_t, y_t = self.target_batch(torch.Generator().manual_seed(self.seed + 3))
-        state.inner_lr, state.hvp_lr = tune_learning_rates(f, body0, state.support, x_t, y_t, self.cfg, on_trial)
+            base = base_network(self.model, dict(self.make_model().named_parameters()))
+        target = self.target_batch(torch.Generator().manual_seed(self.seed + 3))
+        state.inner_lr, state.hvp_lr = tune_learning_rates(base, state.support, target, self.cfg, on_trial)
 
     def step(self, state: RunState) -> dict[str, Any]:
-        """One outer iteration; mutates ``state`` only at the end (so it stays consistent)."""
+        """One outer iteration; advances ``state`` in place (its generator and pool as it goes,
+        the support, optimiser, EMA, iteration and learning rates after the meta-gradient)."""
         cfg, clock = self.cfg, Stopwatch()  # the whole step (the log's seconds, cpu_seconds)
-        index = state.pool.pick(state.generator)
-        f, body0 = self.base_network(state.pool.params(index))
+        index = state.pool.pick(state.generator)  # a pool network theta0
+        base = base_network(self.model, state.pool.params(index))
+        solvers = make_solvers(cfg, state.inner_lr, state.hvp_lr, state.pool.steps(index))
         # normal_repeats plain passes, then aug_repeats augmented ones, each on a fresh target
-        # batch (and row subsets, augmentations); the meta-gradient is their plain mean
-        results = []
-        for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats:
-            x_t, y_t = self.target_batch(state.generator)
-            try:
-                results.append(meta_gradient(f, body0, state.support, x_t, y_t, cfg, state.inner_lr, state.hvp_lr,
-                                             state.generator, augmented_pass, base_steps=state.pool.steps(index),
-                                             split=self.split))
-            except torch.linalg.LinAlgError as exc:  # phi phi^T + l2 I only fails to factor on inf/huge features
-                raise RcigError(f"diverged at iteration {state.iteration + 1}: the inner problem's kernel matrix "
-                                f"cannot be factored ({str(exc).splitlines()[0]})") from None
+        # batch: inner solve, direct gradient, H^-1 g, implicit gradient, clip (meta_gradient);
+        # the meta-gradient is their plain mean
+        results = [self.meta_gradient(state, base, solvers, augmented_pass)
+                   for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats]
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 
-        lr_scale = boost_scale(cfg.proto_lr_boost, cfg.proto_lr_boost_steps, state.iteration)
+        lr_scale = boost_scale(cfg.proto_lr_boost, cfg.proto_lr_boost_steps, state.iteration)  # AdaBelief + EMA
         support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser,
                                                  {"x": lr_scale, "y": lr_scale})
         if not cfg.learn_labels:
             support["y"] = state.support["y"]
         ema = self.ema.update(state.ema, support)
 
-        pool_clock = Stopwatch()
+        pool_clock = Stopwatch()  # the pool network trains on the new support
         pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-        augment = support_augmentation(cfg.aug, state.generator)
-
-        def loss(params):  # on pool_train_batch_size random support rows per step, if set, augmented if set
-            rows = grad_rows(len(x_s), cfg.pool_train_batch_size, state.generator)
-            x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
-            return pool_loss(self.model, params, augmented(x, augment), y)
-
+        loss = support_loss(self.model, x_s, y_s, cfg.pool_train_batch_size,
+                            support_augmentation(cfg.aug, state.generator), state.generator)
         state.pool.train(index, loss, pool_steps)
         result.seconds["pool"] = pool_clock.total()["seconds"]
 
-        state.inner_outcomes.append(solve_outcome(result.inner_losses))
+        state.inner_outcomes.append(solve_outcome(result.inner_losses))  # learning-rate adaptation
         state.iteration += 1
         state.support, state.optimiser, state.ema = support, optimiser, ema
         if state.iteration % cfg.lr_adapt_every == 0:
@@ -314,6 +297,17 @@ class Distiller:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes = []
         return log_record(state, result, index, pool_steps, clock.total(), cfg.proto_lr * lr_scale)
+
+    def meta_gradient(self, state: RunState, base: BaseNetwork, solvers: Solvers, augmented_pass: bool) -> MetaResult:
+        """One pass's meta-gradient on a fresh target batch (:func:`rcig.algorithm.meta.meta_gradient`);
+        a kernel matrix that cannot be factored is a divergence."""
+        target = self.target_batch(state.generator)
+        try:
+            return meta_gradient(base, state.support, target, self.cfg, solvers, state.generator, augmented_pass,
+                                 self.split)
+        except torch.linalg.LinAlgError as exc:  # phi phi^T + l2 I only fails to factor on inf/huge features
+            raise RcigError(f"diverged at iteration {state.iteration + 1}: the inner problem's kernel matrix "
+                            f"cannot be factored ({str(exc).splitlines()[0]})") from None
 
 
 def average_results(results: list[MetaResult]) -> MetaResult:
@@ -327,12 +321,6 @@ def average_results(results: list[MetaResult]) -> MetaResult:
                       mean([r.implicit for r in results]), sum(r.outer_loss for r in results) / n,
                       sum(r.outer_acc for r in results) / n, first.inner_losses, first.residuals,
                       first.delta, seconds)
-
-
-def pool_loss(model: torch.nn.Module, params: Params, x_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:
-    """The pool networks' training loss: sum 0.5 (f(x) - y)^2 / (n C) on the support."""
-    logits = torch.func.functional_call(model, params, (x_s,))
-    return 0.5 * ((logits - y_s) ** 2).sum() / y_s.numel()
 
 
 def check_finite(result: MetaResult, iteration: int) -> None:

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from rcig.algorithm.optim import Adam, Tree
+from rcig.algorithm.meta import augmented, grad_rows
+from rcig.algorithm.optim import Adam, Params
 from rcig.errors import RcigError
 
 
@@ -28,7 +29,7 @@ def draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2 ** 62, (1,), generator=generator))
 
 
-def params_from_seed(make_model: Callable[[], torch.nn.Module], seed: int) -> Tree:
+def params_from_seed(make_model: Callable[[], torch.nn.Module], seed: int) -> Params:
     """A new network's parameters (name -> tensor), initialised under ``torch.manual_seed(seed)``
     with torch's global RNG forked around it: the result depends on ``seed`` alone."""
     with torch.random.fork_rng(devices=[]):
@@ -37,7 +38,27 @@ def params_from_seed(make_model: Callable[[], torch.nn.Module], seed: int) -> Tr
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def loss_and_grads(loss_fn: Callable[[Tree], torch.Tensor], params: Tree) -> tuple[float, Tree]:
+def pool_loss(model: torch.nn.Module, params: Params, x_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:
+    """The pool networks' training loss: sum 0.5 (f(x) - y)^2 / (n C) on the support rows."""
+    logits = torch.func.functional_call(model, params, (x_s,))
+    return 0.5 * ((logits - y_s) ** 2).sum() / y_s.numel()
+
+
+def support_loss(model: torch.nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, rows_per_step: int | None,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None,
+                 generator: torch.Generator) -> Callable[[Params], torch.Tensor]:
+    """``params -> pool_loss`` on the support (``x_s``, ``y_s``: its rows, flip copies
+    included), on ``rows_per_step`` random rows at each call (None: all), freshly augmented
+    at each call if ``augment`` is set; the draws come from ``generator``."""
+    def loss(params: Params) -> torch.Tensor:
+        rows = grad_rows(len(x_s), rows_per_step, generator)
+        x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
+        return pool_loss(model, params, augmented(x, augment), y)
+
+    return loss
+
+
+def loss_and_grads(loss_fn: Callable[[Params], torch.Tensor], params: Params) -> tuple[float, Params]:
     """``loss_fn(params)`` and its gradient with respect to every leaf, by autograd."""
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     with torch.enable_grad():
@@ -47,7 +68,7 @@ def loss_and_grads(loss_fn: Callable[[Tree], torch.Tensor], params: Tree) -> tup
 
 
 class ModelPool:
-    """``size`` networks. A member is ``{"seed": int, "steps": int, "params": Tree | None,
+    """``size`` networks. A member is ``{"seed": int, "steps": int, "params": Params | None,
     "adam": Adam state | None}``: a member that has not trained yet (steps 0) is its init seed
     alone, its weights built from the seed when first used and never stored in a checkpoint
     (the weights of a trained one and its Adam moments are: exact resume needs them)."""
@@ -69,7 +90,7 @@ class ModelPool:
         """A member index, uniform on {0, ..., size - 1}, drawn from ``generator``."""
         return int(torch.randint(0, len(self.members), (1,), generator=generator))
 
-    def params(self, index: int) -> Tree:
+    def params(self, index: int) -> Params:
         """Member ``index``'s current weights theta0 (do not modify in place)."""
         member = self.members[index]
         if member["params"] is None:
@@ -81,7 +102,7 @@ class ModelPool:
         solve's Adam count starts there, as the reference's does)."""
         return self.members[index]["steps"]
 
-    def train(self, index: int, loss_fn: Callable[[Tree], torch.Tensor], n_steps: int) -> list[float]:
+    def train(self, index: int, loss_fn: Callable[[Params], torch.Tensor], n_steps: int) -> list[float]:
         """``n_steps`` Adam steps (lr ``self.lr``) on ``loss_fn(params) -> scalar``.
 
         The member's weights and Adam state advance; once its step count reaches
@@ -143,4 +164,4 @@ def _stored(member: dict[str, Any]) -> dict[str, Any]:
             "adam": _copy_adam(member["adam"])}
 
 
-__all__ = ["ModelPool", "draw_pool_steps", "draw_seed", "loss_and_grads", "params_from_seed"]
+__all__ = ["ModelPool", "draw_pool_steps", "draw_seed", "loss_and_grads", "params_from_seed", "pool_loss", "support_loss"]
