@@ -1,4 +1,4 @@
-"""The benchmark: distilled vs random-real vs herding vs the full training set, and speed.
+"""The benchmark: distilled vs random-real vs herding vs DM vs the full training set, and speed.
 
 One entry command runs every piece that is not done yet and then rewrites the report::
 
@@ -15,10 +15,12 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   run goes on from its checkpoint with the budget that is left), scored every
   ``--eval-every`` steps by one protocol network with augmentation (the accuracy-vs-step
   curve). Each preset has its own run folder; a cached piece of another preset is refused.
-* ``eval_<ipc>_<method>`` for distilled, random and herding: ``rcig eval --json`` with
-  ``--models`` networks per setting, with and without augmentation. ``--more-networks``
-  adds ``--models`` networks to each cached eval (the next seeds) and pools the scores, so
-  a slow eval can be grown a network at a time.
+* ``eval_<ipc>_<method>`` for distilled, random, herding and dm: ``rcig eval --json`` with
+  ``--models`` networks per setting, with and without augmentation. The DM set is made by
+  ``rcig baseline --method dm`` with the distillation's wall-clock budget (``--minutes``, the
+  same threads), its cost (iterations, wall and CPU seconds) kept in its piece as ``made``.
+  ``--more-networks`` adds ``--models`` networks to each cached eval (the next seeds) and
+  pools the scores, so a slow eval can be grown a network at a time.
 * ``--adopt IPC=RUN_DIR``: ``distill_<ipc>`` taken from a run made outside this script
   (``rcig distill --out RUN_DIR`` of the same dataset, ipc and preset, e.g. one grown over
   several sittings with ``--resume``): its log gives the steps, the cost and the curve, its
@@ -62,7 +64,7 @@ from speed import DEFAULT_CASES, write_json
 ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
 PRESET = "fast"  # the CPU recipe (docs/algorithm.md); the paper's is depth_3_no_flip
-METHODS = ("random", "herding", "distilled")  # evaluation order: baselines need no distillation
+METHODS = ("random", "herding", "dm", "distilled")  # evaluation order: baselines need no distillation
 RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve", "recorded")  # a distill_<ipc> piece's, in a report row
 MARKERS = ("<!-- results -->", "<!-- /results -->")
 
@@ -183,9 +185,10 @@ class Bench:
         if method == "distilled":
             return self.run_dir(ipc) / "distilled.safetensors"
         path = self.work / f"{DATASET}_{method}_ipc{ipc}.safetensors"
-        if not path.exists():
+        if not path.exists():  # DM: the distillation's budget, per ipc
+            budget = ["--max-minutes", str(self.args.minutes)] if method == "dm" else []
             rcig("baseline", "--dataset", DATASET, "--ipc", str(ipc), "--method", method,
-                 "--seed", str(self.args.seed), "--out", str(path))
+                 "--seed", str(self.args.seed), "--out", str(path), *budget)
         return path
 
     def evaluate(self, ipc: int, method: str) -> dict:
@@ -202,6 +205,8 @@ class Bench:
         rcig("eval", str(path), "--models", str(self.args.models), "--settings", self.args.settings,
              "--seed", str(first_seed), "--json", str(json_out))
         fresh = json.loads(json_out.read_text())
+        if method == "dm":
+            fresh["made"] = dm_cost(path)
         if self.args.more_networks:
             fresh = {**fresh, **{s: pooled(cached[s], fresh[s]) for s in settings if s in cached},
                      "models": first_seed + self.args.models}
@@ -403,6 +408,14 @@ def pooled(old: dict, new: dict) -> dict:
     return summarise(old["accs"] + new["accs"])
 
 
+def dm_cost(path: Path) -> dict:
+    """What the DM set in ``path`` cost: ``{"iterations", "max_minutes", "seconds", "cpu_seconds"}``."""
+    from rcig.io import load
+
+    meta = load(path).meta
+    return {"iterations": meta["dm"]["iterations"], "max_minutes": meta["dm"]["max_minutes"], **meta["cost"]}
+
+
 def fmt(score: dict | None, setting: str) -> str:
     if not score or setting not in score:
         return "not run"
@@ -419,8 +432,8 @@ def write_markdown(results: dict, path: Path, args) -> None:
         text = fmt(piece, setting)
         return text if text == "not run" else text + sources.cite(piece)
 
-    lines = ["| ipc | setting | distilled (RCIG) | random real | herding | preset | steps | distillation time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| ipc | setting | distilled (RCIG) | random real | herding | DM | preset | steps | distillation time |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for ipc, row in results[DATASET].items():
         run = {"recorded": row.get("recorded")}
         for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
@@ -430,8 +443,13 @@ def write_markdown(results: dict, path: Path, args) -> None:
             if row.get("wall_s"):
                 wall += sources.cite(run)
             lines.append(f"| {ipc} | {label} | {cell(row['distilled'], setting)} | {cell(row['random'], setting)} | "
-                         f"{cell(row['herding'], setting)} | {row.get('preset') or '-'} | {row.get('steps') or '-'} | "
+                         f"{cell(row['herding'], setting)} | {cell(row.get('dm'), setting)} | {row.get('preset') or '-'} | "
+                         f"{row.get('steps') or '-'} | "
                          f"{wall} |")
+    dm = [f"{ipc} ipc {m['iterations']} iterations in {m['seconds'] / 60:.0f} min ({m['cpu_seconds'] / 60:.0f} CPU min)"
+          for ipc, row in results[DATASET].items() if (m := (row.get("dm") or {}).get("made"))]
+    if dm:
+        lines += ["", f"DM (Distribution Matching, `rcig baseline --method dm`, the distillation's budget): {'; '.join(dm)}."]
     full = results.get("full_train")
     older = [f"{method} at {ipc} ipc" for ipc, row in results[DATASET].items() for method in METHODS
              if row.get(method) and row[method].get("init", "torch") != "reference"]
@@ -509,7 +527,7 @@ def main(argv=None) -> None:
     parser.add_argument("--max-steps", type=int, default=10000, help="outer steps if the budget allows")
     parser.add_argument("--eval-every", type=int, default=50, help="steps between curve points")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                        help="which sets to evaluate (default all three)")
+                        help="which sets to evaluate (default all four)")
     parser.add_argument("--models", type=int, default=5, help="networks per setting in each eval (default 5)")
     parser.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both",
                         help="evaluation settings: with and without augmentation (default both)")

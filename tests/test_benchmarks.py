@@ -40,17 +40,41 @@ def results(aug_only_10: dict) -> dict:
 def test_report_replaces_only_the_marked_block(bench, tmp_path):
     path = tmp_path / "B.md"
     path.write_text(f"# title\n\nintro\n\n{bench.MARKERS[0]}\nold table\n{bench.MARKERS[1]}\n\nnotes stay\n")
-    bench.write_markdown(results({"aug": score(0.8)}), path, None)
+    res = results({"aug": score(0.8)})
+    res["fashion_mnist"]["1"]["dm"] = {"no_aug": score(0.65), "made": {"iterations": 120, "max_minutes": 60.0,
+                                                                       "seconds": 3590.0, "cpu_seconds": 7000.0}}
+    bench.write_markdown(res, path, None)
     text = path.read_text()
     assert text.startswith("# title\n\nintro\n") and text.endswith("\nnotes stay\n")
     assert "old table" not in text and text.count(bench.MARKERS[0]) == 1
     rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 10 |")]
-    assert rows[0].startswith("| 1 | no aug | 71.00 ± 1.00 (2) | not run | not run | fast | 226 | 91 min |")
+    assert rows[0].startswith("| 1 | no aug | 71.00 ± 1.00 (2) | not run | not run | 65.00 (1) | fast | 226 | 91 min |")
+    assert rows[1].startswith("| 1 | aug | 59.00 ± 1.00 (2) | not run | not run | not run | fast |")
+    assert "DM (Distribution Matching, `rcig baseline --method dm`, the distillation's budget): " \
+           "1 ipc 120 iterations in 60 min (117 CPU min)." in text
     assert rows[1].startswith("| 1 | aug | 59.00 ± 1.00 (2) |")
     # a setting that was not evaluated says so rather than showing a number
     assert rows[2].startswith("| 10 | no aug | not run |") and rows[3].startswith("| 10 | aug | 80.00 (1) |")
     assert "| gray28:1 | 20.5 | 2.4 | 14.8 | 2.0 | 0.3 | 0.9 | 4.0 GB | 1500 | 68% |" in text
     assert "Full training set (all images, the protocol's short training; not a ceiling): no aug not run, aug not run" in text
+
+
+def test_the_dm_set_gets_the_distillations_budget_and_its_piece_its_cost(bench, tmp_path, monkeypatch):
+    from rcig.evaluation.baselines import baseline_set
+    from rcig.io import save
+
+    calls = []
+    monkeypatch.setattr(bench, "rcig", lambda *args: calls.append(args))
+    b = bench.Bench(bench.argparse.Namespace(work=str(tmp_path / "work"), redo=[], minutes=45.0, seed=3))
+    path = b.set_file(10, "dm")
+    assert path.name == "fashion_mnist_dm_ipc10.safetensors" and len(calls) == 1
+    made = " ".join(calls[0])
+    assert "--method dm" in made and "--max-minutes 45.0" in made and "--ipc 10" in made and "--seed 3" in made
+    b.set_file(10, "random")
+    assert "--max-minutes" not in calls[1]
+    save(baseline_set("digits", 1, method="dm", seed=0, steps=1), path)
+    cost = bench.dm_cost(path)
+    assert cost["iterations"] == 1 and cost["max_minutes"] is None and cost["cpu_seconds"] > 0 and cost["seconds"] > 0
 
 
 def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
@@ -224,7 +248,7 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
     path = tmp_path / "B.md"
     bench.write_markdown(res, path, args)
     text = path.read_text()
-    assert "| 1 | no aug | 76.00 (1) [1] | 49.00 (1) | not run | fast | 2 | 4 min (3 CPU min) [1] |" in text
+    assert "| 1 | no aug | 76.00 (1) [1] | 49.00 (1) | not run | not run | fast | 2 | 4 min (3 CPU min) [1] |" in text
     assert "Distillations at 1 ipc: runs made outside this script and adopted (--adopt)" in text
     assert "torch's initialisation of the protocol's networks (the others with the reference's): random at 1 ipc." in text
     stamp = bench.provenance()
