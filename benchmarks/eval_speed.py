@@ -140,7 +140,7 @@ def time_steps(repeats: int) -> list[dict]:
 
 
 def time_test_pass(repeats: int, size: int = 28, n: int = 2048) -> dict:
-    model = train_models(*synthetic(10, size), SETTINGS, augment=False, total_steps=1, decay_steps=1, seeds=[0])[0]
+    model = train_models(*synthetic(10, size), SETTINGS, augment=False, total_steps=1, decay_steps=1, seeds=[0]).models[0]
     x, y = torch.randn(n, 1, size, size), torch.randint(0, NUM_CLASSES, (n,))
     accuracy([model], x[:64], y[:64])
     best = min(cpu_seconds(lambda: accuracy([model], x, y)) for _ in range(repeats))

@@ -193,7 +193,8 @@ def test_protocol_training_matches_the_plain_reference_per_network(digits, augme
     x, y = random_real(digits, 3, seed=1)  # 30 images, batch 16: the random-batch path too
     settings = ProtocolSettings(width=8, lr=3e-3, warmup=4, batch_size=16, augmentations=("crop", "rotate", "cutout"))
     seeds = [3, 4]
-    models = train_models(x, y, settings, augment=augment, total_steps=12, decay_steps=8, seeds=seeds)
+    models, diverged = train_models(x, y, settings, augment=augment, total_steps=12, decay_steps=8, seeds=seeds)
+    assert diverged == [False, False]
     for seed, model in zip(seeds, models):
         ref = _reference_protocol_training(x, y, settings, augment, 12, 8, seed)
         for name, p in ref.state_dict().items():
@@ -221,3 +222,61 @@ def test_a_preset_can_extend_the_papers_preset_for_the_datas_shape():
             assert all(got[k] == (list(v) if isinstance(v, tuple) else v) for k, v in changes.items())
         with pytest.raises(RcigError, match=f"preset {name} extends the paper's preset"):
             load_preset(name)
+
+
+def test_networks_whose_loss_becomes_non_finite_are_reported_as_diverged(digits):
+    """Images of magnitude 1e30 overflow the squared error: every network is marked diverged
+    and stops early; a support that trains is marked so network by network."""
+    from rcig.evaluation.protocol import DIVERGENCE_CHECK, evaluate_support, train_models
+
+    x, y = random_real(digits, 1, seed=0)
+    settings = ProtocolSettings(width=8, n_models=2, steps=20, warmup=4)
+    huge = evaluate_support(x * 1e30, y, digits.x_test, digits.y_test, settings, progress=False)
+    assert huge["no_aug"]["diverged"] == [0, 1] and huge["aug"]["diverged"] == [0, 1]
+    fine = evaluate_support(x, y, digits.x_test, digits.y_test, settings, progress=False)
+    assert fine["no_aug"]["diverged"] == [] and fine["aug"]["diverged"] == []
+
+    class Count:
+        n = calls = 0
+
+        def update(self, k=1):
+            self.n, self.calls = self.n + k, self.calls + 1
+
+    counted = Count()
+    trained = train_models(x * 1e30, y, settings, augment=False, total_steps=10 * DIVERGENCE_CHECK, decay_steps=20,
+                           seeds=[0], progress=counted)
+    assert trained.diverged == [True] and counted.n == 10 * DIVERGENCE_CHECK  # the bar still completes
+    assert counted.calls == DIVERGENCE_CHECK + 1  # stopped at the first look, the rest in one update
+    assert not all(torch.isfinite(p).all() for p in trained.models[0].parameters())
+
+
+def test_summaries_leave_diverged_networks_out_of_the_mean():
+    from rcig.evaluation.protocol import summarise
+
+    assert summarise([0.8, 0.1, 0.6], [False, True, False]) == {"mean": 0.7, "std": pytest.approx(0.1), "accs": [0.8, 0.1, 0.6], "diverged": [1]}
+    assert summarise([0.1, 0.1], [True, True])["mean"] == pytest.approx(0.1)
+    assert summarise([0.5, 0.7])["diverged"] == [] and summarise([0.5, 0.7])["mean"] == pytest.approx(0.6)
+
+
+def test_a_set_whose_every_network_diverges_has_no_score(tmp_path, capsys):
+    """``rcig eval`` of a set of images of magnitude 1e30: one line, exit 2, no JSON; the
+    table of ``--compare`` marks the diverged networks where some of them train."""
+    from rcig.cli import main
+    from rcig.evaluation import format_scores
+    from rcig.evaluation.baselines import baseline_set
+    from rcig.io import save
+
+    ds = baseline_set("digits", 1, method="random", seed=0)
+    ds.images *= 1e30
+    save(ds, tmp_path / "huge.safetensors")
+    code = main(["eval", str(tmp_path / "huge.safetensors"), "--models", "2", "--steps", "20", "--test-limit", "50",
+                 "--json", str(tmp_path / "scores.json")])
+    err = [line for line in capsys.readouterr().err.splitlines() if "evaluate: step" not in line]  # progress lines
+    assert code == 2 and len(err) == 1 and err[0].startswith("rcig: error: ") and "diverged" in err[0], err
+    assert not (tmp_path / "scores.json").exists()
+    report = {"dataset": "digits", "ipc": 1, "method": "m", "arch": "conv", "models": 2, "seconds": 1.0,
+              "no_aug": {"mean": 0.5, "std": 0.0, "accs": [0.5, 0.1], "diverged": [1]}}
+    lines = format_scores(report)
+    assert "[50.00 diverged]" in lines[1] and "1 of 2 networks diverged" in lines[1]
+    grid = {**report, "arch": "conv", "compare": {"random": {"conv": {"no_aug": {**report["no_aug"], "diverged": []}}}}}
+    assert any(line.startswith("distilled conv no_aug; 1 of 2 networks diverged") for line in format_scores(grid))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -74,22 +75,32 @@ def make_models(settings: ProtocolSettings, in_channels: int, num_classes: int, 
     return models
 
 
+class Trained(NamedTuple):
+    """Networks trained by :func:`train_models`, in eval mode, and which of them diverged."""
+
+    models: list[torch.nn.Module]
+    diverged: list[bool]  # per network: its loss became NaN or infinite, or so did a weight
+
+
 def train_models(images: torch.Tensor, labels: torch.Tensor, settings: ProtocolSettings, *, augment: bool,
-                 total_steps: int, decay_steps: int, seeds, progress=None) -> list[torch.nn.Module]:
-    """Train one network per seed on (images, labels); returns them in eval mode.
+                 total_steps: int, decay_steps: int, seeds, progress=None) -> Trained:
+    """Train one network per seed on (images, labels).
 
     Networks train one after another, in the default (NCHW) layout with a fused Adam, and
     are returned channels-last, the faster layout for the test pass (benchmarks/eval_speed.py
-    compares the layouts, and training the networks together, in BENCHMARKS.md).
+    compares the layouts, and training the networks together, in BENCHMARKS.md). A network
+    whose loss is no longer finite stops training (checked every ``DIVERGENCE_CHECK`` steps)
+    and is marked diverged; the others train exactly as without the check.
     """
     n, c, h, _ = images.shape
     models = make_models(settings, c, labels.shape[1], h, seeds, images.device)
     images = images.contiguous()
+    diverged = []
     for model, seed in zip(models, seeds):
-        _train_one(model, images, labels, settings, augment, total_steps, decay_steps,
-                   torch.Generator().manual_seed(10_000 + seed), progress)
+        diverged.append(_train_one(model, images, labels, settings, augment, total_steps, decay_steps,
+                                   torch.Generator().manual_seed(10_000 + seed), progress))
         model.to(memory_format=torch.channels_last)
-    return models
+    return Trained(models, diverged)
 
 
 def _batch(images, labels, settings, augment, g):
@@ -111,19 +122,32 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
 
 
-def _train_one(model, images, labels, settings, augment, total_steps, decay_steps, g, progress):
+DIVERGENCE_CHECK = 50  # steps between looks at the loss (one device sync each)
+
+
+def _train_one(model, images, labels, settings, augment, total_steps, decay_steps, g, progress) -> bool:
+    """Train ``model`` in place; True if it diverged (a non-finite loss or weight)."""
     model.train()
     opt = make_optimizer(model, settings.lr)
+    finite = torch.ones((), dtype=torch.bool, device=images.device)
     for step in range(total_steps):
         x, y = _batch(images, labels, settings, augment, g)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, settings.lr, settings.warmup, decay_steps)
         opt.zero_grad(set_to_none=True)
-        _mse(model(x), y).backward()
+        loss = _mse(model(x), y)
+        loss.backward()
         opt.step()
+        finite &= torch.isfinite(loss.detach())
         if progress is not None:
             progress.update(1)
+        if (step + 1) % DIVERGENCE_CHECK == 0 and not bool(finite):
+            if progress is not None:
+                progress.update(total_steps - step - 1)
+            break
     model.eval()
+    state = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+    return not bool(finite) or not all(bool(torch.isfinite(t).all()) for t in state)
 
 
 @torch.inference_mode()
@@ -137,10 +161,15 @@ def accuracy(models, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> lis
     return (correct / len(x)).tolist()
 
 
-def summarise(accs: list[float]) -> dict:
-    """``{"mean", "std" (population), "accs"}`` of the networks' test accuracies."""
-    t = torch.tensor(accs, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(accs) > 1 else 0.0, "accs": accs}
+def summarise(accs: list[float], diverged: list[bool] | None = None) -> dict:
+    """``{"mean", "std" (population), "accs", "diverged"}`` of the networks' test accuracies:
+    ``diverged`` lists the indices of the networks that diverged, and the mean and std are
+    over the others (over all of them when every network diverged)."""
+    diverged = [i for i, bad in enumerate(diverged or []) if bad]
+    kept = [a for i, a in enumerate(accs) if i not in diverged] or accs
+    t = torch.tensor(kept, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(kept) > 1 else 0.0, "accs": accs,
+            "diverged": diverged}
 
 
 def assign_jobs(costs: list[float], world: int) -> list[int]:
@@ -155,7 +184,8 @@ def assign_jobs(costs: list[float], world: int) -> list[int]:
 
 def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                      settings: ProtocolSettings, *, flip: bool = False, progress: bool = True, team=None) -> dict:
-    """Score a support set: {"no_aug": {"mean", "std", "accs"}, "aug": {...}} (fractions).
+    """Score a support set: {"no_aug": {"mean", "std", "accs", "diverged"}, "aug": {...}}
+    (fractions; :func:`summarise`).
 
     ``team`` (:class:`rcig.parallel.Team`; None: one process on ``images``' device): the
     (setting, seed) networks are shared out over its ranks (:func:`assign_jobs`) and their
@@ -181,6 +211,7 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     owner = assign_jobs([plan[name][1] for name, _ in jobs], team.world)
     mine = [j for j in range(len(jobs)) if owner[j] == team.rank]
     accs = torch.zeros(len(jobs), dtype=torch.float64)  # this rank's networks; zeros elsewhere
+    diverged = torch.zeros(len(jobs), dtype=torch.float64)  # 1 for a network that diverged
     with Progress(sum(plan[jobs[j][0]][1] for j in mine), "evaluate", "step",
                   enabled=progress and team.leader) as bar:
         for name, (augment, total_steps) in plan.items():
@@ -188,8 +219,11 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
             if not chosen:
                 continue
             warm = replace(settings, warmup=min(settings.warmup, max(1, steps // 2)))
-            models = train_models(images, labels, warm, augment=augment, total_steps=total_steps,
-                                  decay_steps=steps, seeds=[jobs[j][1] for j in chosen], progress=bar)
-            accs[chosen] = torch.tensor(accuracy(models, test_x, test_y), dtype=torch.float64)
+            trained = train_models(images, labels, warm, augment=augment, total_steps=total_steps,
+                                   decay_steps=steps, seeds=[jobs[j][1] for j in chosen], progress=bar)
+            accs[chosen] = torch.tensor(accuracy(trained.models, test_x, test_y), dtype=torch.float64)
+            diverged[chosen] = torch.tensor(trained.diverged, dtype=torch.float64)
     accs = gather_sum(accs, team).tolist()
-    return {name: summarise([accs[j] for j in range(len(jobs)) if jobs[j][0] == name]) for name in plan}
+    diverged = (gather_sum(diverged, team) > 0).tolist()
+    return {name: summarise([accs[j] for j in range(len(jobs)) if jobs[j][0] == name],
+                            [diverged[j] for j in range(len(jobs)) if jobs[j][0] == name]) for name in plan}

@@ -152,6 +152,13 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     grid = score_grid(supports, archs, base, prepared.x_test, prepared.y_test, flip=bool(meta.get("flip")),
                       progress=progress, team=team)
     seconds = time.perf_counter() - started
+    if all(scores["diverged"] and len(scores["diverged"]) == len(scores["accs"])
+           for scores in _settings_of(grid["distilled"])):
+        from rcig.parallel import TeamError  # every rank raises it; the leader alone says it
+
+        lo, hi = float(ds.images.min()), float(ds.images.max())
+        raise TeamError(f"{where}: every network trained on it diverged (the loss became NaN or infinite; its "
+                        f"images range from {lo:.3g} to {hi:.3g}), so it has no score")
     ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
     single = len(archs) == 1
     report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
@@ -177,9 +184,24 @@ def write_scores(report: dict, json_out: str | os.PathLike, scored: Path | None)
     atomic_write(json_out, lambda fh: fh.write(text.encode()))
 
 
+def _settings_of(per_arch: dict) -> list[dict]:
+    """Every setting's scores ``{"mean", "accs", "diverged", ...}`` of ``{arch: {setting: scores}}``."""
+    return [scores for by_setting in per_arch.values() for scores in by_setting.values()]
+
+
+def _diverged_note(scores: dict) -> str:
+    bad = scores.get("diverged") or []
+    if not bad:
+        return ""
+    return (f"; {len(bad)} of {len(scores['accs'])} networks diverged (NaN or infinite loss)"
+            + ("; mean over the others" if len(bad) < len(scores["accs"]) else ""))
+
+
 def format_scores(report: dict) -> list[str]:
     """The lines ``rcig eval`` prints for a result of :func:`evaluate`: a header, then each
-    setting's mean +- std and per-network accuracies (%), or the table of :func:`format_table`."""
+    setting's mean +- std and per-network accuracies (%; "diverged" for a network whose
+    training diverged), or the table of :func:`format_table` and one line per setting in
+    which networks diverged."""
     lines = [f"{report['dataset']}  ipc={report.get('ipc')}  method={report.get('method')}  arch={report['arch']}  "
              f"models={report['models']}  ({report['seconds'] / 60:.1f} min)"]
     archs = report["arch"].split(",")
@@ -187,9 +209,14 @@ def format_scores(report: dict) -> list[str]:
         for name in ("no_aug", "aug"):
             if name in report:
                 s = report[name]
-                accs = " ".join(f"{a * 100:.2f}" for a in s["accs"])
-                lines.append(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]")
+                bad = s.get("diverged") or []
+                accs = " ".join("diverged" if i in bad else f"{a * 100:.2f}" for i, a in enumerate(s["accs"]))
+                lines.append(f"  {name:<7} {s['mean'] * 100:6.2f} +- {s['std'] * 100:.2f} %   [{accs}]"
+                             + _diverged_note(s))
         return lines
     distilled = report.get("archs") or {archs[0]: {k: report[k] for k in ("no_aug", "aug") if k in report}}
     grid = {"distilled": distilled, **report.get("compare", {})}
-    return lines + format_table(grid, report.get("ranking"))
+    notes = [f"{support} {arch} {setting}{_diverged_note(scores)}" for support, per_arch in grid.items()
+             for arch, by_setting in per_arch.items() for setting, scores in by_setting.items()
+             if scores.get("diverged")]
+    return lines + format_table(grid, report.get("ranking")) + notes
