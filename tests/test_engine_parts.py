@@ -12,8 +12,7 @@ from torch import nn
 
 import rcig.algorithm.checkpoint as checkpoint_module
 from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
-from rcig.algorithm.optim import EMA, Adam, AdaBelief
-from rcig.algorithm.pool import ModelPool, draw_pool_steps
+from rcig.algorithm.optim import EMA, Adam, AdaBelief, ModelPool, draw_pool_steps
 from rcig.errors import RcigError
 
 # ----------------------------------------------------------------------------- optimisers

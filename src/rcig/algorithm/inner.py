@@ -166,7 +166,7 @@ class LinearizedInner(WholeSupportInner):
     Setup: one forward of the support for ``phi0`` and the Cholesky factor of ``A``, one
     stored VJP closure so each ``J^T z`` is a backward pass only, one traced JVP.
     ``one_shot``: the problem serves one gradient or H v only (a support redrawn at every
-    solver step): no trace, whose fixed cost (~0.5-2 s) a single JVP never pays back.
+    solver step): no trace, whose fixed cost a single JVP never pays back.
     """
 
     def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, one_shot: bool = False):

@@ -190,6 +190,18 @@ def grad_rows(n: int, k: int | None, generator: torch.Generator | None) -> torch
     return torch.randperm(n, generator=generator)[:k]
 
 
+def row_draw(x: Tensor, y: Tensor, k: int | None, augment: Augment | None,
+             generator: torch.Generator | None) -> Callable[[], tuple[Tensor, Tensor]]:
+    """``() -> (x, y)``: at each call ``k`` random rows (None: all), freshly augmented if
+    ``augment`` is set, the draws from ``generator``."""
+    def draw() -> tuple[Tensor, Tensor]:
+        rows = grad_rows(len(x), k, generator)
+        xx, yy = (x, y) if rows is None else (x[rows], y[rows])
+        return augmented(xx, augment), yy
+
+    return draw
+
+
 def rows_with_grad(fn, x: Tensor, rows: Tensor | None, chunk: int | None,
                    keep_graph: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
     """``(outputs, order)`` of ``fn(x) -> tuple of (n, ...) tensors`` where only the rows
@@ -233,15 +245,12 @@ class RowSampledInner:
 
     def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
                  k: int | None, generator: torch.Generator | None, augment: Augment | None = None):
-        self.args, self.k, self.generator = (f, body0, x_s, y_s, l2, linearize), k, generator
-        self.augment = augment
+        self.args, self.draw = (f, body0, x_s, y_s, l2, linearize), row_draw(x_s, y_s, k, augment, generator)
         self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
 
     def _subset(self) -> InnerProblem:
         f, body0, x_s, y_s, l2, linearize = self.args
-        rows = grad_rows(len(x_s), self.k, self.generator)
-        x, y = (x_s, y_s) if rows is None else (x_s[rows], y_s[rows])
-        return inner_problem(f, body0, augmented(x, self.augment), y, l2, linearize, one_shot=True)
+        return inner_problem(f, body0, *self.draw(), l2, linearize, one_shot=True)
 
     def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
@@ -432,10 +441,10 @@ def new_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config, generat
 def pass_direct(p: Pass, delta: Params, target: Batch, split: BatchSplit = SOLO) -> DirectResult:
     """The pass's direct gradient and g_t at delta*: this process's share of the target batch,
     summed over the processes by ``split`` (one process: the whole batch)."""
-    support_rows = grad_rows(p.n_rows, p.subsets.direct_support, p.subsets.generator)
-    target_rows = grad_rows(len(target.x), p.subsets.direct_target, p.subsets.generator)  # over the whole batch
+    rows = DirectRows(grad_rows(p.n_rows, p.subsets.direct_support, p.subsets.generator),
+                      grad_rows(len(target.x), p.subsets.direct_target, p.subsets.generator))  # the whole batch's
     part = split.share(len(target.x))
-    rows = DirectRows(support_rows, rows_in_share(target_rows, part))
+    rows = rows._replace(target=rows_in_share(rows.target, part))
     direct = direct_gradient(p.base, p.support, delta, Batch(target.x[part], target.y[part]), p.settings, rows,
                              p.augment)
     return reduce_direct(direct, len(target.x[part]) / len(target.x), split)
@@ -489,5 +498,5 @@ __all__ = ["LEAVES", "SOLO", "Augment", "Batch", "BatchSplit", "DirectResult", "
            "MetaResult", "Pass", "PassAugmentation", "RowSampledInner", "RowSubsets", "augmented", "augmented_rows",
            "clip_to", "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient",
            "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "new_pass", "outer_loss",
-           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "rows_in_share", "support_augmentation",
+           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "row_draw", "rows_in_share", "support_augmentation",
            "support_row_count"]

@@ -38,11 +38,10 @@ from rcig.algorithm.inner import (
     AdamSolver, BaseNetwork, HinvQuadratic, InnerLoss, Objective, Solvers, base_network, make_solvers, tree_norm,
 )
 from rcig.algorithm.meta import (
-    LEAVES, SOLO, Batch, BatchSplit, MetaResult, expand_support, meta_gradient, pass_direct, plain_pass,
+    LEAVES, SOLO, Batch, BatchSplit, MetaResult, expand_support, meta_gradient, pass_direct, plain_pass, row_draw,
     support_augmentation,
 )
-from rcig.algorithm.optim import EMA, AdaBelief
-from rcig.algorithm.pool import ModelPool, draw_pool_steps, support_loss
+from rcig.algorithm.optim import EMA, AdaBelief, ModelPool, draw_pool_steps, support_loss
 from rcig.config import Config
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
 from rcig.errors import RcigError
@@ -284,9 +283,9 @@ class Distiller:
         pool_clock = Stopwatch()  # the pool network trains on the new support
         pool_steps = draw_pool_steps(state.generator, cfg.n_max_steps_pool)
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-        loss = support_loss(self.model, x_s, y_s, cfg.pool_train_batch_size,
-                            support_augmentation(cfg.aug, state.generator), state.generator)
-        state.pool.train(index, loss, pool_steps)
+        rows = row_draw(x_s, y_s, cfg.pool_train_batch_size, support_augmentation(cfg.aug, state.generator),
+                        state.generator)
+        state.pool.train(index, support_loss(self.model, rows), pool_steps)
         result.seconds["pool"] = pool_clock.total()["seconds"]
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))  # learning-rate adaptation
