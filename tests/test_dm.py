@@ -147,7 +147,7 @@ def test_the_budget_stops_it(digits):
                                   began=time.perf_counter() - 120)
     assert spent.iterations == 1
     started = time.perf_counter()
-    short = dm(digits, 1, 0, TINY._replace(iterations=100_000), max_minutes=0.02)
+    short = dm(digits, 1, 0, TINY._replace(iterations=100_000, width=4, real_batch=8), max_minutes=0.1)
     assert 1 < short.iterations < 100_000
     assert time.perf_counter() - started < 30
 

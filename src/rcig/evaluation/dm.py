@@ -38,18 +38,19 @@ import torch
 
 from rcig.augment import augment_alike
 from rcig.config import AUGMENTATIONS
+from rcig.evaluation.protocol import ProtocolSettings, make_models
 
 
 class DMSettings(NamedTuple):
-    """DM's hyperparameters (the paper's) and its embedding network's shape."""
+    """DM's hyperparameters (the paper's) and its embedding network's shape (the protocol's)."""
 
     iterations: int = 20_000
     lr: float = 1.0
     momentum: float = 0.5
     real_batch: int = 256
     augmentations: tuple[str, ...] = AUGMENTATIONS
-    depth: int = 3
-    width: int = 128
+    depth: int = ProtocolSettings.depth
+    width: int = ProtocolSettings.width
 
 
 class DMState(NamedTuple):
@@ -85,8 +86,6 @@ def matching_loss(embed: Callable[[torch.Tensor], torch.Tensor], real: Sequence[
 def embedding_network(settings: DMSettings, channels: int, num_classes: int, image_size: int,
                       seed: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The features of the protocol's ConvNet of ``seed`` (its classifier unused, weights frozen)."""
-    from rcig.evaluation.protocol import ProtocolSettings, make_models
-
     shape = ProtocolSettings(depth=settings.depth, width=settings.width)
     net = make_models(shape, channels, num_classes, image_size, [seed], device)[0]
     return net.requires_grad_(False).features
