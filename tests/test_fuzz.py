@@ -31,7 +31,7 @@ from rcig.io import load
 
 TINY = {"width": 8, "pool_size": 2, "target_batch_size": 64, "max_online_steps": 4, "inner_lr": 3e-3,
         "hvp_lr": 3e-3, "n_inner_steps": 3, "n_hinv_steps": 3}
-QUICK_EVAL = ["--models", "1", "--steps", "5", "--test-limit", "50", "--settings", "no_aug"]
+QUICK_EVAL = ["--models", "1", "--steps", "5", "--test-limit", "50", "--settings", "no_aug", "--quiet"]
 
 
 def tree_hashes(root: Path, skip: set[Path]) -> dict[str, str]:
@@ -211,6 +211,86 @@ def test_fuzz_npz_datasets(arrays, method, ipc):
         if code == 0:
             ds = load(out)
             assert ds.labels.shape[0] == ipc * ds.labels.shape[1] and torch.isfinite(ds.images).all()
+
+
+# ------------------------------------------------------------------ other tools' sets
+
+def ext_array(a: np.ndarray) -> "msgpack.ExtType":
+    """An ndarray as flax.serialization writes it (ext type 1: msgpack of shape, dtype, bytes)."""
+    import msgpack
+
+    return msgpack.ExtType(1, msgpack.packb((a.shape, a.dtype.name, a.tobytes()), use_bin_type=True))
+
+
+def foreign_set(fmt: str, root: Path, images: np.ndarray, labels: np.ndarray | None) -> Path:
+    """``images`` (N, C, H, W) and ``labels`` written in import format ``fmt`` under ``root``."""
+    import msgpack
+
+    def pt(a):  # what a torch file can hold: a tensor, or a list for an array of strings
+        return a.tolist() if a.dtype.kind == "U" else torch.from_numpy(a)
+
+    if fmt == "mtt":
+        torch.save(pt(images), root / "images_best.pt")
+        if labels is not None:
+            torch.save(pt(labels), root / "labels_best.pt")
+        return root / "images_best.pt"
+    labels = np.zeros(0, np.int64) if labels is None else labels
+    if fmt == "dc":
+        torch.save({"data": [[pt(images), pt(labels)]]}, root / "set.pt")
+        return root / "set.pt"
+    nhwc = np.ascontiguousarray(images.transpose(0, 2, 3, 1)) if images.ndim == 4 else images
+    if fmt == "kip":
+        np.savez(root / "set.npz", images=nhwc, labels=labels)
+        return root / "set.npz"
+    support = {"x_proto": ext_array(nhwc), "y_proto": ext_array(np.ascontiguousarray(labels))}
+    (root / "checkpoint_1").write_bytes(msgpack.packb({"ema_average" if fmt == "rcig" else "params": support},
+                                                      use_bin_type=True))
+    return root / "checkpoint_1"
+
+
+@st.composite
+def foreign_arrays(draw):
+    """Images and labels, mostly of a digits-like shape, with empty, non-finite, wrongly shaped
+    and wrongly typed cases mixed in; and whether the case is one rcig must refuse."""
+    n = draw(st.sampled_from([0, 1, 2, 10, 10, 10]))
+    shape = draw(st.sampled_from([(1, 8, 8)] * 4 + [(3, 8, 8), (4, 8, 8), (1, 8, 7), (1, 0, 0), (8, 8)]))
+    dtype = draw(st.sampled_from([np.float32, np.float32, np.float64, np.float16, np.uint8]))
+    images = np.random.default_rng(n).standard_normal((n, *shape)).astype(dtype)
+    bad_value = draw(st.sampled_from([None] * 4 + [float("nan"), float("inf"), -float("inf"), 1e39]))
+    if bad_value is not None and images.size and np.issubdtype(dtype, np.floating):
+        with np.errstate(over="ignore"):
+            images.reshape(-1)[draw(st.integers(0, images.size - 1))] = bad_value
+    kind = draw(st.sampled_from(["index", "index", "soft", "soft", "none", "one column", "short", "nan", "text"]))
+    labels = {"index": np.arange(n) % 10, "soft": np.random.default_rng(1).standard_normal((n, 10)).astype(np.float32),
+              "one column": np.zeros((n, 1), np.float32), "short": np.arange(max(n - 1, 0)), "none": None,
+              "nan": np.full((n, 10), np.nan, np.float32), "text": np.array(["a"] * n)}[kind]
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(images.astype(np.float32)).all()  # rcig's images are float32
+    refuse = (n == 0 or len(shape) != 3 or shape[0] not in (1, 3) or shape[1] != shape[2] or shape[1] == 0
+              or not finite or kind in ("one column", "short", "nan", "text"))
+    return images, labels, kind, refuse
+
+
+@given(arrays=foreign_arrays(), fmt=st.sampled_from(["mtt", "dc", "kip", "frepo", "rcig"]),
+       dataset=st.sampled_from([None, "digits"]))
+@example(arrays=(np.zeros((0, 1, 8, 8), np.float32), np.zeros(0, np.int64), "index", True), fmt="dc", dataset=None)
+@example(arrays=(np.full((10, 1, 8, 8), np.inf, np.float32), np.arange(10), "index", True), fmt="mtt",
+         dataset="digits")
+def test_fuzz_imports(arrays, fmt, dataset):
+    """``rcig import`` of every format refuses empty, non-finite and wrongly shaped arrays in
+    one line; what it writes, ``rcig.load`` reads back, finite."""
+    images, labels, kind, refuse = arrays
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        source = foreign_set(fmt, root, images, labels)
+        out = root / "o.safetensors"
+        code, _, err = cli(["import", source, "--format", fmt, "--out", out]
+                           + (["--dataset", dataset] if dataset else []), root, [out])
+        if refuse:
+            assert code == 2, (kind, images.shape, images.dtype)
+        if code == 0:
+            ds = load(out)
+            assert len(ds) == len(images) and torch.isfinite(ds.images).all() and torch.isfinite(ds.labels).all()
 
 
 # ---------------------------------------------------------------------- image folders

@@ -146,6 +146,8 @@ def centred_labels(labels: torch.Tensor, num_classes: int | None, n_images: int,
             raise RcigError(f"{path}: {n_images} images cannot be {num_classes} class-ordered groups")
         labels = torch.arange(num_classes).repeat_interleave(n_images // num_classes)
     k = num_classes if num_classes is not None else int(labels.max()) + 1
+    if k < 2:
+        raise RcigError(f"{path}: the labels name a single class; a set needs at least 2")
     if int(labels.max()) >= k:
         raise RcigError(f"{path}: class index {int(labels.max())} is out of range for {k} classes")
     return centred_one_hot(labels, k)
@@ -161,7 +163,8 @@ def protocol_for(images: torch.Tensor) -> tuple[dict, bool]:
 
 def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, dataset: str | None = None,
                      data_dir: str | None = None, stored_as: str = "model", flip: bool | None = None):
-    """An :class:`rcig.io.DistilledSet` of ``imported``; see the module docstring.
+    """An :class:`rcig.io.DistilledSet` of ``imported``; see the module docstring. It passes
+    the checks of :func:`rcig.load` (:func:`rcig.validate.distilled_set`), so what is saved loads.
 
     ``flip`` (the flip trick at evaluation) defaults to the paper's preset for RCIG
     checkpoints (on for RGB) and off for every other format, whose tools do not use it.
@@ -184,7 +187,7 @@ def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, datase
                 "class_names": [str(i) for i in range(k)], "method": f"{fmt} (imported)", "seed": None,
                 "flip": flip, "protocol": protocol, "config": None, "preprocess": dict(UNKNOWN_PREPROCESS),
                 "rcig_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
-        return DistilledSet(imported.images, labels, meta, {})
+        return _valid(DistilledSet(imported.images, labels, meta, {}), source)
     from rcig.data import prepare
 
     prepared = prepare(dataset, data_dir)
@@ -194,8 +197,16 @@ def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, datase
     k = prepared.dataset.num_classes
     labels = centred_labels(imported.labels, k, n, source)
     images = to_model_space(imported.images, stored, prepared.preprocessor)
-    return make_set(prepared, images, labels, ipc=n // k if n % k == 0 else None, method=f"{fmt} (imported)",
-                    seed=None, flip=flip, protocol=protocol, **extra)
+    return _valid(make_set(prepared, images, labels, ipc=n // k if n % k == 0 else None, method=f"{fmt} (imported)",
+                           seed=None, flip=flip, protocol=protocol, **extra), source)
+
+
+def _valid(ds, source):
+    """``ds`` if :func:`rcig.load` would accept it once saved; its one-line RcigError if not."""
+    from rcig import validate
+
+    validate.distilled_set(ds.images, ds.labels, ds.meta, ds.preprocess_arrays, str(source))
+    return ds
 
 
 def import_set(path: str | Path, format: str = "auto", *, dataset: str | None = None, data_dir: str | None = None,

@@ -47,29 +47,66 @@ def load_pt(path: str | Path) -> Any:
 
 
 def as_tensor(value: Any, what: str, path: str | Path) -> torch.Tensor:
+    """A tensor or numpy array as a CPU tensor (integers as int64, floats as float64 or as
+    stored); one line for anything else, arrays of strings or objects included."""
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.array(value))
+        kinds = {"b": bool, "i": np.int64, "u": np.int64, "f": None}
+        if value.dtype.kind not in kinds:
+            raise RcigError(f"{path}: {what} holds {value.dtype} values, not numbers")
+        value = torch.from_numpy(np.array(value, dtype=kinds[value.dtype.kind] or value.dtype))
     if not isinstance(value, torch.Tensor):
         raise RcigError(f"{path}: {what} is a {type(value).__name__}, not a tensor")
     return value.detach().cpu()
 
 
-def checked(images: torch.Tensor, labels: torch.Tensor, path, extra: dict | None = None) -> Imported:
-    """Shapes: images (N, C, H, W), labels (N,) integers or (N, K); one line if not."""
+def checked(images: torch.Tensor, labels: torch.Tensor | None, path, extra: dict | None = None) -> Imported:
+    """What a set file must hold, checked before any work: images (N, C, H, W) of numbers,
+    N >= 1, C 1 or 3, square, all finite; labels (N,) class indices >= 0 or (N, K) finite soft
+    labels with K >= 2, or None (none stored: left empty, see :func:`read_mtt`). One line if not."""
     if images.dim() != 4:
         raise RcigError(f"{path}: images have shape {tuple(images.shape)}, expected 4 dimensions")
-    if labels.dim() not in (1, 2) or len(labels) != len(images):
+    n, c, h, w = images.shape
+    if n == 0:
+        raise RcigError(f"{path}: holds no images (shape {tuple(images.shape)})")
+    if c not in (1, 3) or h != w or h == 0:
+        raise RcigError(f"{path}: images must be square with 1 or 3 channels, got {c} x {h} x {w} (C x H x W)")
+    if images.dtype == torch.bool or images.is_complex():
+        raise RcigError(f"{path}: images must be numbers, got {images.dtype}")
+    images = images.to(torch.float32)
+    if not bool(torch.isfinite(images).all()):
+        raise RcigError(f"{path}: images hold NaN or infinite values (or values beyond float32)")
+    if labels is None:
+        return Imported(images.float().contiguous(), torch.empty(0, dtype=torch.long), extra or {})
+    if labels.dim() not in (1, 2) or len(labels) != n:
         raise RcigError(f"{path}: labels {tuple(labels.shape)} do not fit images {tuple(images.shape)} "
                         "(expected N class indices or N x K soft labels)")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise RcigError(f"{path}: labels must be numbers, got {labels.dtype}")
+    labels = labels.to(torch.float64 if labels.is_floating_point() else torch.int64)
+    if not bool(torch.isfinite(labels).all()):
+        raise RcigError(f"{path}: labels hold NaN or infinite values")
     if labels.dim() == 1:
         if labels.is_floating_point() and not torch.equal(labels, labels.round()):
             raise RcigError(f"{path}: 1-D labels must be class indices, found fractional values")
+        if labels.min() < 0 or labels.max() >= 2 ** 31:
+            raise RcigError(f"{path}: class indices must lie in 0..2**31-1, found {labels.min().item():g}.."
+                            f"{labels.max().item():g}")
         labels = labels.long()
-        if len(labels) and labels.min() < 0:
-            raise RcigError(f"{path}: class indices must be >= 0, found {int(labels.min())}")
     else:
+        if labels.shape[1] < 2:
+            raise RcigError(f"{path}: soft labels need one column per class (at least 2), got {labels.shape[1]}")
         labels = labels.float()
+        if not bool(torch.isfinite(labels).all()):
+            raise RcigError(f"{path}: labels overflow float32")
     return Imported(images.float().contiguous(), labels.contiguous(), extra or {})
+
+
+def _leaf(support: dict, key: str, path) -> np.ndarray:
+    """``support[key]`` as an ndarray; one line if it is not array-like (a map, ragged lists)."""
+    try:
+        return np.asarray(support[key])
+    except (TypeError, ValueError):
+        raise RcigError(f"{path}: {key} is not an array") from None
 
 
 def read_flax(path: str | Path, fmt: str) -> Imported:
@@ -78,11 +115,14 @@ def read_flax(path: str | Path, fmt: str) -> Imported:
     path = Path(path) / "checkpoint" if Path(path).is_dir() else path
     state = flax.read_state(path)
     support = flax.find_support(state, "ema_average" if fmt == "rcig" else "params", path)
-    images = torch.from_numpy(np.asarray(support["x_proto"], dtype=np.float32).copy())
+    images = as_tensor(_leaf(support, "x_proto", path), "x_proto", path)
     if images.dim() != 4:
         raise RcigError(f"{path}: x_proto has shape {tuple(images.shape)}, expected (N, H, W, C)")
-    labels = torch.from_numpy(np.asarray(support["y_proto"]).copy())
-    extra = {"log_temp": float(np.asarray(support["log_temp"])) if "log_temp" in support else None}
+    labels = as_tensor(_leaf(support, "y_proto", path), "y_proto", path)
+    log_temp = as_tensor(_leaf(support, "log_temp", path), "log_temp", path) if "log_temp" in support else None
+    if log_temp is not None and (log_temp.numel() != 1 or not bool(torch.isfinite(log_temp.double()).all())):
+        raise RcigError(f"{path}: log_temp must be one finite number, got shape {tuple(log_temp.shape)}")
+    extra = {"log_temp": None if log_temp is None else float(log_temp.double().reshape(()))}
     return checked(images.permute(0, 3, 1, 2), labels, path, extra)
 
 
@@ -99,9 +139,7 @@ def read_mtt(path: str | Path) -> Imported:
     if labels_path != images_path and labels_path.is_file():
         labels = as_tensor(load_pt(labels_path), labels_path.name, labels_path)
         return checked(images, labels, images_path, {"labels_file": str(labels_path)})
-    if images.dim() != 4:
-        raise RcigError(f"{images_path}: images have shape {tuple(images.shape)}, expected 4 dimensions")
-    return Imported(images.float().contiguous(), torch.empty(0, dtype=torch.long), {"labels_file": None})
+    return checked(images, None, images_path, {"labels_file": None})
 
 
 def read_dc(path: str | Path) -> Imported:
@@ -134,10 +172,10 @@ def read_kip(path: str | Path) -> Imported:
         raise RcigError(f"{path} is not a readable .npz file ({str(exc).splitlines()[0][:100]})") from None
     if len(arrays) < 2:
         raise RcigError(f"{path}: expected arrays 'images' (N, H, W, C) and 'labels'; found: {', '.join(found) or 'none'}")
-    images = torch.from_numpy(arrays["images"]).float()
+    images = as_tensor(arrays["images"], "images", path)
     if images.dim() != 4:
         raise RcigError(f"{path}: images have shape {tuple(images.shape)}, expected (N, H, W, C)")
-    return checked(images.permute(0, 3, 1, 2), torch.from_numpy(arrays["labels"]), path)
+    return checked(images.permute(0, 3, 1, 2), as_tensor(arrays["labels"], "labels", path), path)
 
 
 READERS = {"rcig": lambda p: read_flax(p, "rcig"), "frepo": lambda p: read_flax(p, "frepo"),
