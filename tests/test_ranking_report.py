@@ -103,18 +103,27 @@ def test_single_arch_json_keeps_its_shape_and_bad_lists_are_one_line(random_file
 def run_dir(tmp_path, random_file):
     import shutil
 
+    from rcig.config import load_preset
+
     d = tmp_path / "run"
     d.mkdir()
     shutil.copy(random_file, d / "distilled.safetensors")
     records = [{"iter": i, "outer_loss": 2.0 - 0.1 * i, "outer_acc": 0.1 * i, "inner_lr": 1e-3, "hvp_lr": 2e-3,
-                "grad_norm": {"x": 0.5 / i, "y": 0.25, "log_temp": 0.125}} for i in range(1, 6)]
-    records.append({"iter": 5, "eval": {"aug": {"mean": 0.4321, "std": 0.0, "accs": [0.4321]}}})
+                "grad_norm": {"x": 0.5 / i, "y": 0.25, "log_temp": 0.125}, "seconds": 6.0} for i in range(1, 6)]
+    records.append({"iter": 5, "eval": {"aug": {"mean": 0.4321, "std": 0.0, "accs": [0.4321]}}, "eval_seconds": 30})
     (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (d / "run.json").write_text(json.dumps({"dataset": "digits", "ipc": 1, "seed": 0, "config": {"depth": 3,
-                                                                                                  "marker_key": 7}}))
-    (d / "eval.json").write_text(json.dumps({"no_aug": {"mean": 0.8765, "std": 0.0123, "accs": [0.8765]},
-                                             "aug": {"mean": 0.5, "std": 0.0, "accs": [0.5]}, "dataset": "digits",
-                                             "ipc": 1, "models": 1, "arch": "conv", "steps": 20}))
+    config = load_preset("depth_3_no_flip").replace(steps=5, width=64).to_dict()  # the digits run's preset
+    environment = {"command": "rcig distill --steps 5 --set width=64", "device": "cpu", "torch": "9.9",
+                   "rcig": "0.0.7", "python": "3.11.7", "threads": 2}
+    (d / "run.json").write_text(json.dumps({"dataset": "digits", "ipc": 1, "seed": 0, "config": config,
+                                            "environment": environment}))
+    scores = lambda m, s: {"mean": m, "std": s, "accs": [m]}  # noqa: E731
+    (d / "eval.json").write_text(json.dumps({
+        "no_aug": scores(0.8765, 0.0123), "aug": scores(0.5, 0.0), "dataset": "digits", "ipc": 1, "models": 1,
+        "arch": "conv", "steps": 20, "seconds": 90.0,
+        "compare": {"random": {"conv": {"no_aug": scores(0.6111, 0.02), "aug": scores(0.4, 0.0)}}},
+        "ranking": {"random": {"conv": {"ior": {"no_aug": scores(0.2654, 0.0), "aug": scores(0.1, 0.0)},
+                                        "ars": scores(0.3, 0.0)}}}}))
     return d
 
 
@@ -125,33 +134,53 @@ def embedded_pngs(text):
     return [Image.open(io.BytesIO(base64.b64decode(c.split('"', 1)[0]))) for c in chunks]
 
 
-def test_report_embeds_images_curves_eval_and_config(run_dir, capsys):
+def test_report_headline_curves_labels_eval_and_config(run_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # a default install: no matplotlib
     code, out, _ = run(["report", run_dir], capsys)
     assert code == 0 and "report.html" in out
     text = (run_dir / "report.html").read_text()
+    headline = text[text.index("Headline"):text.index("Distilled images")]  # at the top
+    for expected in ("87.65 ± 1.23", "50.00 ± 0.00", "random real images, same size", "61.11 ± 2.00",
+                     "+26.54 points without", "+10.00 points with", "rcig distill --steps 5 --set width=64",
+                     "device cpu", "torch 9.9", "rcig 0.0.7", "for 5 steps (6.0 s per step)",
+                     "scoring: 1.5 min", "digits: 10 images of 8x8 px"):
+        assert expected in headline, expected
     pngs = embedded_pngs(text)
-    assert len(pngs) == 3  # image grid, label heat map, curves
+    assert len(pngs) == 2  # image grid, label heat map
     from rcig.viz import grid_image
 
     grid = pngs[0]
     assert np.array_equal(np.array(grid), np.array(grid_image(load(run_dir / "distilled.safetensors"))))
     assert grid.size[1] >= 10 * 8 * 8 and len(np.unique(np.array(grid.convert("L")))) > 10  # a real picture
-    assert "87.65 ± 1.23" in text and "50.00 ± 0.00" in text  # eval table, in %
-    assert "marker_key" in text  # the run's config
-    assert "http://" not in text and "https://" not in text and "<script" not in text  # self-contained
+    charts = text.split("<svg")[1:]
+    assert len(charts) == 4 and all("outer step" in c for c in charts)  # every x axis labelled
+    for y_label in (">loss<", ">accuracy (%)<", ">learning rate<", ">norm<"):
+        assert sum(y_label in c for c in charts) == 1, y_label
+    assert "outer batch (training)" in text and "test, 1 network, with aug." in text  # --eval-every's curve
+    config = text[text.index("<h2>Config"):]
+    assert "depth_3_no_flip" in config and "<td>width</td><td>64</td><td>128</td>" in config
+    assert "<td>steps</td><td>5</td>" in config and config.count("<tr>") == 3  # only what differs
+    assert "28 px" not in text and "image_size" not in text  # not the preset's 28 px description
+    assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in text
 
 
-def test_report_without_matplotlib_falls_back_to_tables(run_dir, monkeypatch):
-    from rcig.report import build_report
+def test_svg_chart_places_points_on_labelled_axes():
+    import re
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    text = build_report(run_dir)
-    assert len(embedded_pngs(text)) == 1  # the image grid needs only Pillow
-    assert "matplotlib is not installed" in text
-    assert "<td>outer_loss</td><td>5</td><td>1.9</td><td>1.5</td><td>1.9</td><td>1.5 (iter 5)</td>" in text
-    assert "<td>eval/aug</td><td>1</td>" in text
-    assert "<th>image</th><th>class</th>" in text and "+0.900" in text  # the labels as numbers
+    from rcig.viz import nice_ticks, svg_chart
+
+    svg = svg_chart([("a", [(0, 1.0), (10, 3.0)]), ("b", [(5, 2.0)])], title="T", x_label="outer step",
+                    y_label="loss", width=200, height=100)
+    points = re.findall(r'points="([^"]+)"', svg)
+    (xa0, ya0), (xa1, ya1) = [tuple(map(float, p.split(","))) for p in points[0].split()]
+    (xb, yb), = [tuple(map(float, p.split(","))) for p in points[1].split()]
+    assert xa0 < xb < xa1 and abs(xb - (xa0 + xa1) / 2) < 0.2  # x linear
+    assert ya0 > yb > ya1 and abs(yb - (ya0 + ya1) / 2) < 0.2  # y linear, up is larger
+    assert ">outer step<" in svg and ">loss<" in svg and ">T<" in svg
+    log = svg_chart([("lr", [(1, 1e-3), (2, 1e-1), (3, 0.0)])], title="lr", x_label="x", y_label="y", log_y=True)
+    (_, y1), (_, y2) = [tuple(map(float, p.split(","))) for p in re.findall(r'points="([^"]+)"', log)[0].split()]
+    assert ">0.01<" in log and y1 > y2  # decades; the zero is left out of a log axis
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0] and nice_ticks(3, 47) == [10, 20, 30, 40]
 
 
 def test_distill_writes_the_report(tmp_path, capsys):
@@ -161,5 +190,7 @@ def test_distill_writes_the_report(tmp_path, capsys):
         argv += ["--set", item]
     code, out, err = run(argv, capsys)
     assert code == 0, err
+    run_json = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run_json["environment"]["device"] == "cpu" and run_json["environment"]["rcig"]
     text = (tmp_path / "r" / "report.html").read_text()
-    assert len(embedded_pngs(text)) == 3 and "<h2>Curves</h2><img" in text and "iteration 2" in text
+    assert len(embedded_pngs(text)) == 2 and text.count("<svg") == 4 and "outer step 2" in text

@@ -1,11 +1,14 @@
 """One self-contained HTML page per run: ``rcig report DIR`` writes ``DIR/report.html``.
 
-It shows the distilled images mapped back to pixels (one row per class), the learned labels
-as a heat map, the curves of ``log.jsonl`` (outer loss and accuracy, the inner and H^-1 g
-learning rates, the meta-gradient norms per leaf, periodic eval scores), the eval tables of
-``eval.json`` and the run's config (``run.json``). Every picture is a PNG embedded as a
-base64 data URI, so the file can be mailed or archived alone. Plots need matplotlib
-(``pip install 'rcig[report]'``); without it the curves and labels appear as plain tables.
+At the top, a headline: the set's test accuracy without and with augmentation beside random
+real images of the same size (and herding's where scored), DD-Ranking's IOR, the wall time,
+the device, the versions and the command. Then the distilled images mapped back to pixels
+(one row per class), the curves of ``log.jsonl`` drawn as inline SVG (the outer batch's loss
+and accuracy, the test accuracy of ``--eval-every``, the inner and H^-1 g learning rates, the
+meta-gradient norms per leaf), the learned labels as a heat map, the tables of ``eval.json``
+and the config fields where the run differs from the closest preset. Pictures are embedded
+(SVG inline, PNG as base64 data URIs), so the file can be mailed or archived alone; nothing
+beyond rcig's own dependencies is needed to write it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,7 @@ from typing import NamedTuple
 
 from rcig.errors import RcigError
 
-CURVES = (("outer_loss", "outer loss", False), ("outer_acc", "outer accuracy", False),
-          ("inner_lr", "inner lr", True), ("hvp_lr", "H^-1 g lr", True))
 NORM_LEAVES = ("x", "y", "log_temp")
-
-
 class RunFiles(NamedTuple):
     set_path: Path | None  # distilled.safetensors, else the latest checkpoints/iter_N.safetensors
     log: list[dict]  # log.jsonl records
@@ -55,25 +54,10 @@ def read_run(run_dir: str | Path) -> RunFiles:
 
 # ------------------------------------------------------------------------- pictures
 
-def pyplot():
-    """matplotlib.pyplot with the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
-
-
 def png_uri(image) -> str:
-    """A PIL image or a matplotlib figure as a ``data:image/png;base64,...`` URI."""
+    """A PIL image as a ``data:image/png;base64,...`` URI."""
     buffer = io.BytesIO()
-    if hasattr(image, "savefig"):
-        image.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    else:
-        image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -96,22 +80,17 @@ def images_section(ds) -> str:
     return "<h2>Distilled images</h2>" + note + img(png_uri(grid_image(ds)), "distilled images, one row per class")
 
 
-def labels_section(ds, plt) -> str:
+def labels_section(ds) -> str:
+    from rcig.viz import heat_map
+
     labels = ds.labels.numpy()
     names = ds.meta.get("class_names") or [str(i) for i in range(labels.shape[1])]
-    title = f"<h2>Learned labels</h2><p>{labels.shape[0]} images x {labels.shape[1]} classes.</p>"
-    if plt is None:
-        rows = [[i, names[int(row.argmax())]] + [f"{v:+.3f}" for v in row] for i, row in enumerate(labels)]
-        return title + table(["image", "class"] + list(map(str, names)), rows)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.35 * labels.shape[1], 1.0 + 0.18 * labels.shape[0]))
-    bound = float(abs(labels).max()) or 1.0
-    shown = ax.imshow(labels, cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(names)), [str(n) for n in names], rotation=90, fontsize=7)
-    ax.set_ylabel("image")
-    fig.colorbar(shown, ax=ax, fraction=0.05)
-    uri = png_uri(fig)
-    plt.close(fig)
-    return title + img(uri, "learned labels heat map")
+    shown = labels[:200]
+    more = f" (the first {len(shown)} shown)" if len(shown) < len(labels) else ""
+    return (f"<h2>Learned labels</h2><p>{labels.shape[0]} images{more} (rows) x {labels.shape[1]} classes "
+            f"(columns: {html.escape(', '.join(map(str, names[:20])))}{' ...' if len(names) > 20 else ''}); "
+            "red positive, blue negative, white zero. The labels are learned with the images.</p>"
+            + img(png_uri(heat_map(shown)), "learned labels heat map"))
 
 
 def series(log: list[dict]) -> dict[str, list[tuple[int, float]]]:
@@ -119,12 +98,12 @@ def series(log: list[dict]) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
 
     def add(name, it, value):
-        if isinstance(value, (int, float)) and value is not None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             out.setdefault(name, []).append((it, float(value)))
 
     for r in log:
         it = r.get("iter", 0)
-        for key, _, _ in CURVES:
+        for key in ("outer_loss", "outer_acc", "inner_lr", "hvp_lr"):
             add(key, it, r.get(key))
         for leaf in NORM_LEAVES:
             add(f"grad_norm/{leaf}", it, (r.get("grad_norm") or {}).get(leaf))
@@ -134,34 +113,31 @@ def series(log: list[dict]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def curves_section(log: list[dict], plt) -> str:
+def curves_section(log: list[dict]) -> str:
+    from rcig.viz import svg_chart
+
     data = series(log)
     if not data:
         return "<h2>Curves</h2><p>No log records.</p>"
-    if plt is None:
-        rows = [[name, len(v), f"{v[0][1]:.4g}", f"{min(x for _, x in v):.4g}", f"{max(x for _, x in v):.4g}",
-                 f"{v[-1][1]:.4g} (iter {v[-1][0]})"] for name, v in data.items()]
-        return ("<h2>Curves</h2><p>matplotlib is not installed (pip install 'rcig[report]'): the curves as "
-                "numbers.</p>" + table(["series", "points", "first", "min", "max", "last"], rows))
-    panels = [("outer loss", ["outer_loss"], False), ("accuracy", ["outer_acc", "eval/aug", "eval/no_aug"], False),
-              ("learning rates", ["inner_lr", "hvp_lr"], True),
-              ("meta-gradient norm per leaf", [f"grad_norm/{leaf}" for leaf in NORM_LEAVES], True)]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
-    for ax, (title, names, log_scale) in zip(axes.flat, panels):
-        for name in names:
-            if data.get(name):
-                xs, ys = zip(*data[name])
-                ax.plot(xs, ys, label=name, marker="o" if len(xs) < 20 else None, markersize=3)
-        if log_scale and any(y > 0 for n in names for _, y in data.get(n, [])):
-            ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("iteration")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    uri = png_uri(fig)
-    plt.close(fig)
-    return "<h2>Curves</h2>" + img(uri, "training curves")
+    pct = lambda name: [(x, 100 * y) for x, y in data.get(name, [])]  # noqa: E731
+    accuracy = [("outer batch (training)", pct("outer_acc"))]
+    if data.get("eval/aug") or data.get("eval/no_aug"):
+        accuracy += [("test, 1 network, with aug.", pct("eval/aug")), ("test, 1 network, no aug.", pct("eval/no_aug"))]
+    charts = [
+        svg_chart([("outer loss", data.get("outer_loss", []))], title="Loss on the outer (target) batch",
+                  x_label="outer step", y_label="loss"),
+        svg_chart(accuracy, title="Accuracy" + (" (test: --eval-every)" if len(accuracy) > 1 else
+                                              " on the outer (target) batch"),
+                  x_label="outer step", y_label="accuracy (%)"),
+        svg_chart([("inner", data.get("inner_lr", [])), ("H^-1 g", data.get("hvp_lr", []))],
+                  title="Learning rates of the inner solves", x_label="outer step", y_label="learning rate",
+                  log_y=True),
+        svg_chart([(f"{leaf}", data.get(f"grad_norm/{leaf}", [])) for leaf in NORM_LEAVES],
+                  title="Meta-gradient norm per leaf", x_label="outer step", y_label="norm", log_y=True),
+    ]
+    note = ("<p>The outer batch is the batch of real training images each step fits the support to: its "
+            "accuracy is a training figure, not a test score.</p>")
+    return "<h2>Curves</h2>" + note + "<div class='charts'>" + "".join(charts) + "</div>"
 
 
 def _pct(scores: dict | None) -> str:
@@ -186,17 +162,101 @@ def eval_section(report: dict | None) -> str:
     return out
 
 
+def closest_preset(config: dict, image_size: int, channels: int) -> tuple[str | None, dict]:
+    """The preset (for this image shape) the run's ``config`` differs from in the fewest fields,
+    and those fields as ``{key: (run's value, preset's value)}``; informational fields
+    (``description``, ``image_size``) are left out."""
+    from rcig.config import load_preset, preset_names
+
+    best: tuple[str | None, dict] = (None, {})
+    for name in preset_names():
+        try:
+            preset = json.loads(json.dumps(load_preset(name, image_size, channels).to_dict()))
+        except RcigError:
+            continue
+        diff = {k: (v, preset.get(k)) for k, v in config.items()
+                if k not in ("description", "image_size") and preset.get(k) != v}
+        if best[0] is None or len(diff) < len(best[1]):
+            best = (name, diff)
+    return best
+
+
 def config_section(run: dict | None, ds) -> str:
-    doc = run if run is not None else (ds.meta if ds is not None else None)
-    if doc is None:
+    config = (run or {}).get("config") or (ds.meta.get("config") if ds is not None else None)
+    if not config:
         return "<h2>Config</h2><p>No run.json.</p>"
-    return "<h2>Config</h2><pre>" + html.escape(json.dumps(doc, indent=2, default=str)) + "</pre>"
+    if ds is None:
+        return "<h2>Config</h2><p>No set yet to compare the config with its preset; run.json holds it.</p>"
+    name, diff = closest_preset(config, int(ds.images.shape[2]), int(ds.images.shape[1]))
+    rows = [[k, json.dumps(mine), json.dumps(theirs)] for k, (mine, theirs) in sorted(diff.items())]
+    intro = (f"<h2>Config</h2><p>The preset <b>{html.escape(str(name))}</b> with these changes "
+             "(run.json holds every field):</p>")
+    return intro + (table(["field", "this run", f"preset {name}"], rows) if rows else "<p>none</p>")
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def headline(files: RunFiles, ds) -> str:
+    """The scores beside the baselines, IOR, time, device, versions and command."""
+    report, run = files.eval, files.run or {}
+    env = run.get("environment") or {}
+    meta = ds.meta if ds is not None else {}
+    dataset = meta.get("dataset") or run.get("dataset")
+    ipc = meta.get("ipc") or run.get("ipc")
+    parts = [f"<div class='headline'><h2>Headline</h2>"]
+    if report:
+        arch = report.get("arch", "conv")
+        rows = [["distilled set (this run)", _pct(report.get("no_aug")), _pct(report.get("aug"))]]
+        names = {"random": "random real images, same size", "herding": "herding's real images, same size"}
+        for base, per_arch in (report.get("compare") or {}).items():
+            scores = per_arch.get(arch) or next(iter(per_arch.values()), {})
+            rows.append([names.get(base, base), _pct(scores.get("no_aug")), _pct(scores.get("aug"))])
+        parts.append(f"<p>Test accuracy (%) of {report.get('models')} network(s) trained on each set alone "
+                     f"({html.escape(str(arch))}, mean ± std):</p>"
+                     + table(["set", "without augmentation", "with augmentation"], rows))
+        for base, per_arch in (report.get("ranking") or {}).items():
+            r = per_arch.get(arch) or next(iter(per_arch.values()), {})
+            ior = ", ".join(f"{r['ior'][s]['mean'] * 100:+.2f} points {label}" for s, label in
+                            (("no_aug", "without"), ("aug", "with")) if s in r.get("ior", {}))
+            parts.append(f"<p>Improvement over {html.escape(base)} real images (IOR, DD-Ranking): {ior} "
+                         "augmentation.</p>")
+        if not report.get("compare"):
+            parts.append("<p>No baseline scored: <code>rcig eval FILE --compare random</code> scores random "
+                         "real images of the same size beside the set.</p>")
+    else:
+        parts.append("<p>Not scored yet: <code>rcig eval DIR/distilled.safetensors --compare random --json "
+                     "DIR/eval.json</code>, then <code>rcig report DIR</code>.</p>")
+    facts = []
+    if ds is not None:
+        n, c, h, _ = ds.images.shape
+        facts.append(f"{html.escape(str(dataset))}: {n} images of {h}x{h} px, {c} channel(s), "
+                     f"{ds.labels.shape[1]} classes, {ipc} per class; outer step {meta.get('iteration', '-')}")
+    steps = [r for r in files.log if "seconds" in r and "outer_loss" in r]
+    extra = sum((r.get(k) or {}).get("seconds", 0) for r in files.log for k in ("tuning", "init"))
+    evals = sum(r.get("eval_seconds", 0) for r in files.log)
+    if steps:
+        wall = sum(r["seconds"] for r in steps) + extra + evals
+        facts.append(f"distillation: {minutes(wall)} of computing for {len(steps)} steps"
+                     f" ({sum(r['seconds'] for r in steps) / len(steps):.1f} s per step)")
+    if report and report.get("seconds") is not None:
+        facts.append(f"scoring: {minutes(report['seconds'])}")
+    if env:
+        facts.append(f"device {html.escape(str(env.get('device')))} ({env.get('threads')} CPU threads); torch "
+                     f"{html.escape(str(env.get('torch')))}, rcig {html.escape(str(env.get('rcig')))}, "
+                     f"Python {html.escape(str(env.get('python')))}")
+        if env.get("command"):
+            facts.append(f"command: <code>{html.escape(env['command'])}</code>")
+    parts.append("<ul>" + "".join(f"<li>{f}</li>" for f in facts) + "</ul></div>")
+    return "".join(parts)
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
-         "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}"
-         "pre{background:#f4f4f4;padding:1em;font-size:12px;overflow:auto}img{max-width:100%}")
+         "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+         ".headline{background:#f4f7fb;border:1px solid #cdd;padding:.2em 1em;margin-bottom:1em}"
+         ".charts svg{margin:4px}img{max-width:100%}code{background:#eee;padding:0 3px}")
 
 
 def build_report(run_dir: str | Path) -> str:
@@ -204,21 +264,21 @@ def build_report(run_dir: str | Path) -> str:
     from rcig.io import load
 
     files = read_run(run_dir)
-    plt = pyplot()
     ds = load(files.set_path) if files.set_path else None
-    title = f"rcig run {Path(run_dir).resolve().name}"
+    meta = ds.meta if ds is not None else {}
+    dataset = meta.get("dataset") or (files.run or {}).get("dataset") or "?"
+    ipc = meta.get("ipc") or (files.run or {}).get("ipc")
+    title = f"rcig: {dataset}, {ipc} image{'s' if ipc != 1 else ''} per class ({Path(run_dir).resolve().name})"
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>", headline(files, ds)]
     if ds is not None:
-        meta = ds.meta
-        parts.append(f"<p>{html.escape(str(meta.get('dataset')))}: {len(ds.images)} images, ipc {meta.get('ipc')}, "
-                     f"method {html.escape(str(meta.get('method')))}, iteration {meta.get('iteration', '-')} "
-                     f"({html.escape(files.set_path.name)}).</p>")
-        parts += [images_section(ds), labels_section(ds, plt)]
+        parts.append(images_section(ds))
     else:
         parts.append("<p>No distilled set yet.</p>")
-    parts += [curves_section(files.log, plt), eval_section(files.eval), config_section(files.run, ds),
-              "</body></html>"]
+    parts.append(curves_section(files.log))
+    if ds is not None:
+        parts.append(labels_section(ds))
+    parts += [eval_section(files.eval), config_section(files.run, ds), "</body></html>"]
     return "".join(parts)
 
 

@@ -11,7 +11,8 @@ Output directory layout::
     DIR/log.jsonl               one JSON record per iteration (+ "eval" records, and an
                                 iteration-0 "tuning" record: the tuned rates, its wall and CPU seconds;
                                 with init=herding an iteration-0 "init" record: its seconds)
-    DIR/run.json                dataset, ipc, seed, config: what --resume checks against
+    DIR/run.json                dataset, ipc, seed, config: what --resume checks against; and the
+                                command, device and versions of its last part (environment)
     DIR/checkpoints/latest.pt   the whole RunState, every `checkpoint_every` iterations
     DIR/checkpoints/iter_N.safetensors   the EMA support at the config's checkpoint_iters
 """
@@ -90,8 +91,27 @@ def distilled_set(state: RunState, distiller: Distiller, prepared, cfg: Config, 
                     iteration=state.iteration, log_temp=float(support["log_temp"]))
 
 
-def _run_identity(dataset_spec: str, ipc: int, seed: int, cfg: Config) -> dict[str, Any]:
-    return {"dataset": dataset_spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict()}
+def _run_identity(dataset_spec: str, ipc: int, seed: int, cfg: Config, device) -> dict[str, Any]:
+    """What run.json holds: the run (what --resume checks) and, under ``environment``, where and
+    how its last part ran (the command, device, versions: for the report, not checked)."""
+    return {"dataset": dataset_spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict(),
+            "environment": run_environment(device)}
+
+
+def run_environment(device) -> dict[str, Any]:
+    """The command line (``rcig ...``, or None from Python), the device and the versions."""
+    import platform
+    import shlex
+
+    import torch
+
+    from rcig.version import __version__
+
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    ours = program.name == "rcig" or (program.name == "__main__.py" and program.parent.name == "rcig")
+    command = "rcig " + shlex.join(sys.argv[1:]) if ours else None
+    return {"command": command, "device": str(device), "torch": torch.__version__, "rcig": __version__,
+            "python": platform.python_version(), "threads": torch.get_num_threads()}
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
@@ -220,7 +240,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         need = step_memory(cfg, support_row_count(ipc * ds.num_classes, cfg.flip), ds.channels, ds.image_size, ds.num_classes)
         if warning := shortfall_warning(need, available_gb()):
             print(warning, file=sys.stderr, flush=True)
-    identity = _run_identity(ds.spec, ipc, seed, cfg)
+    identity = _run_identity(ds.spec, ipc, seed, cfg, team.device)
 
     distiller = Distiller(prepared.x_train, prepared.y_train, ds.num_classes, ipc, cfg, seed,
                           distillation_network(cfg, in_channels=ds.channels, num_classes=ds.num_classes,
@@ -241,7 +261,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             now = json.loads(json.dumps(identity))
             # a knob added after the run was made ran at its default (which reproduces the old code)
             then = json.loads(json.dumps(from_dict(stored["config"], where=f"{out_dir}/run.json").to_dict()))
-            diff = [k for k in now if k != "config" and stored.get(k) != now[k]]
+            diff = [k for k in now if k not in ("config", "environment") and stored.get(k) != now[k]]
             diff += [f"config.{k}" for k in now["config"] if k != "steps" and then[k] != now["config"][k]]
             if diff:
                 raise RcigError(f"cannot resume {out_dir}: the run there differs in {', '.join(diff)}")
