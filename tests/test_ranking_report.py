@@ -1,5 +1,5 @@
 """DD-Ranking's scores against hand-computed values, cross-architecture eval in one call, and
-the run report (with and without matplotlib)."""
+the run report."""
 
 import base64
 import io
