@@ -31,7 +31,8 @@ def test_baseline_eval_show_on_digits(tmp_path, capsys):
     report = json.loads((tmp_path / "e.json").read_text())
     assert set(report) >= {"no_aug", "aug", "dataset", "ipc"} and report["ipc"] == 2
     for name in ("no_aug", "aug"):
-        assert set(report[name]) == {"mean", "std", "accs"} and 0 <= report[name]["mean"] <= 1
+        assert set(report[name]) == {"mean", "std", "accs", "diverged"} and 0 <= report[name]["mean"] <= 1
+        assert report[name]["diverged"] == []
     assert run(["show", str(f), "--out", str(tmp_path / "g.png")], capsys)[0] == 0
     from PIL import Image
 
