@@ -130,7 +130,7 @@ def cmd_distill(args) -> None:
         f"{out / 'distilled.safetensors'} (picture: {out / 'grid.png'})")
     run_eval = args.eval if args.eval is not None else result.meta["dataset"] == "digits"
     if run_eval:
-        if args.baseline:
+        if args.baseline and not args.quiet:
             say(f"rcig: scoring the set and, beside it, {len(result.images)} random real images (--no-baseline "
                 "skips them and halves the scoring time)")
         evaluate_and_print(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,

@@ -5,7 +5,7 @@ stream (stderr) is a terminal it draws a tqdm bar; when it is a pipe or a file i
 plain line per ``interval`` seconds (``interval=0``: one per update) and a last one at the
 end, with no carriage-return frames::
 
-    12:03:04 rcig digits ipc=1: step 7/50 (14%)  loss 0.412  batch_acc 0.300  5.3 s/step  3m48s left
+    12:03:04 rcig digits ipc=1: step 7/50 (14%)  loss 0.412  outer-batch acc 0.300  5.3 s/step  3m48s left  (37s)
 
 Disabled (``enabled=False``, what ``--quiet`` and ``progress=False`` give), it shows nothing
 but still passes :meth:`Progress.write` lines on unless they are ``info`` (warnings always
@@ -19,7 +19,7 @@ import time
 from typing import TextIO
 
 # Seconds between two plain lines of a loop whose steps are short (an evaluation's training).
-PLAIN_INTERVAL = 10.0
+PLAIN_INTERVAL = 30.0
 
 
 def format_duration(seconds: float) -> str:

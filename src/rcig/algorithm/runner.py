@@ -317,7 +317,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         while state.iteration < cfg.steps:
             record = distiller.step(state)
             crash_point("stepped")
-            bar.update(1, loss=f"{record['outer_loss']:.3f}", batch_acc=f"{record['outer_acc']:.3f}")
+            bar.update(1, **{"loss": f"{record['outer_loss']:.3f}",
+                             "outer-batch acc": f"{record['outer_acc']:.3f}"})
             if log_path is not None:
                 _append_log(log_path, record)
                 crash_point("logged")
