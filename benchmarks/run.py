@@ -402,10 +402,14 @@ def networks_done(cached: dict, settings) -> int:
 
 
 def pooled(old: dict, new: dict) -> dict:
-    """One score from two evals' networks, summarised as ``rcig eval`` summarises its own."""
+    """One score from two evals' networks, summarised as ``rcig eval`` summarises its own
+    (the networks that diverged in either kept marked)."""
     from rcig.evaluation.protocol import summarise
 
-    return summarise(old["accs"] + new["accs"])
+    def diverged(scores: dict) -> list[bool]:
+        return [i in scores.get("diverged", []) for i in range(len(scores["accs"]))]
+
+    return summarise(old["accs"] + new["accs"], diverged(old) + diverged(new))
 
 
 def dm_cost(path: Path) -> dict:
