@@ -193,3 +193,17 @@ def test_outputs_are_never_overwritten_silently(tmp_path, capsys, monkeypatch):
     assert picture.read_bytes() == b"the user's own file"
     assert run(["show", str(made), "--force"], capsys)[0] == 0
     assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_distill_scores_random_real_images_beside_the_set_unless_told_not_to(tmp_path, capsys, monkeypatch):
+    import rcig.cli
+
+    calls = []
+    monkeypatch.setattr(rcig.cli, "evaluate_and_print", lambda path, **options: calls.append(options) or {})
+    tiny = ["--set", "width=8", "--set", "pool_size=3", "--set", "target_batch_size=64", "--set",
+            "max_online_steps=4", "--set", "inner_lr=3e-3", "--set", "hvp_lr=3e-3"]
+    for extra, compare in (([], "random"), (["--no-baseline"], None)):
+        out = tmp_path / f"r{len(calls)}"
+        code, _, err = run(["distill", "--steps", "1", "--quiet", "--out", str(out), *tiny, *extra], capsys)
+        assert code == 0, err
+        assert calls[-1]["compare"] == compare and calls[-1]["json_out"] == out / "eval.json"
