@@ -127,6 +127,8 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     path = None if isinstance(distilled, DistilledSet) else Path(distilled)
     ds = load(path) if path is not None else distilled
     where = str(path) if path is not None else "the set"
+    if path is None:  # a set made in Python: the checks rcig.load makes of a file
+        validate.distilled_set(ds.images, ds.labels, ds.meta, ds.preprocess_arrays, where)
     meta = ds.meta
     if meta.get("dataset") is None:
         raise RcigError(f"{where} was imported without --dataset: its preprocessing is unknown and it names no test "
