@@ -1,16 +1,57 @@
-"""Shared test helpers: hypothesis profiles for the fuzz suite (tests/test_fuzz.py): "ci" (the
-default) runs a bounded number of examples per test so the suite stays fast;
-HYPOTHESIS_PROFILE=long runs many more, for a local hunt. And ``benchmark_script``, which
-imports a script of benchmarks/ for its tests."""
+"""What the test modules share (``from conftest import TINY, run, ...``):
+
+* ``TINY``: the smallest config that runs every part of a distillation on the embedded digits
+  set (width 8, 3 pool networks, 128 target images, fixed learning rates: no tuning); a test
+  that needs more says so as ``{**TINY, ...}``;
+* ``set_args``: a config dict as the command line's ``--set key=value`` arguments;
+* ``run``: ``rcig ARGV`` in this process, its exit status and what it printed;
+* ``one_line_error``: the contract for bad input (exit status 2, one line ``rcig: error: ...``);
+* the ``benchmark_script`` fixture, which imports a script of benchmarks/ for its tests;
+* hypothesis profiles for the fuzz suite (tests/test_fuzz.py): "ci" (the default) runs a
+  bounded number of examples per test so the suite stays fast; HYPOTHESIS_PROFILE=long runs
+  many more, for a local hunt.
+"""
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from rcig.cli import main
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6, "inner_lr": 3e-3, "hvp_lr": 3e-3}
+
+
+def set_args(overrides: dict) -> list[str]:
+    """``{"width": 8, "aug": ["crop"]}`` -> ``["--set", "width=8", "--set", 'aug=["crop"]']``."""
+    return [a for key, value in overrides.items() for a in ("--set", f"{key}={json.dumps(value)}")]
+
+
+class Ran(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def run(argv: list, capsys) -> Ran:
+    """``rcig ARGV`` (any argument made a string) in this process; what it printed is taken
+    from ``capsys``."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return Ran(code, out, err)
+
+
+def one_line_error(code: int, err: str, message: str = "") -> None:
+    """Bad input's contract: exit status 2 and one line ``rcig: error: ...`` holding ``message``."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("rcig: error:"), (code, err)
+    assert message in lines[0], (message, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line_error, run
 from rcig.cli import main
 from rcig.errors import RcigError
 from rcig.io import DistilledSet, load, save
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_baseline_eval_show_on_digits(tmp_path, capsys):
@@ -94,11 +89,7 @@ def bad_npz(path, **override):
      "solver cg needs linearize=true"),
 ])
 def test_bad_inputs_end_in_one_line(tmp_path, capsys, argv_of, message):
-    code, _, err = run(argv_of(tmp_path), capsys)
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("rcig: error:") and message in lines[0], err
-    assert "Traceback" not in err
+    one_line_error(*run(argv_of(tmp_path), capsys)[::2], message)
 
 
 @pytest.mark.parametrize("argv", [["baseline", "--ipc", "-2"], ["eval", "x", "--models", "0"],

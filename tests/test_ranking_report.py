@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line_error, run
 from rcig.cli import main
 from rcig.evaluation.ranking import ars, hlr, lrs, normalise, ranking_scores
 from rcig.io import load
-
-
-def run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ------------------------------------------------------------------------- DD-Ranking
@@ -93,8 +88,7 @@ def test_single_arch_json_keeps_its_shape_and_bad_lists_are_one_line(random_file
     for argv, message in ((["--arch", "conv,lenet"], "unknown architecture 'lenet'"),
                           (["--compare", "kmeans"], "unknown baseline 'kmeans'"),
                           (["--arch", "conv,conv"], "listed twice")):
-        code, _, err = run(["eval", random_file, *argv, *TINY_EVAL], capsys)
-        assert code == 2 and message in err and err.count("\n") == 1
+        one_line_error(*run(["eval", random_file, *argv, *TINY_EVAL], capsys)[::2], message)
 
 
 # ------------------------------------------------------------------------------- report
