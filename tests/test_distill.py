@@ -356,3 +356,45 @@ def test_outer_step_passes_the_pool_networks_step_count_to_the_inner_solve(monke
     monkeypatch.setattr(outer, "meta_gradient", spy)
     distill("digits", 1, steps=6, overrides={**TINY, "max_online_steps": 100}, progress=False)
     assert seen[0] == 0 and max(seen) > 0  # 3 networks, 6 steps: some network is picked twice
+
+
+def test_shares_of_the_target_batch_summed_over_processes_give_the_whole_batchs_meta_gradient():
+    """Two processes each take an uneven share of the target batch, and the BatchSplit's
+    reduce sums weight * (loss, accuracy, direct gradient, g_t) over them: every process ends
+    with the meta-gradient of one process on the whole batch. The processes are played one
+    after the other: a first run of each records what it sends, a second sums the two."""
+    from rcig.algorithm.inner import BaseNetwork, make_solvers
+    from rcig.algorithm.meta import Batch, BatchSplit, meta_gradient
+    from rcig.config import Config
+
+    f, body0 = tiny_network()
+    g = torch.Generator().manual_seed(1)
+    support = {"x": torch.randn(6, 1, 8, 8, generator=g), "y": torch.eye(3).repeat(2, 1) - 1 / 3,
+               "log_temp": torch.tensor(0.2)}
+    target = Batch(torch.randn(11, 1, 8, 8, generator=g), torch.arange(11) % 3)
+    cfg = Config(n_inner_steps=3, n_hinv_steps=3)
+    shares = [slice(0, 6), slice(6, 11)]
+
+    def run(rank, reduce):
+        split = BatchSplit(share=lambda n: shares[rank], reduce=reduce)
+        return meta_gradient(BaseNetwork(f, body0), support, target, cfg, make_solvers(cfg, 3e-3, 3e-3, 0),
+                             split=split)
+
+    class Sent(Exception):
+        pass
+
+    sent = [None, None]
+    for rank in (0, 1):
+        def record(tensors, weight, rank=rank):
+            sent[rank] = [weight * t for t in tensors]
+            raise Sent
+        with pytest.raises(Sent):
+            run(rank, record)
+    whole = meta_gradient(BaseNetwork(f, body0), support, target, cfg, make_solvers(cfg, 3e-3, 3e-3, 0))
+    for rank in (0, 1):
+        result = run(rank, lambda tensors, weight: [a + b for a, b in zip(*sent)])
+        assert result.outer_loss == pytest.approx(whole.outer_loss, rel=1e-5)
+        assert result.outer_acc == pytest.approx(whole.outer_acc, abs=1e-6)
+        for k in ("x", "y", "log_temp"):
+            torch.testing.assert_close(result.direct[k], whole.direct[k], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(result.implicit[k], whole.implicit[k], rtol=1e-3, atol=1e-6)
