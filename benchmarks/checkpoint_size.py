@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from rcig.algorithm.checkpoint import save_checkpoint  # noqa: E402
+from rcig.run.checkpoint import save_checkpoint  # noqa: E402
 from rcig.algorithm.outer import Distiller  # noqa: E402
 from rcig.algorithm.optim import pool_loss  # noqa: E402
-from rcig.algorithm.runner import resolve_config  # noqa: E402
+from rcig.run.driver import resolve_config  # noqa: E402
 from rcig.data import prepare  # noqa: E402
 from rcig.models import distillation_network  # noqa: E402
 

@@ -1,6 +1,6 @@
 """What the benchmarks read from an rcig run's ``log.jsonl``: how far it got, and its curve.
 
-One line per record (``rcig.algorithm.runner``): iteration 0 may hold the run's setup,
+One line per record (``rcig.run.folder``): iteration 0 may hold the run's setup,
 ``{"iter": 0, "tuning": {..., "seconds", "cpu_seconds"}}`` (learning-rate tuning) or
 ``{"iter": 0, "init": {"method": "herding", ...}}`` (the herding start's pass over the data);
 each outer step is ``{"iter", "outer_loss", "seconds", "cpu_seconds", ...}``; a periodic

@@ -21,7 +21,7 @@ TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps"
 def test_distillation_on_the_device_follows_the_cpu_run(tmp_path):
     """Same seed: the same draws (CPU generators) and, up to the device's float arithmetic,
     the same support; each AdaBelief step moves a pixel by at most ~proto_lr."""
-    from rcig.algorithm.runner import distill
+    from rcig.run.driver import distill
 
     steps = 2
     here = distill("digits", 1, steps=steps, seed=1, out=tmp_path / "dev", overrides=TINY, progress=False,
@@ -34,7 +34,7 @@ def test_distillation_on_the_device_follows_the_cpu_run(tmp_path):
 
 
 def test_resume_on_another_device_continues_the_run(tmp_path):
-    from rcig.algorithm.runner import distill
+    from rcig.run.driver import distill
 
     other = "cpu"
     whole = distill("digits", 1, steps=3, seed=2, out=tmp_path / "a", overrides=TINY, progress=False,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import rcig.algorithm.outer as outer_module
-from rcig.algorithm.checkpoint import load_checkpoint
+from rcig.run.checkpoint import load_checkpoint
 from rcig.algorithm.outer import Outcome, adapt_lr, grow_while_stable, solve_outcome
-from rcig.algorithm.runner import distill
+from rcig.run.driver import distill
 from rcig.errors import RcigError
 
 # A small but complete configuration: every part of the algorithm runs, at toy sizes.

@@ -12,7 +12,7 @@ from rcig.algorithm.inner import BaseNetwork, make_solvers
 from rcig.algorithm.meta import (
     Batch, GradSettings, MetaResult, direct_gradient, held_augmentation, meta_gradient, support_augmentation,
 )
-from rcig.algorithm.runner import distill
+from rcig.run.driver import distill
 from rcig.config import AUGMENTATIONS, Config, from_dict, parse_overrides
 from rcig.data import prepare
 from rcig.errors import RcigError

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import rcig.algorithm.checkpoint as checkpoint_module
-from rcig.algorithm.checkpoint import load_checkpoint, save_checkpoint
+import rcig.run.checkpoint as checkpoint_module
+from rcig.run.checkpoint import load_checkpoint, save_checkpoint
 from rcig.algorithm.optim import EMA, Adam, AdaBelief, ModelPool, draw_pool_steps
 from rcig.errors import RcigError
 
@@ -351,7 +351,7 @@ def test_a_flipped_byte_in_a_tensor_is_refused_as_damage(tmp_path):
 
 
 def test_checkpoints_round_trip_without_their_checksum_and_older_ones_load_unchecked(tmp_path):
-    from rcig.algorithm.checkpoint import CHECKSUM, content_digest
+    from rcig.run.checkpoint import CHECKSUM, content_digest
 
     state = {"iteration": 3, "w": torch.arange(4.0), "rng": (1, (2, 3), None), "d": {1: "a", "b": [0.5]}}
     save_checkpoint(tmp_path / "new.pt", state)

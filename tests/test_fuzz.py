@@ -24,7 +24,7 @@ from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 from PIL import Image
 
-from rcig.algorithm.checkpoint import sealed
+from rcig.run.checkpoint import sealed
 from rcig.cli import main
 from rcig.config import Config
 from rcig.io import load

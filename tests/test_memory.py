@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-import rcig.algorithm.runner as runner_module
+import rcig.run.driver as driver_module
 from rcig.algorithm.memory import activation_floats, available_gb, shortfall_warning, step_memory
 from rcig.algorithm.meta import expand_support, support_row_count
-from rcig.algorithm.runner import distill
+from rcig.run.driver import distill
 from rcig.config import load_preset
 
 # Peak RSS (GB) that benchmarks/speed.py measured on the 2-core CPU: session 5's cases (the paper's
@@ -69,14 +69,14 @@ def test_available_memory_is_read_from_meminfo(tmp_path):
 
 def test_a_run_that_may_not_fit_says_so_before_it_starts(monkeypatch, capsys):
     tiny = {"width": 8, "pool_size": 2, "target_batch_size": 64, "inner_lr": 3e-3, "hvp_lr": 3e-3}
-    monkeypatch.setattr(runner_module, "available_gb", lambda: 0.01)
+    monkeypatch.setattr(driver_module, "available_gb", lambda: 0.01)
     distill("digits", 1, steps=1, overrides=tiny, progress=False)
     err = capsys.readouterr().err
     assert "rcig: warning: a step of this run may need about" in err and "10 support rows" in err
-    monkeypatch.setattr(runner_module, "available_gb", lambda: 1000.0)
+    monkeypatch.setattr(driver_module, "available_gb", lambda: 1000.0)
     distill("digits", 1, steps=1, overrides=tiny, progress=False)
     assert "warning" not in capsys.readouterr().err
-    monkeypatch.setattr(runner_module, "available_gb", lambda: 0.01)
+    monkeypatch.setattr(driver_module, "available_gb", lambda: 0.01)
     distill("digits", 1, steps=1, overrides={**tiny, "flip": True}, progress=False)
     assert "20 support rows" in capsys.readouterr().err  # the flip copies count
 

@@ -47,7 +47,7 @@ def rank_main(rank: int, world: int, port: int, out: str, drift: bool) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from rcig.algorithm import outer
-    from rcig.algorithm.runner import distill
+    from rcig.run.driver import distill
 
     seen: list = []
     recording_targets(setattr, seen)
@@ -77,7 +77,7 @@ def spawn_ranks(tmp_path, world: int, drift: bool = False) -> None:
 
 
 def test_two_ranks_give_one_ranks_support_and_targets(tmp_path, monkeypatch):
-    from rcig.algorithm.runner import distill
+    from rcig.run.driver import distill
 
     one_targets: list = []
     recording_targets(monkeypatch.setattr, one_targets)

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from rcig.algorithm.runner import distill
+from rcig.run.driver import distill
 from rcig.errors import RcigError
 from rcig.io import load
 
@@ -115,7 +115,7 @@ def test_a_time_budget_counts_the_tuning_and_still_runs_one_step(tmp_path):
 
 
 def test_a_budget_without_a_step_count_is_ended_by_the_budget_not_the_quick_default(tmp_path):
-    from rcig.algorithm.runner import QUICK_STEPS, UNTIL_BUDGET, resolve_config
+    from rcig.run.driver import QUICK_STEPS, UNTIL_BUDGET, resolve_config
     from rcig.data import prepare
 
     digits = prepare("digits", None).dataset
@@ -130,7 +130,7 @@ def test_a_budget_without_a_step_count_is_ended_by_the_budget_not_the_quick_defa
 
 
 def test_the_budget_stops_before_a_step_that_would_overrun_it():
-    from rcig.algorithm.runner import past_budget
+    from rcig.run.driver import past_budget
 
     # began at 0, loop from 30 s (loading + tuning), steps of 10 s, budget 1 min
     assert not past_budget(None, 0, 30, 1e9, 1)

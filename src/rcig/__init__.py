@@ -14,7 +14,7 @@ from rcig.version import __version__
 
 # public name -> the module that defines it
 _LAZY = {
-    "distill": "rcig.algorithm.runner",
+    "distill": "rcig.run.driver",
     "evaluate": "rcig.evaluation.suite",
     "baseline_set": "rcig.evaluation.baselines",
     "DistilledSet": "rcig.io",

@@ -113,7 +113,7 @@ def cmd_datasets(args) -> None:
 
 def cmd_distill(args) -> None:
     from rcig import validate
-    from rcig.algorithm.runner import distill
+    from rcig.run.driver import distill
     from rcig.config import parse_overrides
 
     out = Path(args.out) if args.out else Path(RUNS) / f"{slug(args.dataset or 'digits')}_ipc{args.ipc or DEFAULT_IPC}"
@@ -123,7 +123,8 @@ def cmd_distill(args) -> None:
     result = distill(args.dataset, args.ipc, preset=args.preset, steps=args.steps, seed=args.seed, out=out,
                      resume=args.resume, overrides=parse_overrides(args.set), data_dir=args.data_dir,
                      checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                     max_minutes=args.max_minutes, progress=not args.quiet, team=team)
+                     max_minutes=args.max_minutes, progress=not args.quiet, keep_checkpoint=args.keep_checkpoint,
+                     team=team)
     minutes = (time.perf_counter() - started) / 60
     say = print if team.leader else (lambda *a, **k: None)
     say(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
@@ -336,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. --set inner_lr=1e-4 (repeatable)")
     p.add_argument("--checkpoint-every", type=positive_int, default=10, metavar="N",
                    help="outer steps between checkpoints")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep the whole state in a finished run's checkpoint (the pool's networks: hundreds of MB "
+                   "at width 128) so that --resume --steps MORE extends the run exactly; by default it keeps a few "
+                   "MB and an extension restarts the pool's networks from their initial weights")
     p.add_argument("--eval-every", type=positive_int, metavar="N",
                    help="score the set every N steps (one network, with augmentation): a test-accuracy curve in "
                    "the log and the report")
@@ -457,10 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         if parallel.rank_in_env() == 0 or not isinstance(exc, parallel.TeamError):  # said once per team
             return _fail(f"rcig: error: {_one_line(str(exc))}", 2)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # a signal (rcig.run.interrupts): exit status 128 + its number
         if parallel.rank_in_env() == 0:
-            print("rcig: interrupted" + ("; continue with --resume" if args.command == "distill" else ""), file=sys.stderr)
-        return 130
+            print(f"rcig: {_one_line(str(exc))}" if str(exc) else "rcig: interrupted", file=sys.stderr)
+        return getattr(exc, "exit_status", 130)
     except OSError as exc:  # the filesystem said no: a missing path, permissions, a full disk
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(f"rcig: error: {_one_line(exc.strerror or str(exc))}{where}", 2)
