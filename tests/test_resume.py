@@ -1,21 +1,28 @@
-"""A run SIGKILLed at any moment resumes and ends bit-identical to an uninterrupted run.
+"""A run SIGKILLed at any moment, or stopped by a signal, resumes and ends bit-identical to an
+uninterrupted run; a signal never loses a finished iteration.
 
-The killed runs are subprocesses told where to die by ``RCIG_TEST_KILL_AT=<phase>:<n>``
-(rcig.crashpoints); the reference run and the resumes run in this process.
+The stopped runs are subprocesses told where to die, or which signal to send themselves, by
+``RCIG_TEST_KILL_AT=<phase>:<n>[:<SIGNAL>]`` (rcig.crashpoints); the reference run and the
+resumes run in this process.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from rcig.run.driver import distill
+from rcig.algorithm.outer import Distiller
 from rcig.errors import RcigError
 from rcig.io import load
+from rcig.run.checkpoint import load_checkpoint
+from rcig.run.driver import distill
+from rcig.run.interrupts import Interrupted
 
 # pool networks that stay trained across checkpoints (1-2 steps per use, replaced after 100),
 # so a checkpoint holds trained members whole and untrained ones as seeds
@@ -24,17 +31,21 @@ TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps"
 STEPS, EVERY = 5, 2
 
 
-def command(out, *extra):
+def command(out, steps=STEPS):
     sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
-    return [sys.executable, "-m", "rcig", "distill", "--steps", str(STEPS), "--seed", "3", "--out", str(out),
-            "--checkpoint-every", str(EVERY), "--no-eval", "--quiet", *sets, *extra]
+    return [sys.executable, "-m", "rcig", "distill", "--steps", str(steps), "--seed", "3", "--out", str(out),
+            "--checkpoint-every", str(EVERY), "--no-eval", "--quiet", *sets]
 
 
-def killed_run(out, at: str) -> subprocess.CompletedProcess:
+def stopped_run(out, at: str, status: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "RCIG_TEST_KILL_AT": at, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == -signal.SIGKILL, (at, done.returncode, done.stderr)
+    assert done.returncode == status, (at, done.returncode, done.stderr)
     return done
+
+
+def logged_iterations(out) -> list[int]:
+    return [json.loads(line)["iter"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +53,21 @@ def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
     return distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY,
                    progress=False)
+
+
+def assert_resumes_to_the_reference(out, reference):
+    """The one place that checks "a resumed run equals the uninterrupted one": the run in ``out``,
+    however it was stopped, resumed to STEPS, gives the reference's set, log and files."""
+    with pytest.raises(RcigError, match="already holds a run"):  # a fresh run never mixes with it
+        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, progress=False)
+    resumed = distill(out=out, resume=True, steps=STEPS, checkpoint_every=EVERY, progress=False)
+    assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
+    saved = load(out / "distilled.safetensors")
+    assert torch.equal(saved.images, reference.images)
+    assert logged_iterations(out) == list(range(1, STEPS + 1))
+    assert (out / "grid.png").is_file() and (out / "checkpoints" / "iter_2.safetensors").is_file()
+    leftovers = [p.name for p in out.rglob(".*.tmp")]
+    assert not leftovers
 
 
 # every phase of a run: before the iteration-0 checkpoint, inside checkpoint writes (the
@@ -55,18 +81,89 @@ KILL_POINTS = ["tuned:1", "checkpoint-write:1", "stepped:1", "logged:3", "checkp
 @pytest.mark.parametrize("at", KILL_POINTS)
 def test_a_run_killed_anywhere_resumes_bit_identically(tmp_path, reference, at):
     out = tmp_path / "run"
-    killed_run(out, at)
-    with pytest.raises(RcigError, match="already holds a run"):  # a fresh run never mixes with it
-        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, progress=False)
-    resumed = distill(out=out, resume=True, checkpoint_every=EVERY, progress=False)
-    assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
-    saved = load(out / "distilled.safetensors")
-    assert torch.equal(saved.images, reference.images)
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log] == list(range(1, STEPS + 1))
-    assert (out / "grid.png").is_file() and (out / "checkpoints" / "iter_2.safetensors").is_file()
-    leftovers = [p.name for p in out.rglob(".*.tmp")]
-    assert not leftovers
+    stopped_run(out, at, -signal.SIGKILL)
+    assert_resumes_to_the_reference(out, reference)
+
+
+# (where the signal comes, the iteration the run must stop at, checkpointed): the iteration in
+# flight finishes; iterations 1 and 3 are not periodic checkpoints (every 2), so a run that only
+# kept its periodic checkpoint would lose one
+SIGNAL_POINTS = [("checkpointed:1:SIGTERM", 0), ("stepped:1:SIGUSR1", 1), ("stepped:3:SIGTERM", 3),
+                 ("logged:3:SIGINT", 3), ("checkpoint-write:2:SIGHUP", 3)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at,kept", SIGNAL_POINTS)
+def test_a_signalled_run_keeps_every_finished_iteration_and_resumes_bit_identically(tmp_path, reference, at, kept):
+    out = tmp_path / "run"
+    name = at.split(":")[2]
+    done = stopped_run(out, at, 128 + signal.Signals[name])
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"rcig: stopped by {name}") and f"rcig distill --out {out} --resume" in last, last
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == kept
+    assert logged_iterations(out) == list(range(1, kept + 1))
+    assert_resumes_to_the_reference(out, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_from_outside_ends_a_run_with_its_last_iteration_checkpointed(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command(out, steps=1000), env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "log.jsonl").exists() or len(logged_iterations(out)) < 2:
+        assert time.monotonic() < deadline and run.poll() is None
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGTERM)
+    assert run.wait(timeout=120) == 128 + signal.SIGTERM, run.stderr.read()
+    last = logged_iterations(out)[-1]
+    assert last >= 2 and load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == last
+
+
+@pytest.mark.parametrize("grace,signals", [(0.05, 1), (60.0, 2)])
+def test_a_step_past_the_grace_or_met_by_a_second_signal_is_abandoned(tmp_path, reference, monkeypatch, grace,
+                                                                      signals):
+    """The state from before the abandoned step is checkpointed, not the half-updated one."""
+    real = Distiller.step
+
+    def step(self, state):
+        record = real(self, state)
+        if state.iteration == 3:  # the state holds the step's results, but the step has not returned
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        return record
+
+    monkeypatch.setattr(Distiller, "step", step)
+    out = tmp_path / "run"
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="in iteration 3, which was abandoned; the checkpoint holds iteration 2") as info:
+        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY, progress=False,
+                grace=grace)
+    assert info.value.exit_status == 128 + signal.SIGTERM and time.monotonic() - started < 25
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 2 and logged_iterations(out) == [1, 2]
+    monkeypatch.undo()
+    assert_resumes_to_the_reference(out, reference)
+
+
+def test_a_finished_run_keeps_a_small_checkpoint_unless_asked_for_the_whole_state(tmp_path, reference):
+    """The pool's trained networks leave a finished run's checkpoint; an extension is then
+    deterministic (the pool's networks restart from their seeds), and exact with keep_checkpoint."""
+    kept, small = tmp_path / "kept", tmp_path / "small"
+    for out, keep in ((kept, True), (small, False)):
+        distill("digits", 1, steps=3, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY, progress=False,
+                keep_checkpoint=keep)
+    whole, light = (load_checkpoint(out / "checkpoints" / "latest.pt") for out in (kept, small))
+    assert any("params" in m for m in whole["pool"]["members"])
+    assert all(set(m) == {"seed", "steps"} and m["steps"] == 0 for m in light["pool"]["members"])
+    assert [m["seed"] for m in light["pool"]["members"]] == [m["seed"] for m in whole["pool"]["members"]]
+    assert torch.equal(light["support"]["x"], whole["support"]["x"]) and light["generator"].equal(whole["generator"])
+    assert (small / "checkpoints" / "latest.pt").stat().st_size < (kept / "checkpoints" / "latest.pt").stat().st_size / 3
+    assert_resumes_to_the_reference(kept, reference)
+    shutil.copytree(small, tmp_path / "again")
+    extended = [distill(out=out, resume=True, steps=STEPS, progress=False) for out in (small, tmp_path / "again")]
+    assert torch.equal(extended[0].images, extended[1].images)  # deterministic
+    assert not torch.equal(extended[0].images, reference.images)  # not the 5-step run: the pool restarted
 
 
 def test_a_partial_last_log_line_is_dropped_on_resume(tmp_path):

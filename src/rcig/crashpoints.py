@@ -1,7 +1,8 @@
-"""Test-only crash points, to check that a run killed at any moment resumes exactly.
+"""Test-only crash points, to check that a run killed or signalled at any moment resumes exactly.
 
-``RCIG_TEST_KILL_AT=<phase>:<n>`` makes the process SIGKILL itself the n-th time (1-based)
-it reaches ``crash_point(phase)``; unset (always, outside tests) it does nothing. Phases:
+``RCIG_TEST_KILL_AT=<phase>:<n>[:<SIGNAL>]`` makes the process send itself SIGNAL (a name such
+as ``SIGTERM``; default ``SIGKILL``) the n-th time (1-based) it reaches ``crash_point(phase)``;
+unset (always, outside tests) it does nothing. Phases:
 
     tuned             learning rates tuned, before the iteration-0 checkpoint
     stepped           an iteration done in memory, before its log line
@@ -10,7 +11,8 @@ it reaches ``crash_point(phase)``; unset (always, outside tests) it does nothing
     checkpointed      a checkpoint renamed into place
     outputs           distilled.safetensors written, before grid.png
 
-tests/test_resume.py kills runs at each and checks the resumed run against an uninterrupted one.
+tests/test_resume.py kills and signals runs at each and checks the resumed run against an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ _reached: Counter = Counter()
 
 
 def crash_point(phase: str) -> None:
-    """SIGKILL this process if ``RCIG_TEST_KILL_AT`` names this phase and occurrence."""
+    """Send this process the signal ``RCIG_TEST_KILL_AT`` names if it names this phase and occurrence."""
     spec = os.environ.get(ENV)
     if not spec:
         return
     _reached[phase] += 1
-    name, _, count = spec.partition(":")
+    name, count, signame = (spec.split(":") + ["SIGKILL"])[:3]
     if name == phase and count == str(_reached[phase]):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[signame])

@@ -162,8 +162,10 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
         with stop_on_signals(grace, may_abandon=team.world == 1, announce=team.leader) as stopper:
             state = start_state(distiller, run, folder, stored, stopper, loop.progress, team)
             run_loop(distiller, state, run, folder, loop, stopper, team)
-        result = distilled_set(state, distiller, run)
-        folder.save_outputs(result)
+            result = distilled_set(state, distiller, run)
+            folder.save_outputs(result)
+            if stopper.requested():  # during the last iteration or the outputs: the run is complete
+                raise interrupted(stopper, folder, f"after its last iteration ({state.iteration}), its outputs written")
     except BaseException:
         folder.close(failed=True)
         raise

@@ -32,10 +32,11 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rcig.atomic import atomic_write
+from rcig.atomic import WriteError, atomic_write
 from rcig.errors import RcigError
 from rcig.run.checkpoint import load_checkpoint, save_checkpoint
 
@@ -111,6 +112,17 @@ class RunFolder:
     def resume_hint(self) -> str:
         return f"continue with: rcig distill --out {self.path} --resume"
 
+    @contextmanager
+    def writing(self):
+        """Writes of the run's files: one the filesystem refuses (full disk, size limit, quota,
+        read-only folder) ends the run with one line naming the file, the reason and the way on
+        (every write is atomic: the last checkpoint stands)."""
+        try:
+            yield
+        except WriteError as exc:
+            raise RcigError(f"{exc}; the last checkpoint stands: {self.resume_hint()} once the folder "
+                            "can be written again") from None
+
     # ------------------------------------------------------------ before a run
 
     def stored_run(self, resume: bool) -> dict[str, Any] | None:
@@ -149,13 +161,14 @@ class RunFolder:
         """The writes that start (or restart) a run: a fresh run's empty log, or a resumed one's
         log cut back to its checkpoint's iteration ``resumed_at`` (None: no checkpoint, the run
         restarts) and its interrupted writes' temporaries removed; then run.json."""
-        if resume:
-            self.truncate_log(resumed_at if resumed_at is not None else -1)
-            self.remove_stale_temporaries()
-        else:
-            atomic_write(self.log, lambda fh: None)  # a fresh run never appends to an older log
-        text = json.dumps(identity, indent=2) + "\n"
-        atomic_write(self.run_file, lambda fh: fh.write(text.encode()))
+        with self.writing():
+            if resume:
+                self.truncate_log(resumed_at if resumed_at is not None else -1)
+                self.remove_stale_temporaries()
+            else:
+                atomic_write(self.log, lambda fh: None)  # a fresh run never appends to an older log
+            text = json.dumps(identity, indent=2) + "\n"
+            atomic_write(self.run_file, lambda fh: fh.write(text.encode()))
 
     def truncate_log(self, iteration: int) -> None:
         """Drop log records past ``iteration`` (and a line a kill cut short), so the log matches
@@ -180,22 +193,25 @@ class RunFolder:
     # -------------------------------------------------------------- during a run
 
     def append_log(self, record: dict[str, Any]) -> None:
-        try:
-            with open(self.log, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        except OSError as exc:
-            raise RcigError(f"cannot write {self.log}: {exc.strerror or exc}") from None
+        with self.writing():
+            try:
+                with open(self.log, "a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            except OSError as exc:
+                raise WriteError(self.log, exc) from None
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         from rcig.crashpoints import crash_point
 
-        save_checkpoint(self.latest, state)
+        with self.writing():
+            save_checkpoint(self.latest, state)
         crash_point("checkpointed")
 
     def save_set(self, distilled, name: str) -> None:
         from rcig.io import save
 
-        save(distilled, self.path / name)
+        with self.writing():
+            save(distilled, self.path / name)
 
     def save_outputs(self, distilled) -> None:
         """distilled.safetensors and grid.png, the run's result."""
@@ -204,7 +220,8 @@ class RunFolder:
 
         self.save_set(distilled, "distilled.safetensors")
         crash_point("outputs")
-        save_grid(distilled, self.path / "grid.png")
+        with self.writing():
+            save_grid(distilled, self.path / "grid.png")
 
 
 class NoFolder(RunFolder):
