@@ -297,7 +297,7 @@ class Sweep:
             raise SweepError(f"{run}/log.jsonl has steps without cpu_seconds (an older rcig): use another --work")
         while progress.cpu_seconds < target_cpu:
             steps = progress.steps + next_chunk(progress, target_cpu, self.args.chunk)
-            common = ["--out", str(run), "--steps", str(steps), "--no-eval", "--quiet"]
+            common = ["--out", str(run), "--steps", str(steps), "--no-eval", "--quiet", "--keep-checkpoint"]
             if (run / "checkpoints" / "latest.pt").exists():
                 rcig("distill", *common, "--resume", threads=self.args.threads)
             else:

@@ -2,6 +2,7 @@
 any work starts; a bug ends in one line saying so (exit 70). The examples of issue 14 first."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -326,6 +327,111 @@ def test_resume_with_overrides_and_steps(tmp_path, capsys, finished_run):
     assert run(["distill", "--out", run_dir, "--resume", "--set", "width=8", "--steps", "3", "--no-eval", "--quiet"],
                capsys)[0] == 0
     assert json.loads((run_dir / "run.json").read_text())["config"]["steps"] == 3
+
+
+# ------------------------------------------------------ one process per folder, faults
+
+def test_one_process_per_run_folder_while_readers_stay_free(tmp_path, capsys, finished_run):
+    import socket
+
+    from rcig.run.folder import RunFolder
+
+    run_dir = copy_run(finished_run, tmp_path / "r")
+    holder = RunFolder(run_dir)
+    holder.lock()  # as a live run holds it (a lock is per open file, so this process counts as another)
+    try:
+        for argv in (["distill", "--out", run_dir, "--resume", "--steps", "3"], ["distill", "--out", run_dir]):
+            one_line_error(*run([*argv, "--no-eval", "--quiet"], capsys)[::2],
+                           f"{run_dir} is in use by another rcig process (pid {os.getpid()} on {socket.gethostname()}, "
+                           "started ")
+        assert run(["report", run_dir], capsys)[0] == 0  # readers take no lock
+    finally:
+        holder.release()
+    assert run(["distill", "--out", run_dir, "--resume", "--steps", "3", "--no-eval", "--quiet"], capsys)[0] == 0
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_resume_continues(tmp_path):
+    """A file-size limit between the iteration-0 checkpoint (untrained pool: seeds) and the next
+    one (trained networks) makes the second checkpoint write fail as a full disk would."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from rcig.run.checkpoint import load_checkpoint
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    out = tmp_path / "r"
+    argv = [sys.executable, "-m", "rcig", "distill", "--out", str(out), "--steps", "2", "--checkpoint-every", "1",
+            "--no-eval", "--quiet", *TINY_SETS]
+    done = subprocess.run(argv, preexec_fn=limit_file_size, capture_output=True, text=True, timeout=300)
+    latest = out / "checkpoints" / "latest.pt"
+    one_line_error(done.returncode, done.stderr, f"rcig: error: cannot write {latest}: File too large; the last "
+                   f"checkpoint stands: continue with: rcig distill --out {out} --resume")
+    assert load_checkpoint(latest)["iteration"] == 0 and not list(out.rglob(".*.tmp"))
+    done = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert load_checkpoint(latest)["iteration"] == 2
+
+
+def test_a_read_only_folder_ends_the_run_in_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    from rcig.run.checkpoint import load_checkpoint
+
+    real, writes = tempfile.mkstemp, []
+
+    def mkstemp(*args, dir=None, **kwargs):  # the second checkpoint's write meets a read-only filesystem
+        writes.extend([dir] if str(dir).endswith("checkpoints") else [])
+        if len(writes) == 2:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    out = tmp_path / "r"
+    code, _, err = run(["distill", "--out", out, "--steps", "3", "--checkpoint-every", "1", "--no-eval", "--quiet",
+                        *TINY_SETS], capsys)
+    one_line_error(code, err, f"cannot write {out / 'checkpoints' / 'latest.pt'}: Read-only file system; the last "
+                   "checkpoint stands")
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into folders without write permission")
+def test_an_unwritable_checkpoint_folder_ends_the_run_in_one_line(tmp_path, capsys, finished_run):
+    run_dir = copy_run(finished_run, tmp_path / "r")
+    (run_dir / "checkpoints").chmod(0o555)
+    try:
+        one_line_error(*run(["distill", "--out", run_dir, "--resume", "--steps", "3", "--no-eval", "--quiet"],
+                            capsys)[::2], "Permission denied; the last checkpoint stands")
+    finally:
+        (run_dir / "checkpoints").chmod(0o755)
+    assert run(["distill", "--out", run_dir, "--resume", "--steps", "3", "--no-eval", "--quiet"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("DefaultCPUAllocator: not enough memory: you tried "
+                                                               "to allocate 123456789 bytes.")])
+def test_out_of_memory_in_a_step_says_what_to_lower_and_keeps_the_finished_iterations(tmp_path, capsys, monkeypatch,
+                                                                                     error):
+    from rcig.algorithm.outer import Distiller
+    from rcig.run.checkpoint import load_checkpoint
+
+    real = Distiller.step
+
+    def step(self, state):
+        if state.iteration == 2:
+            raise error
+        return real(self, state)
+
+    monkeypatch.setattr(Distiller, "step", step)
+    out = tmp_path / "r"
+    code, _, err = run(["distill", "--out", out, "--steps", "4", "--no-eval", "--quiet", *TINY_SETS], capsys)
+    one_line_error(code, err, "out of memory in iteration 3")
+    assert "the checkpoint holds iteration 2" in err and "--ipc or target_batch_size" in err
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 2  # not a periodic one (every 10)
 
 
 # ----------------------------------------------------------------------------- bugs
