@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 
 from rcig.algorithm.inner import (
-    AdamSolver, BaseNetwork, HinvQuadratic, InnerLoss, Objective, Solvers, base_network, make_solvers, tree_norm,
+    AdamSolver, BaseNetwork, HinvQuadratic, InnerLoss, Objective, base_network, make_solvers, tree_norm,
 )
 from rcig.algorithm.meta import (
     LEAVES, SOLO, Batch, BatchSplit, MetaResult, expand_support, meta_gradient, pass_direct, plain_pass, row_draw,
@@ -268,8 +268,13 @@ class Distiller:
         # normal_repeats plain passes, then aug_repeats augmented ones, each on a fresh target
         # batch: inner solve, direct gradient, H^-1 g, implicit gradient, clip (meta_gradient);
         # the meta-gradient is their plain mean
-        results = [self.meta_gradient(state, base, solvers, augmented_pass)
-                   for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats]
+        try:
+            results = [meta_gradient(base, state.support, self.target_batch(state.generator), cfg, solvers,
+                                     state.generator, augmented_pass, self.split)
+                       for augmented_pass in [False] * cfg.normal_repeats + [True] * cfg.aug_repeats]
+        except torch.linalg.LinAlgError as exc:  # phi phi^T + l2 I only fails to factor on inf/huge features
+            raise RcigError(f"diverged at iteration {state.iteration + 1}: the inner problem's kernel matrix "
+                            f"cannot be factored ({str(exc).splitlines()[0]})") from None
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 
@@ -296,17 +301,6 @@ class Distiller:
                 state.inner_lr = adapt_lr(state.inner_lr, state.inner_outcomes)
             state.inner_outcomes = []
         return log_record(state, result, index, pool_steps, clock.total(), cfg.proto_lr * lr_scale)
-
-    def meta_gradient(self, state: RunState, base: BaseNetwork, solvers: Solvers, augmented_pass: bool) -> MetaResult:
-        """One pass's meta-gradient on a fresh target batch (:func:`rcig.algorithm.meta.meta_gradient`);
-        a kernel matrix that cannot be factored is a divergence."""
-        target = self.target_batch(state.generator)
-        try:
-            return meta_gradient(base, state.support, target, self.cfg, solvers, state.generator, augmented_pass,
-                                 self.split)
-        except torch.linalg.LinAlgError as exc:  # phi phi^T + l2 I only fails to factor on inf/huge features
-            raise RcigError(f"diverged at iteration {state.iteration + 1}: the inner problem's kernel matrix "
-                            f"cannot be factored ({str(exc).splitlines()[0]})") from None
 
 
 def average_results(results: list[MetaResult]) -> MetaResult:
