@@ -405,6 +405,7 @@ class Pass(NamedTuple):
 
 
 def grad_settings(cfg: Config, n_images: int) -> GradSettings:
+    """The :class:`GradSettings` of ``cfg`` for a support of ``n_images`` images."""
     return GradSettings(l2_strength(cfg, n_images), cfg.flip, cfg.linearize, cfg.learn_labels,
                         cfg.max_forward_batch_size)
 
