@@ -232,20 +232,6 @@ def test_variants_run_and_are_reproducible(extra):
     assert torch.equal(runs[0].images, runs[1].images)  # every random draw comes from the seed
 
 
-ALGORITHM_KNOBS = [("linearize", False), ("solver", "cg"), ("norm", "batch"), ("norm", "instance"),
-                   ("normal_repeats", 2), ("network_init", "torch")]
-
-
-def test_each_knob_changes_the_run():
-    """A knob that silently did nothing would leave the run identical to the default."""
-    plain = distill("digits", 2, steps=2, overrides=TINY, progress=False)
-    knobs = ALGORITHM_KNOBS + [(k, v) for k, v in LARGE_SUPPORT_KNOBS.items()
-                               if k != "max_forward_batch_size"]  # chunking changes memory, not results
-    for key, value in knobs:
-        knobbed = distill("digits", 2, steps=2, overrides={**TINY, key: value}, progress=False)
-        assert not torch.equal(knobbed.images, plain.images), (key, value)
-
-
 def test_row_sampled_inner_problem_is_the_subset_problem():
     from rcig.algorithm.inner import inner_problem
     from rcig.algorithm.meta import RowSampledInner
@@ -398,3 +384,94 @@ def test_shares_of_the_target_batch_summed_over_processes_give_the_whole_batchs_
         for k in ("x", "y", "log_temp"):
             torch.testing.assert_close(result.direct[k], whole.direct[k], rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(result.implicit[k], whole.implicit[k], rtol=1e-3, atol=1e-6)
+
+
+# ------------------------------------------------- each knob acts where it says it does
+
+def knob_setup(overrides: dict):
+    """A Distiller on digits at 2 ipc with ``{**TINY, **overrides}``, its state before step
+    1, a pass of it, and one step's meta-gradient (the step's other parts recorded)."""
+    from rcig.algorithm import outer
+    from rcig.algorithm.inner import base_network, make_solvers
+    from rcig.algorithm.meta import new_pass
+    from rcig.config import from_dict
+    from rcig.data import prepare
+    from rcig.models import distillation_network
+
+    cfg = from_dict({**TINY, **overrides})
+    prepared = prepare("digits")
+    distiller = outer.Distiller(prepared.x_train, prepared.y_train, 10, 2, cfg, 0,
+                                distillation_network(cfg, in_channels=1, num_classes=10, image_size=8))
+    state = distiller.new_state()
+    base = base_network(distiller.model, state.pool.params(0))
+    a_pass = new_pass(base, state.support, cfg, torch.Generator().manual_seed(0), False)
+    seen = {}
+    real_meta, real_loss = outer.meta_gradient, outer.support_loss
+
+    def meta_gradient(*args, **kwargs):
+        seen["result"] = real_meta(*args, **kwargs)
+        return seen["result"]
+
+    def support_loss(model, draw):
+        seen["pool_rows"] = len(draw()[0])
+        return real_loss(model, draw)
+
+    outer.meta_gradient, outer.support_loss = meta_gradient, support_loss
+    try:
+        distiller.step(state)
+    finally:
+        outer.meta_gradient, outer.support_loss = real_meta, real_loss
+    solvers = make_solvers(cfg, cfg.inner_lr, cfg.hvp_lr, 0)
+    return distiller, a_pass, solvers, seen
+
+
+def rows_with_gradient(grad: torch.Tensor) -> int:
+    return int((grad.flatten(1).abs().sum(1) > 0).sum())
+
+
+def kernel_bound_ratio(model: torch.nn.Module) -> float:
+    """max |w| * sqrt(fan_in) over the conv and dense kernels: <= 1 under torch's default
+    (uniform in +-1/sqrt(fan_in)), up to 2.27 under the reference's truncated lecun_normal."""
+    kernels = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    return max(float(w.detach().abs().max()) * w[0].numel() ** 0.5 for w in kernels)
+
+
+def test_the_plain_setup_is_the_reference_every_knob_is_compared_with():
+    distiller, a_pass, solvers, seen = knob_setup({})
+    n = a_pass.n_rows
+    assert type(a_pass.inner).__name__ == type(a_pass.hinv).__name__ == "LinearizedInner"
+    assert type(solvers.inner).__name__ == "AdamSolver"
+    assert rows_with_gradient(seen["result"].direct["x"]) == rows_with_gradient(seen["result"].implicit["x"]) == n
+    assert seen["pool_rows"] == n == 20
+    assert kernel_bound_ratio(distiller.model) > 1.5
+    assert not any(type(m).__name__ == "PlainNorm" for m in distiller.model.modules())
+
+
+@pytest.mark.parametrize("overrides, acts", [
+    # the inner problem is the network itself, not its linearisation
+    ({"linearize": False}, lambda d, p, s, seen: type(p.inner).__name__ == type(p.hinv).__name__ == "NonlinearInner"),
+    # both solves run conjugate gradients, whose inner loss never rises on the convex problem
+    ({"solver": "cg"}, lambda d, p, s, seen: type(s.inner).__name__ == type(s.hinv).__name__ == "CGSolver"
+     and all(b <= a + 1e-6 for a, b in zip(seen["result"].inner_losses, seen["result"].inner_losses[1:]))),
+    # the networks normalise over (batch, height, width) / (height, width)
+    ({"norm": "batch"}, lambda d, p, s, seen: [m.dims for m in d.model.modules() if type(m).__name__ == "PlainNorm"]
+     == [(0, 2, 3)] * 3),
+    ({"norm": "instance"}, lambda d, p, s, seen: [m.dims for m in d.model.modules() if type(m).__name__ == "PlainNorm"]
+     == [(2, 3)] * 3),
+    # torch's kernels lie within +-1/sqrt(fan_in)
+    ({"network_init": "torch"}, lambda d, p, s, seen: kernel_bound_ratio(d.model) <= 1.0),
+    # 4 support rows get the direct gradient, 5 the implicit one
+    ({"direct_batch_sizes": [4, 32]}, lambda d, p, s, seen: rows_with_gradient(seen["result"].direct["x"]) == 4),
+    ({"implicit_batch_size": 5}, lambda d, p, s, seen: 1 <= rows_with_gradient(seen["result"].implicit["x"]) <= 5),
+    # each H v of the H^-1 g solve sees 6 random rows, each inner step 7, each pool step 8
+    ({"hinv_batch_size": 6}, lambda d, p, s, seen: len(p.hinv.draw()[0]) == 6
+     and type(p.inner).__name__ == "LinearizedInner"),
+    ({"inner_train_batch_size": 7}, lambda d, p, s, seen: len(p.inner.draw()[0]) == 7),
+    ({"pool_train_batch_size": 8}, lambda d, p, s, seen: seen["pool_rows"] == 8),
+], ids=["linearize", "cg", "batch_norm", "instance_norm", "torch_init", "direct_rows", "implicit_rows", "hinv_rows",
+        "inner_rows", "pool_rows"])
+def test_each_knob_acts_where_it_says(overrides, acts):
+    """A knob that silently did nothing would fail here for its own reason (the plain run's
+    values are pinned by the test above; normal_repeats and aug_repeats count passes in
+    test_distill_aug, max_forward_batch_size changes memory, not results)."""
+    assert acts(*knob_setup(overrides))
