@@ -128,7 +128,7 @@ def test_a_step_past_the_grace_or_met_by_a_second_signal_is_abandoned(tmp_path, 
 
     def step(self, state):
         record = real(self, state)
-        if state.iteration == 3:  # the state holds the step's results, but the step has not returned
+        if state.iteration == 4:  # the state holds the step's results, but the step has not returned
             for _ in range(signals):
                 os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
@@ -137,11 +137,12 @@ def test_a_step_past_the_grace_or_met_by_a_second_signal_is_abandoned(tmp_path, 
     monkeypatch.setattr(Distiller, "step", step)
     out = tmp_path / "run"
     started = time.monotonic()
-    with pytest.raises(Interrupted, match="in iteration 3, which was abandoned; the checkpoint holds iteration 2") as info:
+    with pytest.raises(Interrupted, match="in iteration 4, which was abandoned; the checkpoint holds iteration 3") as info:
         distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY, progress=False,
                 grace=grace)
     assert info.value.exit_status == 128 + signal.SIGTERM and time.monotonic() - started < 25
-    assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 2 and logged_iterations(out) == [1, 2]
+    # iteration 3 is no periodic checkpoint (every 2): the state before the abandoned step was saved
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 3 and logged_iterations(out) == [1, 2, 3]
     monkeypatch.undo()
     assert_resumes_to_the_reference(out, reference)
 
