@@ -377,6 +377,46 @@ def test_a_full_disk_ends_the_run_in_one_line_and_resume_continues(tmp_path):
     assert load_checkpoint(latest)["iteration"] == 2
 
 
+WRITERS = """
+import resource, signal, sys
+import numpy as np, torch
+from PIL import Image
+from safetensors.torch import save
+from rcig.atomic import WriteError, atomic_write
+from rcig.run.checkpoint import save_checkpoint
+folder = sys.argv[1]
+writers = {"latest.pt": lambda p: save_checkpoint(p, {"w": torch.zeros(100_000)}),
+           "set.safetensors": lambda p: atomic_write(p, lambda fh: fh.write(save({"w": torch.zeros(100_000)}))),
+           "set.npz": lambda p: atomic_write(p, lambda fh: np.savez(fh, w=np.zeros(100_000))),
+           "grid.png": lambda p: atomic_write(p, lambda fh: Image.fromarray(
+               np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(fh, format="PNG")),
+           "report.html": lambda p: atomic_write(p, lambda fh: fh.write(b"x" * 100_000))}
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+for name, write in writers.items():
+    try:
+        write(f"{folder}/{name}")
+        print(name, "written")
+    except WriteError as exc:
+        print(exc)
+"""
+
+
+def test_every_writer_names_the_file_and_the_reason_when_the_disk_refuses(tmp_path):
+    """torch's and PIL's writers replace the filesystem's error by one of their own: the file
+    handed to them remembers it, so each says 'File too large', and the old file stays."""
+    import subprocess
+    import sys
+
+    names = ["latest.pt", "set.safetensors", "set.npz", "grid.png", "report.html"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"old")
+    done = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == [f"cannot write {tmp_path / name}: File too large" for name in names], done
+    assert all((tmp_path / name).read_bytes() == b"old" for name in names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # no temporary file left
+
+
 def test_a_read_only_folder_ends_the_run_in_one_line(tmp_path, capsys, monkeypatch):
     import errno
     import tempfile
