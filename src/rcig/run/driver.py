@@ -164,7 +164,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             run_loop(distiller, state, run, folder, loop, stopper, team)
             result = distilled_set(state, distiller, run)
             folder.save_outputs(result)
-            if stopper.requested():  # during the last iteration or the outputs: the run is complete
+            if stopper.requested():  # a signal while the outputs were written: the run is complete
                 raise interrupted(stopper, folder, f"after its last iteration ({state.iteration}), its outputs written")
     except BaseException:
         folder.close(failed=True)
