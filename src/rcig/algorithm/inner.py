@@ -67,7 +67,8 @@ class BaseNetwork(NamedTuple):
 
 
 class InnerProblem(Protocol):
-    """What the solvers need of an inner problem (all in the body tangent ``delta``)."""
+    """What the solves need of an inner problem (all in the body tangent ``delta``), through
+    the objectives :class:`InnerLoss` and :class:`HinvQuadratic`."""
 
     body0: Params  # the base body; solves start from zeros shaped like it
 
