@@ -24,8 +24,8 @@ after the iteration in flight, or at once on a second signal.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-import sys
 import threading
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
@@ -81,9 +81,9 @@ class Stopper:
         if self.signum is None:
             self.signum = signum
             if self.announce:
-                print(f"\nrcig: {signal.Signals(signum).name}: finishing the iteration in flight"
-                      + (f" (at most {self.grace:g} s)" if self.may_abandon else "")
-                      + ", then saving a checkpoint; signal again to stop sooner", file=sys.stderr, flush=True)
+                say(f"\nrcig: {signal.Signals(signum).name}: finishing the iteration in flight"
+                    + (f" (at most {self.grace:g} s)" if self.may_abandon else "")
+                    + ", then saving a checkpoint; signal again to stop sooner\n")
             if self.may_abandon:
                 signal.setitimer(signal.ITIMER_REAL, self.grace)
             return
@@ -97,6 +97,16 @@ class Stopper:
         self.overdue = True
         if self._inside:
             raise Abandon
+
+
+def say(text: str) -> None:
+    """Write ``text`` to the standard error's file descriptor directly: a signal handler that
+    printed through ``sys.stderr`` while the program was printing a progress line would meet
+    the stream's lock held (a RuntimeError about a reentrant call)."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
