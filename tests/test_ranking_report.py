@@ -188,3 +188,15 @@ def test_distill_writes_the_report(tmp_path, capsys):
     assert run_json["environment"]["device"] == "cpu" and run_json["environment"]["rcig"]
     text = (tmp_path / "r" / "report.html").read_text()
     assert len(embedded_pngs(text)) == 2 and text.count("<svg") == 4 and "outer step 2" in text
+
+
+def test_run_environment_records_the_command_line_only_of_rcig(monkeypatch):
+    from rcig.run.driver import run_environment
+
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/rcig", "distill", "--out", "my runs/a"])
+    env = run_environment("cpu")
+    assert env["command"] == "rcig distill --out 'my runs/a'" and env["device"] == "cpu" and env["torch"]
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/rcig/__main__.py", "eval", "x"])
+    assert run_environment("cpu")["command"] == "rcig eval x"  # python -m rcig
+    monkeypatch.setattr(sys, "argv", ["/venv/lib/pytest/__main__.py", "-q"])
+    assert run_environment("cpu")["command"] is None  # rcig called from Python: no command line of its own
