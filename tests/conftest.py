@@ -41,8 +41,11 @@ class Ran(NamedTuple):
 
 def run(argv: list, capsys) -> Ran:
     """``rcig ARGV`` (any argument made a string) in this process; what it printed is taken
-    from ``capsys``."""
-    code = main([str(a) for a in argv])
+    from ``capsys``. The parser's own errors (its SystemExit) give their exit status too."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
     out, err = capsys.readouterr()
     return Ran(code, out, err)
 

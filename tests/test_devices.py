@@ -8,14 +8,13 @@ import os
 import pytest
 import torch
 
+from conftest import TINY
 from rcig import parallel
 
 DEVICE = parallel.resolve_device(os.environ.get("RCIG_TEST_DEVICE", "cpu"))
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.skipif(DEVICE.type == "cpu", reason="compares a device with the CPU: set RCIG_TEST_DEVICE "
                                 "(benchmarks/gpu_check.py)")
-TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6,
-        "inner_lr": 3e-3, "hvp_lr": 3e-3}
 
 
 def test_distillation_on_the_device_follows_the_cpu_run(tmp_path):

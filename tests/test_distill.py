@@ -1,19 +1,17 @@
-"""The RCIG outer loop on the embedded digits set: learning, exact resume, divergence."""
+"""The RCIG outer loop on the embedded digits set: learning, the log, divergence, each knob.
+(Exact resume is test_resume's.)"""
 
 import json
 
 import pytest
 import torch
 
+from conftest import TINY
 import rcig.algorithm.outer as outer_module
-from rcig.run.checkpoint import load_checkpoint
 from rcig.algorithm.outer import Outcome, adapt_lr, grow_while_stable, solve_outcome
-from rcig.run.driver import distill
 from rcig.errors import RcigError
-
-# A small but complete configuration: every part of the algorithm runs, at toy sizes.
-TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6,
-        "inner_lr": 3e-3, "hvp_lr": 3e-3, "checkpoint_iters": [2]}
+from rcig.run.checkpoint import load_checkpoint
+from rcig.run.driver import distill
 
 
 def test_solve_outcome_and_adaptation_rules():
@@ -50,40 +48,6 @@ def test_solve_outcome_and_adaptation_rules():
     assert grow_while_stable(1.0, lambda lr: False) == pytest.approx(0.84)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatch):
-    whole = distill("digits", 1, steps=5, seed=3, out=tmp_path / "a", overrides=TINY,
-                    checkpoint_every=1, progress=False)
-
-    # Kill the second run in the middle of its 4th iteration (after the meta-gradient): the
-    # checkpoint of iteration 2 stands, and the resumed run redoes iterations 3 to 5.
-    real_meta = outer_module.meta_gradient
-    calls = {"n": 0}
-
-    def dying_meta(*args, **kwargs):
-        calls["n"] += 1
-        result = real_meta(*args, **kwargs)
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return result
-
-    monkeypatch.setattr(outer_module, "meta_gradient", dying_meta)
-    with pytest.raises(KeyboardInterrupt):
-        distill("digits", 1, steps=5, seed=3, out=tmp_path / "b", overrides=TINY, checkpoint_every=2,
-                progress=False)
-    monkeypatch.setattr(outer_module, "meta_gradient", real_meta)
-    resumed = distill(out=tmp_path / "b", resume=True, progress=False)
-
-    assert torch.equal(resumed.images, whole.images)
-    assert torch.equal(resumed.labels, whole.labels)
-    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log] == [1, 2, 3, 4, 5]
-    for r in log:  # each step's timed parts, the pool's included, fit inside the step
-        assert set(r["parts"]) == {"inner_solve", "direct", "hinv", "implicit", "pool"}
-        assert all(v >= 0 for v in r["parts"].values()) and sum(r["parts"].values()) <= r["seconds"] + 0.01
-    for name in ("distilled.safetensors", "grid.png", "checkpoints/iter_2.safetensors"):
-        assert (tmp_path / "b" / name).exists(), name
-
-
 def test_refuses_to_overwrite_or_resume_a_different_run(tmp_path):
     distill("digits", 1, steps=1, out=tmp_path, overrides=TINY, progress=False)
     with pytest.raises(RcigError, match="already holds a run"):
@@ -104,6 +68,9 @@ def test_log_records_cpu_seconds_of_each_step_and_of_the_tuning(tmp_path):
     tuning = log[0]["tuning"]
     assert tuning["cpu_seconds"] > 0 and tuning["seconds"] > 0 and tuning["inner_lr"] == log[1]["inner_lr"]
     assert all(0 < r["cpu_seconds"] < 99 for r in log[1:])
+    for r in log[1:]:  # each step's timed parts, the pool's included, fit inside the step
+        assert set(r["parts"]) == {"inner_solve", "direct", "hinv", "implicit", "pool"}
+        assert all(v >= 0 for v in r["parts"].values()) and sum(r["parts"].values()) <= r["seconds"] + 0.01
     distill(out=out, steps=3, resume=True, progress=False)  # a resumed run tunes nothing
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [0, 1, 2, 3] and "tuning" not in log[-1]
@@ -225,7 +192,8 @@ LARGE_SUPPORT_KNOBS = {"direct_batch_sizes": [4, 32], "max_forward_batch_size": 
 
 @pytest.mark.parametrize("extra", [{"linearize": False}, {"solver": "cg"}, LARGE_SUPPORT_KNOBS, {"normal_repeats": 2},
                                    {"norm": "batch"}, {"norm": "instance"},
-                                   {**LARGE_SUPPORT_KNOBS, "linearize": False}])
+                                   {**LARGE_SUPPORT_KNOBS, "linearize": False},
+                                   {"aug": ["crop", "rotate", "translate", "cutout"], "aug_repeats": 1}])
 def test_variants_run_and_are_reproducible(extra):
     runs = [distill("digits", 2, steps=2, overrides={**TINY, **extra}, progress=False) for _ in range(2)]
     assert torch.isfinite(runs[0].images).all() and torch.isfinite(runs[0].labels).all()

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
+from conftest import run
 from rcig.augment import augment_alike
-from rcig.cli import main
 from rcig.config import AUGMENTATIONS
 from rcig.data import prepare
 from rcig.data.sampling import centred_one_hot, class_members
@@ -23,15 +23,6 @@ TINY = DMSettings(iterations=20, width=8, real_batch=32)  # digits in well under
 @pytest.fixture(scope="module")
 def digits():
     return prepare("digits")
-
-
-def run(argv, capsys):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exit:  # the parser's own errors
-        code = exit.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def smooth_embedding():

@@ -9,9 +9,9 @@ call was asked to write. The number of examples comes from the hypothesis profil
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import io
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -24,13 +24,14 @@ from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 from PIL import Image
 
-from rcig.run.checkpoint import sealed
+from conftest import TINY, set_args
 from rcig.cli import main
 from rcig.config import Config
 from rcig.io import load
+from rcig.run.checkpoint import sealed
 
-TINY = {"width": 8, "pool_size": 2, "target_batch_size": 64, "max_online_steps": 4, "inner_lr": 3e-3,
-        "hvp_lr": 3e-3, "n_inner_steps": 3, "n_hinv_steps": 3}
+# smaller still: every example that passes the checks runs a distillation
+CONFIG = {**TINY, "pool_size": 2, "target_batch_size": 64, "max_online_steps": 4, "n_inner_steps": 3, "n_hinv_steps": 3}
 QUICK_EVAL = ["--models", "1", "--steps", "5", "--test-limit", "50", "--settings", "no_aug", "--quiet"]
 
 
@@ -357,7 +358,7 @@ def test_fuzz_config_overrides(overrides):
     assume(not any(k in costly and _number(v) > 12 for k, v in overrides))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+        sets = set_args(CONFIG)
         sets += [a for k, v in overrides for a in ("--set", f"{k}={v}")]
         out = root / "run"
         code, _, _ = cli(["distill", "--steps", "1", "--out", out, "--no-eval", "--quiet", *sets], root, [out])
@@ -378,7 +379,7 @@ def _number(text: str) -> float:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzzrun") / "r"
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    sets = set_args(CONFIG)
     assert main(["distill", "--out", str(out), "--steps", "2", "--checkpoint-every", "1", "--no-eval", "--quiet",
                  *sets]) == 0
     return out
@@ -433,7 +434,7 @@ def damage_run(run_dir: Path, damages) -> None:
 
 
 @given(damages=st.lists(run_damage, min_size=1, max_size=3), steps=st.sampled_from([None, 2, 3]))
-@example(damages=[("bytes", "checkpoints/latest.pt", (0.125, b"b"))], steps=3)  # CI, session 9: resumed, then failed Cholesky
+@example(damages=[("bytes", "checkpoints/latest.pt", (0.125, b"b"))], steps=3)  # resumed, then a failed Cholesky
 def test_fuzz_run_directories_on_resume(finished_run, damages, steps):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -9,8 +9,8 @@ from rcig.algorithm.meta import expand_support, support_row_count
 from rcig.run.driver import distill
 from rcig.config import load_preset
 
-# Peak RSS (GB) that benchmarks/speed.py measured on the 2-core CPU: session 5's cases (the paper's
-# presets) and session 12's fast ones: (preset, channels, image size, support rows after flip, GB)
+# Peak RSS (GB) benchmarks/speed.py measured for the paper's presets and fast on a 2-core CPU:
+# (preset, channels, image size, support rows after flip, GB)
 MEASURED = [("depth_3_no_flip", 1, 28, 10, 4.37), ("depth_3_no_flip", 1, 28, 100, 5.64),
             ("depth_3_no_flip", 1, 28, 500, 10.95), ("depth_3", 3, 32, 20, 4.57), ("depth_3", 3, 32, 200, 7.09),
             ("depth_3", 3, 32, 1000, 20.41), ("fast", 1, 28, 100, 2.77), ("fast", 1, 28, 10, 1.48)]

@@ -160,7 +160,7 @@ def test_protocol_scores_random_real_digits_well_above_chance(digits):
 
 
 def _reference_protocol_training(images, labels, settings, augment, total_steps, decay_steps, seed):
-    """The protocol's training written out plainly (its state before the fused-Adam change):
+    """The protocol's training written out plainly:
     the seeded network, channels-last, for-loop Adam, schedule set before every step, the
     batch and its transforms drawn from the network's own generator 10,000 + seed."""
     from rcig.evaluation.protocol import make_models

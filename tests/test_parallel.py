@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import TINY
 from rcig import parallel
 from rcig.errors import RcigError
 from rcig.parallel import Team
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6,
-        "inner_lr": 3e-3, "hvp_lr": 3e-3}
 STEPS, SEED = 3, 4
 CPU = torch.device("cpu")
 

@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 
+from conftest import TINY, set_args
 from rcig.algorithm.outer import Distiller
 from rcig.errors import RcigError
 from rcig.io import load
@@ -25,16 +26,16 @@ from rcig.run.driver import distill
 from rcig.run.interrupts import Interrupted
 
 # pool networks that stay trained across checkpoints (1-2 steps per use, replaced after 100),
-# so a checkpoint holds trained members whole and untrained ones as seeds
-TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 100, "n_max_steps_pool": 3,
-        "inner_lr": 3e-3, "hvp_lr": 3e-3, "checkpoint_iters": [2]}
+# so a checkpoint holds trained members whole and untrained ones as seeds; augmented inner
+# solves, pool steps and a second, augmented pass per step, whose draws a resume continues too
+CONFIG = {**TINY, "max_online_steps": 100, "n_max_steps_pool": 3, "checkpoint_iters": [2],
+          "aug": ["crop", "rotate", "translate", "cutout"], "aug_repeats": 1}
 STEPS, EVERY = 5, 2
 
 
 def command(out, steps=STEPS):
-    sets = [a for k, v in TINY.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     return [sys.executable, "-m", "rcig", "distill", "--steps", str(steps), "--seed", "3", "--out", str(out),
-            "--checkpoint-every", str(EVERY), "--no-eval", "--quiet", *sets]
+            "--checkpoint-every", str(EVERY), "--no-eval", "--quiet", *set_args(CONFIG)]
 
 
 def stopped_run(out, at: str, status: int) -> subprocess.CompletedProcess:
@@ -51,7 +52,7 @@ def logged_iterations(out) -> list[int]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("whole")
-    return distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY,
+    return distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=CONFIG, checkpoint_every=EVERY,
                    progress=False)
 
 
@@ -59,7 +60,7 @@ def assert_resumes_to_the_reference(out, reference):
     """The one place that checks "a resumed run equals the uninterrupted one": the run in ``out``,
     however it was stopped, resumed to STEPS, gives the reference's set, log and files."""
     with pytest.raises(RcigError, match="already holds a run"):  # a fresh run never mixes with it
-        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, progress=False)
+        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=CONFIG, progress=False)
     resumed = distill(out=out, resume=True, steps=STEPS, checkpoint_every=EVERY, progress=False)
     assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
     saved = load(out / "distilled.safetensors")
@@ -137,7 +138,7 @@ def test_a_step_past_the_grace_or_met_by_a_second_signal_is_abandoned(tmp_path, 
     out = tmp_path / "run"
     started = time.monotonic()
     with pytest.raises(Interrupted, match="in iteration 4, which was abandoned; the checkpoint holds iteration 3") as info:
-        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY, progress=False,
+        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=CONFIG, checkpoint_every=EVERY, progress=False,
                 grace=grace)
     assert info.value.exit_status == 128 + signal.SIGTERM and time.monotonic() - started < 25
     # iteration 3 is no periodic checkpoint (every 2): the state before the abandoned step was saved
@@ -151,7 +152,7 @@ def test_a_finished_run_keeps_a_small_checkpoint_unless_asked_for_the_whole_stat
     deterministic (the pool's networks restart from their seeds), and exact with keep_checkpoint."""
     kept, small = tmp_path / "kept", tmp_path / "small"
     for out, keep in ((kept, True), (small, False)):
-        distill("digits", 1, steps=3, seed=3, out=out, overrides=TINY, checkpoint_every=EVERY, progress=False,
+        distill("digits", 1, steps=3, seed=3, out=out, overrides=CONFIG, checkpoint_every=EVERY, progress=False,
                 keep_checkpoint=keep)
     whole, light = (load_checkpoint(out / "checkpoints" / "latest.pt") for out in (kept, small))
     assert any("params" in m for m in whole["pool"]["members"])
