@@ -29,6 +29,7 @@ from rcig.cli import main
 from rcig.config import Config
 from rcig.io import load
 from rcig.run.checkpoint import sealed
+from rcig.run.folder import LOCK_FILE
 
 # smaller still: every example that passes the checks runs a distillation
 CONFIG = {**TINY, "pool_size": 2, "target_batch_size": 64, "max_online_steps": 4, "n_inner_steps": 3, "n_hinv_steps": 3}
@@ -441,10 +442,11 @@ def test_fuzz_run_directories_on_resume(finished_run, damages, steps):
         run_dir = shutil.copytree(finished_run, root / "r")
         damage_run(run_dir, damages)
         argv = ["distill", "--out", run_dir, "--resume", "--no-eval", "--quiet"] + (["--steps", steps] if steps else [])
-        before = tree_hashes(run_dir, set())
+        lock = {run_dir / LOCK_FILE}  # who holds the folder (pid, start time): every attempt writes it
+        before = tree_hashes(run_dir, lock)
         code, _, _ = cli(argv, root, [run_dir])
         if code == 2:  # refused before writing anything
-            assert tree_hashes(run_dir, set()) == before
+            assert tree_hashes(run_dir, lock) == before
         else:
             ds = load(run_dir / "distilled.safetensors")
             assert torch.isfinite(ds.images).all()
