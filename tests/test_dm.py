@@ -123,15 +123,6 @@ def test_same_seed_same_set_and_another_seed_another(digits):
     assert not torch.equal(a.images, c.images)
 
 
-def test_past_budget_stops_before_a_step_that_would_end_past_the_budget():
-    from rcig.timing import past_budget
-
-    assert not past_budget(None, 0, 30, 1e9, 1)
-    assert not past_budget(1, 0, 30, 50, 2)  # 10 s a step: the next ends at 60 s, inside
-    assert past_budget(1, 0, 30, 55, 2)  # 12.5 s a step: the next would end at 67.5 s
-    assert past_budget(0.5, 0, 30, 40, 1)  # the setup counts: 30 s of 30 gone
-
-
 def test_the_budget_stops_it(digits):
     """A budget already spent still runs one iteration; a short one stops long before the cap."""
     spent = dm(digits, 1, 0, TINY._replace(iterations=1000), max_minutes=1.0,

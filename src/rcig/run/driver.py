@@ -27,7 +27,7 @@ from rcig.models import distillation_network
 from rcig.parallel import Team
 from rcig.run.folder import NoFolder, RunFolder, finished_state
 from rcig.run.interrupts import GRACE_SECONDS, Abandon, Interrupted, Stopper, stop_on_signals
-from rcig.timing import timed
+from rcig.timing import past_budget, timed
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
@@ -58,16 +58,6 @@ def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None
     if cfg.flip and dataset.channels == 1 and "flip" not in changes:
         changes["flip"] = False  # the flip trick is for natural RGB images only
     return cfg.replace(**changes) if changes else cfg
-
-
-def past_budget(max_minutes: float | None, began: float, loop_started: float, now: float, steps_done: int) -> bool:
-    """Whether a run that began at ``began`` (seconds), started its loop at ``loop_started``
-    and has done ``steps_done`` >= 1 steps since should stop rather than start another: the
-    next step, at the loop's mean time per step so far, would end past ``max_minutes``."""
-    if max_minutes is None:
-        return False
-    mean_step = (now - loop_started) / steps_done
-    return now - began + mean_step > 60 * max_minutes
 
 
 class Run(NamedTuple):
@@ -407,5 +397,5 @@ def log_evaluation(evaluate: Callable[[dict], dict], state: RunState, distiller:
     folder.append_log({"iter": state.iteration, "eval": scores, "eval_seconds": round(time.perf_counter() - started, 1)})
 
 
-__all__ = ["DEFAULTS", "Loop", "QUICK_STEPS", "Run", "UNTIL_BUDGET", "distill", "distilled_set", "past_budget",
+__all__ = ["DEFAULTS", "Loop", "QUICK_STEPS", "Run", "UNTIL_BUDGET", "distill", "distilled_set",
            "resolve_config", "run_loop"]
