@@ -17,7 +17,7 @@ from rcig.evaluation.dm import DMSettings, embedding_network, matching_loss
 from rcig.io import load
 from rcig.models import build_model
 
-TINY = DMSettings(iterations=20, width=8, real_batch=32)  # digits in well under a second
+TINY_DM = DMSettings(iterations=20, width=8, real_batch=32)  # digits in well under a second
 
 
 @pytest.fixture(scope="module")
@@ -97,39 +97,39 @@ def test_dm_learns_on_digits(digits):
     pools = [digits.x_train[m] for m in class_members(digits.y_train, k, 1)]
 
     def expected_loss(images):
-        return sum(float(matching_loss(embedding_network(TINY, 1, k, 8, 1000 + s, torch.device("cpu")), pools,
+        return sum(float(matching_loss(embedding_network(TINY_DM, 1, k, 8, 1000 + s, torch.device("cpu")), pools,
                                        list(images.split(1)))) for s in range(4))
 
     for seed in (0, 1):
         start, _ = random_real(digits, 1, seed)
-        result = dm(digits, 1, seed, TINY)
+        result = dm(digits, 1, seed, TINY_DM)
         assert result.iterations == 20 and len(result.losses) == 20
         assert expected_loss(result.images) < 0.85 * expected_loss(start), seed
 
 
 def test_dm_starts_from_random_real_images_and_keeps_hard_labels(digits):
     start, labels = random_real(digits, 2, 5)
-    still = dm(digits, 2, 5, TINY._replace(iterations=2, lr=0.0))
+    still = dm(digits, 2, 5, TINY_DM._replace(iterations=2, lr=0.0))
     assert torch.equal(still.images, start)
     assert torch.equal(still.labels, labels)
     assert torch.equal(labels, centred_one_hot(torch.arange(10).repeat_interleave(2), 10))
 
 
 def test_same_seed_same_set_and_another_seed_another(digits):
-    a = dm(digits, 1, 3, TINY._replace(iterations=3))
-    b = dm(digits, 1, 3, TINY._replace(iterations=3))
-    c = dm(digits, 1, 4, TINY._replace(iterations=3))
+    a = dm(digits, 1, 3, TINY_DM._replace(iterations=3))
+    b = dm(digits, 1, 3, TINY_DM._replace(iterations=3))
+    c = dm(digits, 1, 4, TINY_DM._replace(iterations=3))
     assert torch.equal(a.images, b.images) and a.losses == b.losses
     assert not torch.equal(a.images, c.images)
 
 
 def test_the_budget_stops_it(digits):
     """A budget already spent still runs one iteration; a short one stops long before the cap."""
-    spent = dm(digits, 1, 0, TINY._replace(iterations=1000), max_minutes=1.0,
+    spent = dm(digits, 1, 0, TINY_DM._replace(iterations=1000), max_minutes=1.0,
                                   began=time.perf_counter() - 120)
     assert spent.iterations == 1
     started = time.perf_counter()
-    short = dm(digits, 1, 0, TINY._replace(iterations=100_000, width=4, real_batch=8), max_minutes=0.1)
+    short = dm(digits, 1, 0, TINY_DM._replace(iterations=100_000, width=4, real_batch=8), max_minutes=0.1)
     assert 1 < short.iterations < 100_000
     assert time.perf_counter() - started < 30
 
