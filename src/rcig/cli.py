@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "workers", None) and args.workers > 1 and not parallel.launched():
         return parallel.launch(without_workers(argv), args.workers)
     try:
-        with parallel.subnormals_flushed():  # 3x faster steps (rcig.parallel), the caller's mode restored
+        with parallel.subnormals_flushed():  # before torch starts its threads (rcig.parallel)
             args.func(args)
     except RcigError as exc:
         if parallel.rank_in_env() == 0 or not isinstance(exc, parallel.TeamError):  # said once per team
