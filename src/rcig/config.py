@@ -229,6 +229,9 @@ class Config:
     inner_train_batch_size: int | None = knob(INT, None)  # random support rows per inner Adam step
     pool_train_batch_size: int | None = knob(INT, None)  # random support rows per pool-network step
     max_forward_batch_size: int | None = knob(INT, None)
+    # rows per chunk of the rows that do get gradients, each chunk's forward recomputed for its
+    # backward: peak memory set by this, not by the row count; the same gradients (None: one graph)
+    chunk_rows: int | None = knob(INT, None)
     normal_repeats: int = knob(INT, 1)  # meta-gradients (fresh target batch each) averaged per step
 
     # -- augmentation during distillation (the reference's option; () = off, as in the paper) --
@@ -347,8 +350,13 @@ def _validate(cfg: Config) -> None:
     for name, value in [("direct_batch_sizes[0]", cfg.direct_batch_sizes[0]),
                         ("direct_batch_sizes[1]", cfg.direct_batch_sizes[1]),
                         *[(n, getattr(cfg, n)) for n in ("implicit_batch_size", "hinv_batch_size",
-                          "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size")]]:
+                          "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size",
+                          "chunk_rows")]]:
         need(value is None or (is_int(value) and value > 0), f"{name} must be a positive integer or null")
+    if cfg.chunk_rows is not None:
+        need(cfg.linearize is True, "chunk_rows needs linearize=true (the non-linearised implicit gradient "
+                                    "differentiates twice through the support)")
+        need(cfg.norm != "batch", "chunk_rows needs norm none|instance (batch norm mixes the rows of a chunk)")
     need(all(i > 0 for i in cfg.checkpoint_iters), f"checkpoint_iters must be positive integers, got {list(cfg.checkpoint_iters)}")
     for name in ("test_augmentations", "aug"):
         names = getattr(cfg, name)

@@ -40,6 +40,7 @@ from rcig.algorithm.inner import (
     ridge_matrix,
 )
 from rcig.algorithm.optim import Params
+from rcig.algorithm.recompute import RowFunction, in_chunks
 from rcig.augment import augment_batch
 from rcig.config import Config
 from rcig.timing import Stopwatch
@@ -202,11 +203,13 @@ def row_draw(x: Tensor, y: Tensor, k: int | None, augment: Augment | None,
     return draw
 
 
-def rows_with_grad(fn, x: Tensor, rows: Tensor | None, chunk: int | None,
-                   keep_graph: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
-    """``(outputs, order)`` of ``fn(x) -> tuple of (n, ...) tensors`` where only the rows
-    ``rows`` carry gradients to ``x`` (the reference's "subsampling trick" for memory).
+def rows_with_grad(fn: RowFunction, x: Tensor, params: Params, rows: Tensor | None, chunk: int | None,
+                   chunk_rows: int | None = None, keep_graph: bool = False) -> tuple[tuple[Tensor, ...], Tensor]:
+    """``(outputs, order)`` of ``fn(x, params) -> tuple of (n, ...) tensors`` where only the
+    rows ``rows`` carry gradients to ``x`` (the reference's "subsampling trick" for memory).
 
+    The rows with gradients go through ``fn`` in chunks of ``chunk_rows``, recomputed for the
+    backward (:func:`rcig.algorithm.recompute.in_chunks`; None: one graph over all of them).
     The other rows go through ``fn`` in chunks of ``chunk`` with ``x`` detached and, unless
     ``keep_graph``, without any graph at all. Outputs come in the order ``order``
     (``rows`` first, then the rest); without ``rows`` every row has gradients and ``order``
@@ -214,22 +217,23 @@ def rows_with_grad(fn, x: Tensor, rows: Tensor | None, chunk: int | None,
     """
     n = x.shape[0]
     if rows is None:
-        return tuple(fn(x)), torch.arange(n)
+        return in_chunks(fn, x, params, chunk_rows), torch.arange(n)
     rest = torch.ones(n, dtype=torch.bool)
     rest[rows] = False
     rest = rest.nonzero().squeeze(1)
-    with_grad = fn(x[rows])
+    with_grad = in_chunks(fn, x[rows], params, chunk_rows)
     step = chunk or len(rest) or 1
     with torch.enable_grad() if keep_graph else torch.no_grad():
-        parts = [fn(x[rest[i:i + step]].detach()) for i in range(0, len(rest), step)]
+        parts = [fn(x[rest[i:i + step]].detach(), params) for i in range(0, len(rest), step)]
     outputs = tuple(torch.cat([g] + [p[j] for p in parts]) for j, g in enumerate(with_grad))
     return outputs, torch.cat([rows, rest])
 
 
-def partial_features(f: Network, body0: Params, x: Tensor, delta: Params, linearize: bool, rows: Tensor | None,
-                     chunk: int | None) -> tuple[Tensor, Tensor, Tensor]:
+def partial_features(f: Network, body0: Params, x: Tensor, delta: Params, rows: Tensor | None,
+                     settings: GradSettings) -> tuple[Tensor, Tensor, Tensor]:
     """``(phi0, u, order)`` with gradients through the rows ``rows`` only (see :func:`rows_with_grad`)."""
-    (phi, u), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, delta, linearize), x, rows, chunk)
+    (phi, u), order = rows_with_grad(lambda xx, d: features_and_change(f, body0, xx, d, settings.linearize), x, delta,
+                                     rows, settings.chunk, settings.chunk_rows)
     return phi, u, order
 
 
@@ -279,6 +283,7 @@ class GradSettings(NamedTuple):
     linearize: bool
     learn_labels: bool
     chunk: int | None = None  # rows per forward of the rows without gradients (None: all at once)
+    chunk_rows: int | None = None  # rows per recomputed chunk of the rows with gradients (None: one graph)
 
 
 class DirectRows(NamedTuple):
@@ -303,8 +308,8 @@ def direct_gradient(base: BaseNetwork, support: dict[str, Tensor], delta: Params
         log_temp = support["log_temp"].detach().requires_grad_()
         d = {k: v.detach().requires_grad_() for k, v in delta.items()}
         x_s, y_s = augmented_rows(*expand_support(x, y, settings.flip), augment)
-        phi_s, u_s, order_s = partial_features(f, body0, x_s, d, settings.linearize, rows.support, settings.chunk)
-        phi_t, u_t, order_t = partial_features(f, body0, target.x, d, settings.linearize, rows.target, settings.chunk)
+        phi_s, u_s, order_s = partial_features(f, body0, x_s, d, rows.support, settings)
+        phi_t, u_t, order_t = partial_features(f, body0, target.x, d, rows.target, settings)
         y_s, y_t = y_s[order_s], target.y[order_t]
         pred = inner_prediction(phi_s, u_s, y_s, phi_t, u_t, settings.l2)
         loss = outer_loss(pred, y_t, log_temp, y_s)
@@ -346,11 +351,11 @@ def linearized_v_dot_grad(base: BaseNetwork, x_s: Tensor, y_s: Tensor, delta: Pa
     f, body0 = base
     n, c = y_s.shape
 
-    def parts(xx):
+    def parts(xx: Tensor, _: Params) -> tuple[Tensor, Tensor, Tensor]:
         phi, j_delta = features_and_change(f, body0, xx, delta, True)
         return phi, j_delta, features_and_change(f, body0, xx, v, True)[1]
 
-    (phi_s, j_delta, j_v), order = rows_with_grad(parts, x_s, rows, settings.chunk)
+    (phi_s, j_delta, j_v), order = rows_with_grad(parts, x_s, {}, rows, settings.chunk, settings.chunk_rows)
     a_inv_r = torch.linalg.solve(ridge_matrix(phi_s, settings.l2), y_s[order] - j_delta)
     return -(settings.l2 / (n * c)) * (j_v * a_inv_r).sum()
 
@@ -362,8 +367,8 @@ def nonlinear_v_dot_grad(base: BaseNetwork, x_s: Tensor, y_s: Tensor, delta: Par
     f, body0 = base
     n, c = y_s.shape
     d = {k: t.detach().requires_grad_() for k, t in delta.items()}
-    (phi_s, u_s), order = rows_with_grad(lambda xx: features_and_change(f, body0, xx, d, False),
-                                         x_s, rows, settings.chunk, keep_graph=True)
+    (phi_s, u_s), order = rows_with_grad(lambda xx, dd: features_and_change(f, body0, xx, dd, False),
+                                         x_s, d, rows, settings.chunk, keep_graph=True)
     r = y_s[order] - u_s
     l_in = 0.5 * (settings.l2 / (n * c)) * ((r * torch.linalg.solve(ridge_matrix(phi_s, settings.l2), r)).sum()
                                            + sum((t * t).sum() for t in d.values()))
@@ -407,7 +412,7 @@ class Pass(NamedTuple):
 def grad_settings(cfg: Config, n_images: int) -> GradSettings:
     """The :class:`GradSettings` of ``cfg`` for a support of ``n_images`` images."""
     return GradSettings(l2_strength(cfg, n_images), cfg.flip, cfg.linearize, cfg.learn_labels,
-                        cfg.max_forward_batch_size)
+                        cfg.max_forward_batch_size, cfg.chunk_rows)
 
 
 def plain_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config) -> Pass:

@@ -1,0 +1,82 @@
+r"""Row-wise functions of the support evaluated in chunks of rows, recomputed for the backward.
+
+A step differentiates functions of the form ``fn(x, params) -> (out_1 (n, ...), ...)``
+whose row i depends on row i of ``x`` alone (the network's features and their JVPs; no
+batch statistics). Stored whole, the graph of such a function holds every row's
+activations at once. :func:`in_chunks` computes the same outputs with the same gradients
+while holding one chunk's:
+
+    forward:   out = cat_k fn(x_k, params)         k = chunks of ``size`` rows, no graph kept
+    backward:  for each chunk k, recompute fn(x_k, params) with its graph, then
+               dL/dx_k      = (dL/dout_k)^T d fn(x_k, params)/dx_k              (rows of k)
+               dL/dparams  += (dL/dout_k)^T d fn(x_k, params)/dparams          (summed over k)
+
+so a step's peak memory is set by ``size`` rather than by the row count, at the price of one
+more forward per chunk. The values are the whole-batch ones up to the order of float
+summation in the ``params`` gradient. First derivatives only (the backward is not itself
+differentiable).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from rcig.algorithm.optim import Params
+
+RowFunction = Callable[[Tensor, Params], tuple[Tensor, ...]]  # (x (n, ...), params) -> outputs (n, ...)
+
+
+def chunk_slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` rows covering ``range(n)``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class _Recomputed(torch.autograd.Function):
+    """:func:`in_chunks` as an autograd node (inputs: x, then the params' values in order)."""
+
+    @staticmethod
+    def forward(ctx, fn: RowFunction, size: int, names: tuple[str, ...], x: Tensor, *values: Tensor):
+        ctx.fn, ctx.size, ctx.names = fn, size, names
+        ctx.save_for_backward(x, *values)
+        params = dict(zip(names, values))
+        parts = [fn(x[rows], params) for rows in chunk_slices(len(x), size)]
+        return tuple(torch.cat(column) for column in zip(*parts))
+
+    @staticmethod
+    def backward(ctx, *cotangents: Tensor):
+        x, *values = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:]
+        grads = [torch.zeros_like(t) if need else None for t, need in zip([x, *values], needs)]
+        for rows in chunk_slices(len(x), ctx.size):
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(need) for t, need in zip([x[rows], *values], needs)]
+                outputs = ctx.fn(leaves[0], dict(zip(ctx.names, leaves[1:])))
+                pairs = [(out, cot[rows]) for out, cot in zip(outputs, cotangents) if out.requires_grad]
+                wrt = [leaf for leaf in leaves if leaf.requires_grad]
+                parts = iter(torch.autograd.grad([p[0] for p in pairs], wrt, [p[1] for p in pairs],
+                                                 allow_unused=True)) if pairs and wrt else iter(())
+            for j, need in enumerate(needs):
+                part = next(parts, None) if need else None
+                if part is None:
+                    continue
+                if j == 0:
+                    grads[0][rows] = part
+                else:
+                    grads[j] += part
+        return (None, None, None, *grads)
+
+
+def in_chunks(fn: RowFunction, x: Tensor, params: Params, size: int | None) -> tuple[Tensor, ...]:
+    """``fn(x, params)``, differentiable in ``x`` and ``params``; with ``size`` set, computed
+    ``size`` rows at a time and recomputed chunk by chunk in the backward (module docstring).
+    ``size`` None: ``fn(x, params)`` itself, one graph over every row."""
+    if size is None:
+        return tuple(fn(x, params))
+    names = tuple(params)
+    return _Recomputed.apply(fn, size, names, x, *(params[k] for k in names))
+
+
+__all__ = ["RowFunction", "chunk_slices", "in_chunks"]

@@ -1,0 +1,118 @@
+"""Chunked recomputation (``chunk_rows``) gives the whole-graph gradients, on tiny float64 problems."""
+
+import pytest
+import torch
+
+import rcig.algorithm.meta as meta_module
+from rcig.algorithm.inner import BaseNetwork, features_and_change, make_solvers, network, split_params
+from rcig.algorithm.meta import Batch, meta_gradient
+from rcig.algorithm.recompute import in_chunks
+from rcig.config import from_dict
+from rcig.errors import RcigError
+from rcig.models import build_model
+
+C, N_IMAGES, N_TARGET = 3, 7, 11
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def tiny_base(seed=0):
+    torch.manual_seed(seed)
+    model = build_model("conv", in_channels=1, num_classes=C, image_size=8, depth=2, width=3,
+                        activation="softplus", beta=4.0).double()
+    body0, head0 = split_params({k: v.detach() for k, v in model.named_parameters()})
+    return BaseNetwork(network(model, head0), body0)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 100])
+def test_in_chunks_equals_one_graph_and_forwards_chunks(size):
+    f, body0 = tiny_base()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N_IMAGES, 1, 8, 8, generator=g, requires_grad=True)
+    delta = {k: (0.3 * torch.randn(v.shape, generator=g)).requires_grad_() for k, v in body0.items()}
+    seen = []
+
+    def fn(xx, d):
+        seen.append(len(xx))
+        return features_and_change(f, body0, xx, d, True)
+
+    weights = [torch.randn(N_IMAGES, n, generator=g) for n in (3 * 3 * 6, C)]  # phi (n, D = width x 3 x 3 x 2), u (n, C)
+
+    def gradients(chunk):
+        outputs = in_chunks(fn, x, delta, chunk)
+        loss = sum((w * out).sum() for w, out in zip(weights, outputs)) + (outputs[1] ** 2).sum()
+        return outputs, torch.autograd.grad(loss, [x, *delta.values()])
+
+    whole_out, whole = gradients(None)
+    seen.clear()
+    chunked_out, chunked = gradients(size)
+    assert max(seen) == min(size, N_IMAGES)  # no forward of more rows than a chunk
+    assert len(seen) == 2 * -(-N_IMAGES // size)  # each chunk: one forward, one recomputation
+    for a, b in zip(whole_out + whole, chunked_out + chunked):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
+TINY = {"inner_lr": 1e-2, "hvp_lr": 1e-2,
+        "n_inner_steps": 5, "n_hinv_steps": 5, "target_batch_size": N_TARGET}
+VARIANTS = {
+    "adam": {},
+    "cg": {"solver": "cg"},
+    "flip": {"flip": True},
+    "fixed_labels": {"learn_labels": False},
+    "subsampled": {"direct_batch_sizes": [5, 6], "implicit_batch_size": 4, "max_forward_batch_size": 3,
+                   "inner_train_batch_size": 6, "hinv_batch_size": 5},
+    "aug": {"aug": ["flip", "crop"], "aug_repeats": 1},
+    "aug_per_pass": {"aug": ["flip", "crop"], "aug_repeats": 1, "aug_per_pass": True, "solver": "cg", "flip": True},
+    "aug_copies": {"aug": ["crop"], "aug_repeats": 1, "aug_per_pass": True, "aug_copies": 2},
+}
+
+
+def step_result(overrides, augmented_pass):
+    cfg = from_dict({**TINY, **overrides})
+    base = tiny_base()
+    g = torch.Generator().manual_seed(2)
+    support = {"x": torch.randn(N_IMAGES, 1, 8, 8, generator=g),
+               "y": torch.eye(C)[torch.arange(N_IMAGES) % C] - 1 / C + 0.05 * torch.randn(N_IMAGES, C, generator=g),
+               "log_temp": torch.tensor(0.1)}
+    target = Batch(torch.randn(N_TARGET, 1, 8, 8, generator=g), torch.arange(N_TARGET) % C)
+    solvers = make_solvers(cfg, cfg.inner_lr, cfg.hvp_lr, 3)
+    return meta_gradient(base, support, target, cfg, solvers, torch.Generator().manual_seed(3), augmented_pass)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("chunk_rows", [2, 5])
+def test_meta_gradient_chunked_equals_whole(variant, chunk_rows, monkeypatch):
+    sizes = []
+
+    def spy(fn, x, params, size):
+        sizes.append(size)
+        return in_chunks(fn, x, params, size)
+
+    monkeypatch.setattr(meta_module, "in_chunks", spy)
+    augmented_pass = "aug" in VARIANTS[variant]
+    whole = step_result(VARIANTS[variant], augmented_pass)
+    assert set(sizes) == {None}
+    sizes.clear()
+    chunked = step_result({**VARIANTS[variant], "chunk_rows": chunk_rows}, augmented_pass)
+    assert len(sizes) == 3 and set(sizes) == {chunk_rows}  # support and target features, the implicit JVPs
+    assert chunked.outer_loss == pytest.approx(whole.outer_loss, rel=1e-12)
+    for part in ("direct", "implicit", "grads"):
+        for leaf in ("x", "y", "log_temp"):
+            a, b = getattr(whole, part)[leaf], getattr(chunked, part)[leaf]
+            torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-13 * float(a.abs().max()), msg=f"{part} {leaf}")
+    assert whole.implicit["x"].abs().max() > 0 and whole.direct["x"].abs().max() > 0
+
+
+@pytest.mark.parametrize("bad, words", [({"chunk_rows": 0}, "positive integer"),
+                                        ({"chunk_rows": 4, "linearize": False}, "linearize=true"),
+                                        ({"chunk_rows": 4, "norm": "batch"}, "norm none|instance")])
+def test_chunk_rows_config_contract(bad, words):
+    with pytest.raises(RcigError, match=words):
+        from_dict(bad)
+    assert from_dict({}).chunk_rows is None  # the default: one graph, the runs as without the knob
