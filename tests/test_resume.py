@@ -26,21 +26,22 @@ from rcig.run.driver import distill
 from rcig.run.interrupts import Interrupted
 
 # pool networks that stay trained across checkpoints (1-2 steps per use, replaced after 100),
-# so a checkpoint holds trained members whole and untrained ones as seeds; augmented inner
-# solves, pool steps and a second, augmented pass per step, whose draws a resume continues too
-CONFIG = {**TINY, "max_online_steps": 100, "n_max_steps_pool": 3, "checkpoint_iters": [2],
-          "aug": ["crop", "rotate", "translate", "cutout"], "aug_repeats": 1}
+# so a checkpoint holds trained members whole and untrained ones as seeds
+CONFIG = {**TINY, "max_online_steps": 100, "n_max_steps_pool": 3, "checkpoint_iters": [2]}
+# the same with augmented inner solves and pool steps and a second, augmented pass per step,
+# whose draws a resume must continue too
+AUGMENTED = {**CONFIG, "aug": ["crop", "rotate", "translate", "cutout"], "aug_repeats": 1}
 STEPS, EVERY = 5, 2
 
 
-def command(out, steps=STEPS):
+def command(out, steps=STEPS, config=CONFIG):
     return [sys.executable, "-m", "rcig", "distill", "--steps", str(steps), "--seed", "3", "--out", str(out),
-            "--checkpoint-every", str(EVERY), "--no-eval", "--quiet", *set_args(CONFIG)]
+            "--checkpoint-every", str(EVERY), "--no-eval", "--quiet", *set_args(config)]
 
 
-def stopped_run(out, at: str, status: int) -> subprocess.CompletedProcess:
+def stopped_run(out, at: str, status: int, config=CONFIG) -> subprocess.CompletedProcess:
     env = {**os.environ, "RCIG_TEST_KILL_AT": at, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command(out), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(out, config=config), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == status, (at, done.returncode, done.stderr)
     return done
 
@@ -56,11 +57,11 @@ def reference(tmp_path_factory):
                    progress=False)
 
 
-def assert_resumes_to_the_reference(out, reference):
+def assert_resumes_to_the_reference(out, reference, config=CONFIG):
     """The one place that checks "a resumed run equals the uninterrupted one": the run in ``out``,
     however it was stopped, resumed to STEPS, gives the reference's set, log and files."""
     with pytest.raises(RcigError, match="already holds a run"):  # a fresh run never mixes with it
-        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=CONFIG, progress=False)
+        distill("digits", 1, steps=STEPS, seed=3, out=out, overrides=config, progress=False)
     resumed = distill(out=out, resume=True, steps=STEPS, checkpoint_every=EVERY, progress=False)
     assert torch.equal(resumed.images, reference.images) and torch.equal(resumed.labels, reference.labels)
     saved = load(out / "distilled.safetensors")
@@ -84,6 +85,14 @@ def test_a_run_killed_anywhere_resumes_bit_identically(tmp_path, reference, at):
     out = tmp_path / "run"
     stopped_run(out, at, -signal.SIGKILL)
     assert_resumes_to_the_reference(out, reference)
+
+
+def test_an_augmented_run_killed_between_checkpoints_resumes_bit_identically(tmp_path):
+    reference = distill("digits", 1, steps=STEPS, seed=3, out=tmp_path / "whole", overrides=AUGMENTED,
+                        checkpoint_every=EVERY, progress=False)
+    out = tmp_path / "run"
+    stopped_run(out, "logged:3", -signal.SIGKILL, AUGMENTED)
+    assert_resumes_to_the_reference(out, reference, AUGMENTED)
 
 
 # (where the signal comes, the iteration the run must stop at, checkpointed): the setup's
