@@ -9,6 +9,7 @@ import torch
 from conftest import TINY
 import rcig.algorithm.outer as outer_module
 from rcig.algorithm.outer import Outcome, adapt_lr, grow_while_stable, solve_outcome
+from rcig.config import SOLVERS, Config
 from rcig.errors import RcigError
 from rcig.run.checkpoint import load_checkpoint
 from rcig.run.driver import distill
@@ -391,6 +392,20 @@ def knob_setup(overrides: dict):
         outer.meta_gradient, outer.support_loss = real_meta, real_loss
     solvers = make_solvers(cfg, cfg.inner_lr, cfg.hvp_lr, 0)
     return distiller, a_pass, solvers, seen
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_every_solver_the_config_names_is_built_and_takes_learning_rates_as_the_config_says(name):
+    """rcig.config.SOLVERS (the solver names a config accepts and whether each tunes learning
+    rates) agrees with make_solvers: each name gives both solves a solver, and the learning
+    rates change those solvers exactly when the config tunes them."""
+    from rcig.algorithm.inner import Solvers, make_solvers
+
+    cfg = Config(solver=name)
+    slow, fast = make_solvers(cfg, 1e-3, 1e-2, 0), make_solvers(cfg, 2e-3, 2e-2, 0)
+    assert isinstance(slow, Solvers) and all(callable(getattr(s, "solve", None)) for s in slow)
+    assert (slow.inner != fast.inner and slow.hinv != fast.hinv) == cfg.tunes_learning_rates
+    assert (slow.inner == fast.inner and slow.hinv == fast.hinv) == (not cfg.tunes_learning_rates)
 
 
 def rows_with_gradient(grad: torch.Tensor) -> int:

@@ -58,6 +58,20 @@ AUGMENTATIONS = ("flip", "color", "crop", "rotate", "translate", "cutout")
 TEST_AUGMENTATIONS = ("crop", "rotate", "translate", "cutout")
 NORMS = ("none", "batch", "instance")  # the ConvNet's normalisation layers (rcig.models)
 NETWORK_INITS = ("reference", "torch")  # weight initialisation schemes (rcig.models.init)
+
+
+class SolverTraits(NamedTuple):
+    """What the config must know of an inner solver (the solvers: rcig.algorithm.inner)."""
+
+    tunes_learning_rates: bool  # its steps take learning rates, tuned at the start and adapted during a run
+    needs_fixed_quadratic: bool  # it solves one fixed quadratic: linearised, whole support, no redrawn augmentation
+
+
+# The inner solvers by config name: the one list of them (rcig.algorithm.inner.make_solvers builds each).
+SOLVERS = {
+    "adam": SolverTraits(tunes_learning_rates=True, needs_fixed_quadratic=False),
+    "cg": SolverTraits(tunes_learning_rates=False, needs_fixed_quadratic=True),
+}
 MAX_INT = 2 ** 31 - 1  # any larger count or size is a typo, and overflows torch's index types
 
 
@@ -250,8 +264,8 @@ class Config:
 
     @property
     def tunes_learning_rates(self) -> bool:
-        """Whether the solves take learning rates to tune and adapt (Adam does, CG does not)."""
-        return self.solver == "adam"
+        """Whether the solves take learning rates to tune and adapt (:data:`SOLVERS`)."""
+        return SOLVERS[self.solver].tunes_learning_rates
 
     def protocol(self) -> dict[str, Any]:
         """The evaluation protocol a set made with this config is scored with by default (the
@@ -342,11 +356,13 @@ def _validate(cfg: Config) -> None:
     need(cfg.norm in NORMS, f"norm must be {'|'.join(NORMS)}, got {cfg.norm!r}")
     need(cfg.network_init in NETWORK_INITS, f"network_init must be {'|'.join(NETWORK_INITS)}, got {cfg.network_init!r}")
     need(cfg.init in ("real", "herding", "noise", "auto"), f"init must be real|herding|noise|auto, got {cfg.init!r}")
-    need(cfg.solver in ("adam", "cg"), f"solver must be adam|cg, got {cfg.solver!r}")
-    if cfg.solver == "cg":
-        need(cfg.linearize is True, "solver cg needs linearize=true (the non-linearised inner loss is not convex)")
+    need(cfg.solver in SOLVERS, f"solver must be {'|'.join(SOLVERS)}, got {cfg.solver!r}")
+    quadratic = SOLVERS[cfg.solver].needs_fixed_quadratic
+    if quadratic:
+        need(cfg.linearize is True,
+             f"solver {cfg.solver} needs linearize=true (the non-linearised inner loss is not convex)")
         need(cfg.inner_train_batch_size is None and cfg.hinv_batch_size is None,
-             "solver cg needs the full support: set inner_train_batch_size and hinv_batch_size to null")
+             f"solver {cfg.solver} needs the full support: set inner_train_batch_size and hinv_batch_size to null")
     for name, value in [("direct_batch_sizes[0]", cfg.direct_batch_sizes[0]),
                         ("direct_batch_sizes[1]", cfg.direct_batch_sizes[1]),
                         *[(n, getattr(cfg, n)) for n in ("implicit_batch_size", "hinv_batch_size",
@@ -366,8 +382,8 @@ def _validate(cfg: Config) -> None:
     need(cfg.normal_repeats + cfg.aug_repeats > 0, "normal_repeats + aug_repeats must be at least 1 (passes per step)")
     need(not cfg.aug_per_pass or cfg.aug, "aug_per_pass needs aug: the list of transforms of the augmented passes")
     need(cfg.aug_copies == 1 or cfg.aug_per_pass, "aug_copies > 1 needs aug_per_pass=true")
-    need(not (cfg.solver == "cg" and cfg.aug and not cfg.aug_per_pass),
-         "solver cg needs a fixed inner problem: set aug_per_pass=true or aug to [] (augmentation otherwise "
+    need(not (quadratic and cfg.aug and not cfg.aug_per_pass),
+         f"solver {cfg.solver} needs a fixed inner problem: set aug_per_pass=true or aug to [] (augmentation otherwise "
          "redraws the support at every inner step)")
     need(cfg.proto_lr_boost >= 1, f"proto_lr_boost must be >= 1 (1 = off), got {cfg.proto_lr_boost!r}")
     need(cfg.proto_lr_boost == 1 or cfg.proto_lr_boost_steps > 0,
@@ -442,5 +458,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["AUGMENTATIONS", "MAX_INT", "NETWORK_INITS", "NORMS", "TEST_AUGMENTATIONS", "Config", "Kind", "default_preset_name", "depth_for_image_size",
+__all__ = ["AUGMENTATIONS", "MAX_INT", "NETWORK_INITS", "NORMS", "SOLVERS", "TEST_AUGMENTATIONS", "Config",
+           "SolverTraits", "Kind", "default_preset_name", "depth_for_image_size",
            "from_dict", "is_int", "is_number", "knob", "load_preset", "paper_preset", "parse_overrides", "preset_names"]

@@ -327,8 +327,8 @@ class HinvQuadratic(NamedTuple):
 
 
 class Solver(Protocol):
-    """Minimises an :class:`Objective` from zero; a new solver is a class with this method
-    and a branch in :func:`make_solvers` for its config name."""
+    """Minimises an :class:`Objective` from zero; a new solver is a class with this method,
+    its config name and traits in :data:`rcig.config.SOLVERS`, and its branch in :func:`make_solvers`."""
 
     def solve(self, objective: Objective) -> SolveResult:
         """The solution and the value recorded before each step or iteration."""
@@ -409,7 +409,8 @@ class Solvers(NamedTuple):
 
 
 def make_solvers(cfg: Config, inner_lr: float, hvp_lr: float, start_count: int) -> Solvers:
-    """The solvers ``cfg.solver`` names, for a base network ``start_count`` pool steps old."""
+    """The solvers ``cfg.solver`` names (one of :data:`rcig.config.SOLVERS`), for a base network
+    ``start_count`` pool steps old; the learning rates reach the solvers that tune them."""
     if cfg.solver == "cg":
         return Solvers(CGSolver(cfg.n_inner_steps), CGSolver(cfg.n_hinv_steps))
     if cfg.solver == "adam":
