@@ -116,3 +116,25 @@ def test_chunk_rows_config_contract(bad, words):
     with pytest.raises(RcigError, match=words):
         from_dict(bad)
     assert from_dict({}).chunk_rows is None  # the default: one graph, the runs as without the knob
+
+
+@pytest.mark.parametrize("one_shot", [False, True])
+@pytest.mark.parametrize("size", [1, 3, 100])
+def test_inner_problem_products_chunked_equal_whole(one_shot, size):
+    from rcig.algorithm.inner import LinearizedInner
+
+    f, body0 = tiny_base()
+    g = torch.Generator().manual_seed(4)
+    x_s = torch.randn(N_IMAGES, 1, 8, 8, generator=g)
+    y_s = torch.eye(C)[torch.arange(N_IMAGES) % C] - 1 / C
+    delta, v = ({k: 0.3 * torch.randn(t.shape, generator=g) for k, t in body0.items()} for _ in range(2))
+    whole = LinearizedInner(f, body0, x_s, y_s, 0.05, one_shot)
+    chunked = LinearizedInner(f, body0, x_s, y_s, 0.05, one_shot, chunk_rows=size)
+    torch.testing.assert_close(chunked.phi, whole.phi, rtol=1e-12, atol=1e-14)
+    for method, args in [("loss_and_grad", (delta,)), ("loss_and_grad_at_zero", ()), ("hvp", (delta, v))]:
+        a, b = getattr(whole, method)(*args), getattr(chunked, method)(*args)
+        if method != "hvp":
+            assert b[0] == pytest.approx(a[0], rel=1e-12)
+            a, b = a[1], b[1]
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-11, atol=1e-14, msg=f"{method} {k}")

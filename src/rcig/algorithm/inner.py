@@ -49,6 +49,7 @@ from torch import Tensor
 from torch.func import functional_call, jvp, linearize, vjp
 
 from rcig.algorithm.optim import Adam, Params, tree_zeros_like
+from rcig.algorithm.recompute import chunk_slices, jvp_in_chunks, vjp_in_chunks
 
 if TYPE_CHECKING:
     from rcig.config import Config
@@ -168,21 +169,39 @@ class LinearizedInner(WholeSupportInner):
     stored VJP closure so each ``J^T z`` is a backward pass only, one traced JVP.
     ``one_shot``: the problem serves one gradient or H v only (a support redrawn at every
     solver step): no trace, whose fixed cost a single JVP never pays back.
+    ``chunk_rows``: store no activations; every ``J t`` and ``J^T z`` recomputes the support's
+    forward ``chunk_rows`` rows at a time (:mod:`rcig.algorithm.recompute`), so the solves
+    hold one chunk's activations instead of every row's, for one more forward per product.
     """
 
-    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, one_shot: bool = False):
+    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, one_shot: bool = False,
+                 chunk_rows: int | None = None):
         super().__init__(f, body0, x_s, y_s, l2)
-        (_, phi), self._vjp = vjp(lambda b: f(b, self.x_s), self.body0)
+
+        def logits(body: Params, x: Tensor) -> Tensor:
+            return f(body, x)[0]
+
+        if chunk_rows is None:
+            (_, phi), back = vjp(lambda b: f(b, self.x_s), self.body0)
+            self._vjp = lambda z: back((z, torch.zeros_like(phi)))[0]
+        else:
+            with torch.no_grad():
+                phi = torch.cat([f(self.body0, self.x_s[rows])[1]
+                                 for rows in chunk_slices(len(self.x_s), chunk_rows)])
+            self._vjp = lambda z: vjp_in_chunks(logits, self.body0, self.x_s, z, chunk_rows)
         self.phi = phi.detach()
         self.chol = torch.linalg.cholesky(ridge_matrix(self.phi, self.l2))
+        if chunk_rows is not None:
+            self._jvp = lambda delta: jvp_in_chunks(logits, self.body0, self.x_s, delta, chunk_rows)
+            return
         if one_shot:
-            self._jvp = lambda delta: jvp(lambda b: f(b, self.x_s)[0], (self.body0,), (delta,))[1]
+            self._jvp = lambda delta: jvp(lambda b: logits(b, self.x_s), (self.body0,), (delta,))[1]
             return
         # A traced JVP (torch.func.linearize) reuses the forward's activations, where
         # torch.func.jvp recomputes the primal every call (BENCHMARKS.md has the saving).
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _, self._jvp = linearize(lambda b: f(b, self.x_s)[0], self.body0)
+            _, self._jvp = linearize(lambda b: logits(b, self.x_s), self.body0)
 
     def jvp(self, delta: Params) -> Tensor:
         """``J_s delta`` (n, C)."""
@@ -190,7 +209,7 @@ class LinearizedInner(WholeSupportInner):
 
     def vjp(self, z: Tensor) -> Params:
         """``J_s^T z`` for z (n, C)."""
-        return self._vjp((z, torch.zeros_like(self.phi)))[0]
+        return self._vjp(z)
 
     def solve_a(self, r: Tensor) -> Tensor:
         """``A^-1 r``."""
@@ -251,10 +270,11 @@ class NonlinearInner(WholeSupportInner):
 
 
 def inner_problem(f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
-                  one_shot: bool = False) -> InnerProblem:
-    """The inner problem of the support (x_s, y_s); ``one_shot``: see :class:`LinearizedInner`."""
+                  one_shot: bool = False, chunk_rows: int | None = None) -> InnerProblem:
+    """The inner problem of the support (x_s, y_s); ``one_shot``, ``chunk_rows`` (the
+    linearised model's): see :class:`LinearizedInner`."""
     if linearize:
-        return LinearizedInner(f, body0, x_s, y_s, l2, one_shot)
+        return LinearizedInner(f, body0, x_s, y_s, l2, one_shot, chunk_rows)
     return NonlinearInner(f, body0, x_s, y_s, l2)
 
 

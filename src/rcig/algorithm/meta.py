@@ -248,13 +248,15 @@ class RowSampledInner:
     """
 
     def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
-                 k: int | None, generator: torch.Generator | None, augment: Augment | None = None):
+                 k: int | None, generator: torch.Generator | None, augment: Augment | None = None,
+                 chunk_rows: int | None = None):
         self.args, self.draw = (f, body0, x_s, y_s, l2, linearize), row_draw(x_s, y_s, k, augment, generator)
+        self.chunk_rows = chunk_rows  # see LinearizedInner
         self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
 
     def _subset(self) -> InnerProblem:
         f, body0, x_s, y_s, l2, linearize = self.args
-        return inner_problem(f, body0, *self.draw(), l2, linearize, one_shot=True)
+        return inner_problem(f, body0, *self.draw(), l2, linearize, one_shot=True, chunk_rows=self.chunk_rows)
 
     def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
@@ -420,7 +422,7 @@ def plain_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config) -> Pa
     every row with gradients (the learning-rate tuning's)."""
     settings = grad_settings(cfg, support["x"].shape[0])
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-    problem = inner_problem(*base, x_s, y_s, settings.l2, cfg.linearize)
+    problem = inner_problem(*base, x_s, y_s, settings.l2, cfg.linearize, chunk_rows=cfg.chunk_rows)
     return Pass(base, support, len(x_s), problem, problem, settings, RowSubsets(None, None, None, None), None)
 
 
@@ -432,12 +434,13 @@ def new_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config, generat
     augment = pass_augmentation(cfg, generator, augmented_pass)
     x_s, y_s = augmented_rows(*expand_support(support["x"].detach(), support["y"].detach(), cfg.flip), augment.rows)
     args = (*base, x_s, y_s, settings.l2, cfg.linearize)
-    whole = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else inner_problem(*args)
+    whole = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else inner_problem(
+        *args, chunk_rows=cfg.chunk_rows)
 
     def problem(k: int | None, fresh: Augment | None) -> InnerProblem:
         if (k is not None and k < len(x_s)) or fresh is not None:
-            return RowSampledInner(*args, k, generator, fresh)
-        return whole if whole is not None else inner_problem(*args)
+            return RowSampledInner(*args, k, generator, fresh, cfg.chunk_rows)
+        return whole if whole is not None else inner_problem(*args, chunk_rows=cfg.chunk_rows)
 
     subsets = RowSubsets(*cfg.direct_batch_sizes, cfg.implicit_batch_size, generator)
     return Pass(base, support, len(x_s), problem(cfg.inner_train_batch_size, augment.inner),

@@ -15,6 +15,10 @@ so a step's peak memory is set by ``size`` rather than by the row count, at the 
 more forward per chunk. The values are the whole-batch ones up to the order of float
 summation in the ``params`` gradient. First derivatives only (the backward is not itself
 differentiable).
+
+The inner problem's products with the Jacobian ``J = d logits(X_s) / d body`` chunk the same
+way, without storing anything between calls: ``J t = cat_k J_k t`` (:func:`jvp_in_chunks`)
+and ``J^T z = sum_k J_k^T z_k`` (:func:`vjp_in_chunks`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.func import jvp, vjp
 
 from rcig.algorithm.optim import Params
 
@@ -79,4 +84,23 @@ def in_chunks(fn: RowFunction, x: Tensor, params: Params, size: int | None) -> t
     return _Recomputed.apply(fn, size, names, x, *(params[k] for k in names))
 
 
-__all__ = ["RowFunction", "chunk_slices", "in_chunks"]
+def jvp_in_chunks(g: Callable[[Params, Tensor], Tensor], primal: Params, x: Tensor, tangent: Params,
+                  size: int) -> Tensor:
+    """``J tangent`` (n, ...) for ``J = d g(params, x) / d params`` at ``primal``, ``size`` rows
+    of ``x`` at a time (each chunk one forward-mode pass, nothing kept)."""
+    return torch.cat([jvp(lambda b: g(b, x[rows]), (primal,), (tangent,))[1] for rows in chunk_slices(len(x), size)])
+
+
+def vjp_in_chunks(g: Callable[[Params, Tensor], Tensor], primal: Params, x: Tensor, cotangent: Tensor,
+                  size: int) -> Params:
+    """``J^T cotangent`` = sum over chunks k of ``J_k^T cotangent_k``, ``size`` rows of ``x`` at a
+    time (each chunk one forward and one backward, its graph freed before the next)."""
+    total = None
+    for rows in chunk_slices(len(x), size):
+        _, back = vjp(lambda b: g(b, x[rows]), primal)
+        part = back(cotangent[rows])[0]
+        total = part if total is None else {k: total[k] + part[k] for k in total}
+    return total
+
+
+__all__ = ["RowFunction", "chunk_slices", "in_chunks", "jvp_in_chunks", "vjp_in_chunks"]
