@@ -1,7 +1,7 @@
 """Batched, seeded data augmentation: each image gets ONE transform drawn from a list.
 
 Used by the evaluation protocol (``rcig.evaluation`` re-exports it). The names are
-``rcig.config.AUGMENTATIONS`` (exported here as ``TRANSFORMS``), the protocol's default list
+``rcig.config.AUGMENTATIONS``, the protocol's default list
 ``rcig.config.TEST_AUGMENTATIONS``.
 
 Transforms, with the magnitudes of the reference release's evaluation (its augmax settings):
@@ -29,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from rcig.config import AUGMENTATIONS as TRANSFORMS
+from rcig.config import AUGMENTATIONS
 
 GEOMETRIC = ("crop", "rotate", "translate")
 
@@ -119,9 +119,9 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 def augment_batch(x: torch.Tensor, names: tuple[str, ...] | list[str], generator: torch.Generator) -> torch.Tensor:
     """Apply one transform per image, drawn uniformly from ``names``. x: (N, C, H, W)."""
-    unknown = [n for n in names if n not in TRANSFORMS]
+    unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {TRANSFORMS}")
+        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS}")
     if not names or x.shape[0] == 0:
         return x
     choice = torch.randint(0, len(names), (x.shape[0],), generator=generator)
@@ -153,9 +153,9 @@ def augment_alike(batches: list[torch.Tensor], names: tuple[str, ...] | list[str
     """One transform drawn uniformly from ``names``, with ONE draw of its parameters, applied
     to every image of every batch (a Siamese augmentation: real and synthetic images seen
     through the same transform). Differentiable in the images."""
-    unknown = [n for n in names if n not in TRANSFORMS]
+    unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown or not names:
-        raise ValueError(f"unknown augmentation(s) {unknown or names}; choose from {TRANSFORMS}")
+        raise ValueError(f"unknown augmentation(s) {unknown or names}; choose from {AUGMENTATIONS}")
     name = names[int(torch.randint(0, len(names), (1,), generator=generator))]
     if name == "flip":
         return [x.flip(-1) for x in batches]
