@@ -138,3 +138,57 @@ def test_inner_problem_products_chunked_equal_whole(one_shot, size):
             a, b = a[1], b[1]
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=1e-11, atol=1e-14, msg=f"{method} {k}")
+
+
+@pytest.mark.parametrize("size", [2, 100])
+def test_pool_loss_chunked_equals_whole(size):
+    from rcig.algorithm.optim import loss_and_grads, pool_loss
+
+    torch.manual_seed(0)
+    model = build_model("conv", in_channels=1, num_classes=C, image_size=8, depth=2, width=3,
+                        activation="softplus", beta=4.0).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(N_IMAGES, 1, 8, 8, generator=g), torch.randn(N_IMAGES, C, generator=g)
+    whole = loss_and_grads(lambda p: pool_loss(model, p, x, y), params)
+    chunked = loss_and_grads(lambda p: pool_loss(model, p, x, y, size), params)
+    assert chunked[0] == pytest.approx(whole[0], rel=1e-12)
+    for k in params:
+        torch.testing.assert_close(chunked[1][k], whole[1][k], rtol=1e-11, atol=1e-14)
+
+
+def test_outer_step_with_chunks_is_the_same_step(monkeypatch):
+    """A whole outer step (meta-gradient, AdaBelief, the pool's training) in float64: the
+    same support and pool network with chunk_rows as without, and the pool trains in chunks."""
+    import rcig.algorithm.optim as optim_module
+    from rcig.algorithm.outer import Distiller
+    from rcig.models import distillation_network
+
+    sizes = []
+
+    def spy(fn, x, params, size):
+        sizes.append(size)
+        return in_chunks(fn, x, params, size)
+
+    monkeypatch.setattr(optim_module, "in_chunks", spy)
+    g = torch.Generator().manual_seed(6)
+    x_train, y_train = torch.randn(40, 1, 8, 8, generator=g), torch.arange(40) % C
+
+    def step(chunk_rows):
+        cfg = from_dict({**TINY, "width": 3, "depth": 2, "pool_size": 1, "flip": True, "chunk_rows": chunk_rows})
+        make = distillation_network(cfg, in_channels=1, num_classes=C, image_size=8)  # float64 by default
+        distiller = Distiller(x_train, y_train, C, 2, cfg, 0, make)
+        state = distiller.new_state()
+        state.support = {k: v.double() for k, v in state.support.items()}
+        state.optimiser, state.ema = distiller.adabelief.init(state.support), distiller.ema.init(state.support)
+        distiller.step(state)
+        return state.support, state.pool.params(0)
+
+    whole = step(None)
+    assert set(sizes) == {None}
+    sizes.clear()
+    chunked = step(2)
+    assert sizes and set(sizes) == {2}
+    for a, b in zip(whole, chunked):
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-9, atol=1e-12, msg=k)

@@ -381,9 +381,9 @@ def knob_setup(overrides: dict):
         seen["result"] = real_meta(*args, **kwargs)
         return seen["result"]
 
-    def support_loss(model, draw):
+    def support_loss(model, draw, *rest):
         seen["pool_rows"] = len(draw()[0])
-        return real_loss(model, draw)
+        return real_loss(model, draw, *rest)
 
     outer.meta_gradient, outer.support_loss = meta_gradient, support_loss
     try:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from rcig.errors import RcigError
+from rcig.algorithm.recompute import in_chunks
 
 Params = dict[str, torch.Tensor]
 
@@ -192,17 +193,21 @@ def params_from_seed(make_model: Callable[[], torch.nn.Module], seed: int) -> Pa
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
-def pool_loss(model: torch.nn.Module, params: Params, x_s: torch.Tensor, y_s: torch.Tensor) -> torch.Tensor:
-    """The pool networks' training loss: sum 0.5 (f(x) - y)^2 / (n C) on the support rows."""
-    logits = torch.func.functional_call(model, params, (x_s,))
+def pool_loss(model: torch.nn.Module, params: Params, x_s: torch.Tensor, y_s: torch.Tensor,
+              chunk_rows: int | None = None) -> torch.Tensor:
+    """The pool networks' training loss: sum 0.5 (f(x) - y)^2 / (n C) on the support rows.
+    ``chunk_rows``: the logits ``chunk_rows`` rows at a time, recomputed for the backward
+    (:func:`rcig.algorithm.recompute.in_chunks`; None: one graph)."""
+    (logits,) = in_chunks(lambda x, p: (torch.func.functional_call(model, p, (x,)),), x_s, params, chunk_rows)
     return 0.5 * ((logits - y_s) ** 2).sum() / y_s.numel()
 
 
-def support_loss(model: torch.nn.Module, draw: Callable[[], tuple[torch.Tensor, torch.Tensor]]
-                 ) -> Callable[[Params], torch.Tensor]:
+def support_loss(model: torch.nn.Module, draw: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+                 chunk_rows: int | None = None) -> Callable[[Params], torch.Tensor]:
     """``params -> pool_loss`` on the support rows ``draw()`` gives at each call (all of them,
-    or fresh random and/or augmented ones: :func:`rcig.algorithm.meta.row_draw`)."""
-    return lambda params: pool_loss(model, params, *draw())
+    or fresh random and/or augmented ones: :func:`rcig.algorithm.meta.row_draw`), in chunks
+    of ``chunk_rows`` (:func:`pool_loss`)."""
+    return lambda params: pool_loss(model, params, *draw(), chunk_rows)
 
 
 def loss_and_grads(loss_fn: Callable[[Params], torch.Tensor], params: Params) -> tuple[float, Params]:

@@ -290,7 +290,7 @@ class Distiller:
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
         rows = row_draw(x_s, y_s, cfg.pool_train_batch_size, support_augmentation(cfg.aug, state.generator),
                         state.generator)
-        state.pool.train(index, support_loss(self.model, rows), pool_steps)
+        state.pool.train(index, support_loss(self.model, rows, cfg.chunk_rows), pool_steps)
         result.seconds["pool"] = pool_clock.total()["seconds"]
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))  # learning-rate adaptation
