@@ -90,6 +90,22 @@ def test_augment_alike_sees_every_batch_through_one_draw(transform):
     assert not torch.equal(whole, x)
 
 
+def test_the_embedding_network_is_the_papers_convnet():
+    """Depth 3, 128 channels in every block, each conv followed by an instance norm (a GroupNorm
+    of one channel per group), ReLU and average pooling; torch's default init (every kernel
+    within +-1/sqrt(fan_in)); features of 128 channels of the last block; a fresh network per seed."""
+    embed = embedding_network(DMSettings(), 1, 10, 28, 5, torch.device("cpu"))
+    body = list(embed.__self__.body)
+    assert [type(m).__name__ for m in body] == ["Conv2d", "GroupNorm", "ReLU", "AvgPool2d"] * 3
+    convs, norms = body[0::4], body[1::4]
+    assert [c.out_channels for c in convs] == [128, 128, 128]
+    assert all(n.num_groups == n.num_channels == 128 and n.affine for n in norms)
+    assert all(float(c.weight.abs().max()) * c.weight[0].numel() ** 0.5 <= 1.0 for c in convs)
+    assert embed(torch.zeros(2, 1, 28, 28)).shape == (2, 128 * 4 * 4)
+    other = embedding_network(DMSettings(), 1, 10, 28, 6, torch.device("cpu"))
+    assert not torch.equal(convs[0].weight, other.__self__.body[0].weight)
+
+
 def test_dm_learns_on_digits(digits):
     """After 20 iterations the matching loss over fixed networks and whole classes (no
     augmentation) is lower than at the random-real start, for several seeds."""
@@ -143,7 +159,7 @@ def test_rcig_baseline_dm_records_method_iterations_and_cost(tmp_path, capsys):
     dm = ds.meta["dm"]
     assert dm["iterations"] == 1 and dm["max_iterations"] == 1 and dm["max_minutes"] is None
     assert (dm["lr"], dm["momentum"], dm["real_batch"]) == (1.0, 0.5, 256)
-    assert (dm["depth"], dm["width"]) == (ds.meta["protocol"]["depth"], ds.meta["protocol"]["width"])
+    assert (dm["depth"], dm["width"], dm["norm"]) == (ds.meta["protocol"]["depth"], 128, "instance")
     assert ds.meta["cost"]["cpu_seconds"] > 0 and ds.meta["cost"]["seconds"] > 0
 
 

@@ -79,7 +79,7 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
     the paper's preset for its shape, computed on ``device``; its meta records ``cost`` (wall
     and CPU seconds of this call). DM (``method="dm"``) runs ``steps`` iterations (None: the
     paper's) or until ``max_minutes`` of this call have passed, records them under ``dm`` and
-    embeds with the protocol's ConvNet; the others take neither."""
+    embeds with the paper's ConvNet at the protocol's depth; the others take neither."""
     from rcig import parallel, validate
     from rcig.data import prepare
     from rcig.errors import RcigError
@@ -98,7 +98,7 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
     on = parallel.resolve_device(str(device))
     extra = {}
     if method == "dm":
-        settings = DMSettings(depth=protocol["depth"], width=protocol["width"])
+        settings = DMSettings(depth=protocol["depth"])
         settings = settings._replace(iterations=steps) if steps is not None else settings
         validate.network_fits("conv", channels, size, settings.depth, prepared.dataset.spec)
         result = dm(prepared, ipc, seed, settings, max_minutes=max_minutes, began=began, progress=progress, device=on)

@@ -5,8 +5,12 @@ and scored under the same protocol as RCIG's sets.
 The synthetic images S (``ipc`` per class, class-ordered) start as given (``rcig baseline``:
 the random-real baseline of the same seed) and keep their hard labels (centred one-hot). Each iteration draws
 
-* a fresh embedding network psi: the protocol's ConvNet (its depth and width, ReLU, the
-  protocol's initialisation) without its classifier, randomly initialised, never trained;
+* a fresh embedding network psi, randomly initialised and never trained: the paper's ConvNet
+  without its classifier, ``depth`` blocks of [3x3 conv of ``width`` channels in every block,
+  instance norm, ReLU, 2x2 average pool] (depth 3 and width 128 by default; ``rcig baseline``
+  takes the depth the paper uses at the data's resolution, 3 below 64 px), with torch's
+  default initialisation, as in the authors' release (the instance norms leave the features
+  nearly independent of each conv's bias and of any positive rescaling of its weights);
 * for each class c, a batch B_c of ``real_batch`` real images of c (all of them if the
   class is smaller) and one augmentation A_c: one transform with one draw of its parameters,
   applied alike to B_c and to S_c (:func:`rcig.augment.augment_alike`, the Siamese
@@ -23,10 +27,11 @@ constants of the step, computed without a graph. The step, with g = dL/dS::
     S <- S - lr * v
 
 Defaults (:class:`DMSettings`) are the paper's: learning rate 1 and momentum 0.5 for the
-images, 256 real images per class, 20,000 iterations. The paper's differentiable Siamese
-augmentations (colour, crop, cutout, flip, scale, rotate) are rcig's six transforms
-(``rcig.config.AUGMENTATIONS``: ``translate`` is the shift the paper calls crop, ``crop``
-the zoom it calls scale) with rcig's magnitudes (:mod:`rcig.augment`).
+images, 256 real images per class, 20,000 iterations, the network above. The paper's
+differentiable Siamese augmentations (colour, crop, cutout, flip, scale, rotate) are rcig's
+six transforms (``rcig.config.AUGMENTATIONS``: ``translate`` is the shift the paper calls
+crop, ``crop`` the zoom it calls scale) with rcig's magnitudes (:mod:`rcig.augment`); a
+drawn ``flip`` flips the class's batches, where the paper's flips them with probability 1/2.
 """
 
 from __future__ import annotations
@@ -38,19 +43,20 @@ import torch
 
 from rcig.augment import augment_alike
 from rcig.config import AUGMENTATIONS
-from rcig.evaluation.protocol import ProtocolSettings, make_models
+from rcig.models import build_model
 
 
 class DMSettings(NamedTuple):
-    """DM's hyperparameters (the paper's) and its embedding network's shape (the protocol's)."""
+    """DM's hyperparameters and its embedding network's shape, the paper's."""
 
     iterations: int = 20_000
     lr: float = 1.0
     momentum: float = 0.5
     real_batch: int = 256
     augmentations: tuple[str, ...] = AUGMENTATIONS
-    depth: int = ProtocolSettings.depth
-    width: int = ProtocolSettings.width
+    depth: int = 3
+    width: int = 128  # channels of every block
+    norm: str = "instance"
 
 
 class DMState(NamedTuple):
@@ -85,10 +91,13 @@ def matching_loss(embed: Callable[[torch.Tensor], torch.Tensor], real: Sequence[
 
 def embedding_network(settings: DMSettings, channels: int, num_classes: int, image_size: int,
                       seed: int, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The features of the protocol's ConvNet of ``seed`` (its classifier unused, weights frozen)."""
-    shape = ProtocolSettings(depth=settings.depth, width=settings.width)
-    net = make_models(shape, channels, num_classes, image_size, [seed], device)[0]
-    return net.requires_grad_(False).features
+    """The features (N, width * s^2 for a last block of s x s) of DM's ConvNet (module docstring)
+    drawn by ``seed`` on the CPU and moved to ``device``; its classifier unused, weights frozen."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_model("conv", in_channels=channels, num_classes=num_classes, image_size=image_size,
+                          depth=settings.depth, width=settings.width, norm=settings.norm, constant_width=True)
+    return net.to(device).requires_grad_(False).features
 
 
 def dm_step(state: DMState, pools: Sequence[torch.Tensor], settings: DMSettings, generator: torch.Generator,

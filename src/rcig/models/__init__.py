@@ -27,13 +27,13 @@ ARCHITECTURES = ("conv", "resnet18", "vgg11", "alexnet")
 
 def build_model(arch: str, *, in_channels: int, num_classes: int, image_size: int, depth: int = 3,
                 width: int = 128, activation: str = "relu", beta: float = 60.0, norm: str = "none",
-                functional_norms: bool = False) -> Classifier:
+                constant_width: bool = False, functional_norms: bool = False) -> Classifier:
     if arch == "conv":
         if activation not in ("relu", "softplus"):
             raise RcigError(f"unknown activation '{activation}'; choose relu or softplus")
         if norm not in NORMS:
             raise RcigError(f"unknown norm '{norm}'; choose from {', '.join(NORMS)}")
-        model = ConvNet(in_channels, num_classes, image_size, depth, width, activation, beta, norm)
+        model = ConvNet(in_channels, num_classes, image_size, depth, width, activation, beta, norm, constant_width)
     else:
         others = {"resnet18": ResNet18, "vgg11": VGG11, "alexnet": AlexNet}
         if arch not in others:

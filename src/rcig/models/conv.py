@@ -1,6 +1,7 @@
 """The paper's ConvNet ("Conv"): depth x [3x3 conv, norm, activation, 2x2 average pool].
 
-Block i has ``width * 2**i`` channels (docs/algorithm.md, "The network"). For 1-channel
+Block i has ``width * 2**i`` channels (docs/algorithm.md, "The network"), or ``width`` with
+``constant_width=True`` (the ConvNet of Distribution Matching and its family). For 1-channel
 input the first conv pads by 3 instead of 1, so 28 px becomes 32 px (and 8 px becomes 12 px)
 and the pools divide evenly. Features are the flattened last block; ``classifier`` maps them to logits.
 
@@ -58,12 +59,12 @@ class Classifier(nn.Module):
 
 class ConvNet(Classifier):
     def __init__(self, in_channels: int, num_classes: int, image_size: int, depth: int = 3, width: int = 128,
-                 activation: str = "relu", beta: float = 60.0, norm: str = "none"):
+                 activation: str = "relu", beta: float = 60.0, norm: str = "none", constant_width: bool = False):
         super().__init__()
         layers, channels, size = [], in_channels, image_size
         for i in range(depth):
             padding = 3 if (i == 0 and in_channels == 1) else 1
-            out = width * 2 ** i
+            out = width if constant_width else width * 2 ** i
             layers += [nn.Conv2d(channels, out, 3, padding=padding), make_norm(norm, out),
                        make_activation(activation, beta), nn.AvgPool2d(2)]
             channels, size = out, (size + 2 * padding - 2) // 2
