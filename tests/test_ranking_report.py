@@ -177,17 +177,42 @@ def test_svg_chart_places_points_on_labelled_axes():
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0] and nice_ticks(3, 47) == [10, 20, 30, 40]
 
 
-def test_distill_writes_the_report(tmp_path, capsys):
-    tiny = ["width=8", "pool_size=3", "target_batch_size=128", "max_online_steps=6", "inner_lr=3e-3", "hvp_lr=3e-3"]
-    argv = ["distill", "--steps", "2", "--no-eval", "--quiet", "--out", tmp_path / "r"]
-    for item in tiny:
-        argv += ["--set", item]
-    code, out, err = run(argv, capsys)
-    assert code == 0, err
+TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6, "inner_lr": 3e-3,
+        "hvp_lr": 3e-3}
+
+
+def test_distill_from_python_writes_the_report(tmp_path):
+    import rcig
+
+    rcig.distill("digits", 1, steps=2, out=tmp_path / "r", overrides=TINY, progress=False)
     run_json = json.loads((tmp_path / "r" / "run.json").read_text())
     assert run_json["environment"]["device"] == "cpu" and run_json["environment"]["rcig"]
     text = (tmp_path / "r" / "report.html").read_text()
     assert len(embedded_pngs(text)) == 2 and text.count("<svg") == 4 and "outer step 2" in text
+    assert "Not scored yet" in text
+
+
+def test_distill_command_rewrites_the_report_with_its_scores(tmp_path, capsys, monkeypatch):
+    """The run writes its report before the set is scored; the command rewrites it after."""
+    import rcig.cli
+
+    scores = lambda m: {"mean": m, "std": 0.0, "accs": [m]}  # noqa: E731
+
+    def fake_scoring(path, *, json_out, **_):
+        report = {"no_aug": scores(0.8765), "aug": scores(0.5), "dataset": "digits", "ipc": 1, "models": 1,
+                  "arch": "conv", "steps": 20, "seconds": 1.0}
+        json_out.write_text(json.dumps(report))
+        return report
+
+    monkeypatch.setattr(rcig.cli, "evaluate_and_print", fake_scoring)
+    argv = ["distill", "--steps", "2", "--eval", "--quiet", "--out", tmp_path / "r"]
+    for key, value in TINY.items():
+        argv += ["--set", f"{key}={value}"]
+    code, out, err = run(argv, capsys)
+    assert code == 0, err
+    assert f"rcig: report: {tmp_path / 'r' / 'report.html'}" in out
+    headline = (tmp_path / "r" / "report.html").read_text().split("Distilled images")[0]
+    assert "87.65 ± 0.00" in headline and "Not scored yet" not in headline
 
 
 def test_run_environment_records_the_command_line_only_of_rcig(monkeypatch):

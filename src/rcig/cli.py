@@ -137,12 +137,13 @@ def cmd_distill(args) -> None:
         evaluate_and_print(out / "distilled.safetensors", models=args.models, test_limit=args.test_limit,
                            json_out=out / "eval.json", data_dir=args.data_dir, quiet=args.quiet,
                            compare="random" if args.baseline else None, team=team)
+        if team.leader:  # the run wrote its report before the scores existed
+            from rcig.report import write_report
+
+            write_report(out)
     else:
         say(f"rcig: score it with: rcig eval {out / 'distilled.safetensors'}")
-    if team.leader:
-        from rcig.report import write_report
-
-        print(f"rcig: report: {write_report(out)}")
+    say(f"rcig: report: {out / 'report.html'}")
 
 
 # ---------------------------------------------------------------------------- baseline

@@ -13,6 +13,8 @@ Layout::
     DIR/checkpoints/iter_N.safetensors   the EMA support at the config's checkpoint_iters
     DIR/distilled.safetensors   the EMA support (rcig.io format), written at the end
     DIR/grid.png                the distilled images, one row per class
+    DIR/report.html             the run's page (:mod:`rcig.report`), written at the end; ``rcig
+                                distill`` rewrites it once it has scored the set (eval.json)
     DIR/run.lock                the lock of the process running in DIR (pid, host, start time)
 
 Every file but the log is written whole or not at all (:func:`rcig.atomic.atomic_write`), so a
@@ -41,7 +43,7 @@ from rcig.errors import RcigError
 from rcig.run.checkpoint import load_checkpoint, save_checkpoint
 
 LOCK_FILE = "run.lock"
-RUN_FILES = ("run.json", "log.jsonl", "distilled.safetensors", "grid.png", "eval.json",
+RUN_FILES = ("run.json", "log.jsonl", "distilled.safetensors", "grid.png", "report.html", "eval.json",
              "checkpoints/latest.pt", "checkpoints/iter_*.safetensors")
 
 
@@ -214,14 +216,16 @@ class RunFolder:
             save(distilled, self.path / name)
 
     def save_outputs(self, distilled) -> None:
-        """distilled.safetensors and grid.png, the run's result."""
+        """distilled.safetensors, grid.png and report.html, the run's result."""
         from rcig.crashpoints import crash_point
+        from rcig.report import write_report
         from rcig.viz import save_grid
 
         self.save_set(distilled, "distilled.safetensors")
         crash_point("outputs")
         with self.writing():
             save_grid(distilled, self.path / "grid.png")
+            write_report(self.path)
 
 
 class NoFolder(RunFolder):
