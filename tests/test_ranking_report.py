@@ -158,6 +158,22 @@ def test_report_headline_curves_labels_eval_and_config(run_dir, capsys, monkeypa
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in text
 
 
+def test_report_marks_scores_whose_networks_diverged(run_dir, capsys):
+    from rcig.report import build_report
+
+    assert "diverged" not in build_report(run_dir)
+    report = json.loads((run_dir / "eval.json").read_text())
+    report["no_aug"].update(accs=[0.8765, 0.1, 0.8765], diverged=[1])
+    report["compare"]["random"]["conv"]["aug"].update(accs=[0.4, 0.1], diverged=[0, 1])
+    (run_dir / "eval.json").write_text(json.dumps(report))
+    text = build_report(run_dir)
+    headline, rest = text[:text.index("Distilled images")], text[text.index("<h2>Evaluation"):]
+    for part in (headline, rest):
+        assert "87.65 ± 1.23 (1 of 3 diverged)" in part and "40.00 ± 0.00 (2 of 2 diverged)" in part
+        assert "50.00 ± 0.00<" in part and "61.11 ± 2.00<" in part  # the others are not marked
+        assert part.count("Some evaluation networks diverged") == 1
+
+
 def test_svg_chart_places_points_on_labelled_axes():
     import re
 

@@ -1,9 +1,9 @@
 """One self-contained HTML page per run: ``rcig report DIR`` writes ``DIR/report.html``.
 
 At the top, a headline: the set's test accuracy without and with augmentation beside random
-real images of the same size (and herding's where scored), DD-Ranking's IOR, the wall time,
-the device, the versions and the command. Then the distilled images mapped back to pixels
-(one row per class), the curves of ``log.jsonl`` drawn as inline SVG (the outer batch's loss
+real images of the same size (and herding's where scored; a score says how many of its
+networks diverged, if any did), DD-Ranking's IOR, the wall time, the device, the versions and
+the command. Then the distilled images mapped back to pixels (one row per class), the curves of ``log.jsonl`` drawn as inline SVG (the outer batch's loss
 and accuracy, the test accuracy of ``--eval-every``, the inner and H^-1 g learning rates, the
 meta-gradient norms per leaf), the learned labels as a heat map, the tables of ``eval.json``
 and the config fields where the run differs from the closest preset. Pictures are embedded
@@ -141,7 +141,29 @@ def curves_section(log: list[dict]) -> str:
 
 
 def _pct(scores: dict | None) -> str:
-    return f"{scores['mean'] * 100:.2f} ± {scores['std'] * 100:.2f}" if scores else "-"
+    """A setting's ``mean ± std`` in %, and how many of its networks diverged where any did."""
+    if not scores:
+        return "-"
+    text = f"{scores['mean'] * 100:.2f} ± {scores['std'] * 100:.2f}"
+    bad, count = scores.get("diverged") or [], len(scores.get("accs") or [])
+    return text + (f" ({len(bad)} of {count} diverged)" if bad else "")
+
+
+def all_scores(report: dict) -> list[dict]:
+    """Every setting's scores in an eval.json: the set's (one architecture or several) and the
+    baselines'."""
+    archs = report.get("archs") or {"": {k: report[k] for k in ("no_aug", "aug") if k in report}}
+    return [scores for per_arch in (archs, *(report.get("compare") or {}).values())
+            for by_setting in per_arch.values() for scores in by_setting.values() if isinstance(scores, dict)]
+
+
+def diverged_note(report: dict) -> str:
+    """A paragraph saying what a score's "(K of N diverged)" means, where any network diverged."""
+    if not any(s.get("diverged") for s in all_scores(report)):
+        return ""
+    return ("<p class='warning'>Some evaluation networks diverged (their loss or a weight became NaN or "
+            "infinite): a score marked \"K of N diverged\" is the mean ± std over the other networks (over "
+            "all N when every one diverged).</p>")
 
 
 def eval_section(report: dict | None) -> str:
@@ -153,7 +175,8 @@ def eval_section(report: dict | None) -> str:
     rows = [[arch] + [_pct(sets[name].get(arch, {}).get(s)) for name in sets for s in ("no_aug", "aug")]
             for arch in archs]
     out = (f"<h2>Evaluation</h2><p>{html.escape(str(report.get('dataset')))}, ipc {report.get('ipc')}, "
-           f"{report.get('models')} network(s), steps {report.get('steps')}; test accuracy in %.</p>" + table(header, rows))
+           f"{report.get('models')} network(s), steps {report.get('steps')}; test accuracy in %.</p>" + table(header, rows)
+           + diverged_note(report))
     for base, per_arch in (report.get("ranking") or {}).items():
         rows = [[arch, *(f"{r['ior'][s]['mean'] * 100:+.2f}" if s in r["ior"] else "-" for s in ("no_aug", "aug")),
                  f"{r['ars']['mean'] * 100:.2f}" if "ars" in r else "-"] for arch, r in per_arch.items()]
@@ -215,7 +238,7 @@ def headline(files: RunFiles, ds) -> str:
             rows.append([names.get(base, base), _pct(scores.get("no_aug")), _pct(scores.get("aug"))])
         parts.append(f"<p>Test accuracy (%) of {report.get('models')} network(s) trained on each set alone "
                      f"({html.escape(str(arch))}, mean ± std):</p>"
-                     + table(["set", "without augmentation", "with augmentation"], rows))
+                     + table(["set", "without augmentation", "with augmentation"], rows) + diverged_note(report))
         for base, per_arch in (report.get("ranking") or {}).items():
             r = per_arch.get(arch) or next(iter(per_arch.values()), {})
             ior = ", ".join(f"{r['ior'][s]['mean'] * 100:+.2f} points {label}" for s, label in
@@ -255,7 +278,7 @@ def headline(files: RunFiles, ds) -> str:
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          "table{border-collapse:collapse;font-size:13px;margin:.5em 0}"
          "td,th{border:1px solid #bbb;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
-         ".headline{background:#f4f7fb;border:1px solid #cdd;padding:.2em 1em;margin-bottom:1em}"
+         ".headline{background:#f4f7fb;border:1px solid #cdd;padding:.2em 1em;margin-bottom:1em}.warning{color:#a40}"
          ".charts svg{margin:4px}img{max-width:100%}code{background:#eee;padding:0 3px}")
 
 
