@@ -280,3 +280,14 @@ def test_a_set_whose_every_network_diverges_has_no_score(tmp_path, capsys):
     assert "[50.00 diverged]" in lines[1] and "1 of 2 networks diverged" in lines[1]
     grid = {**report, "arch": "conv", "compare": {"random": {"conv": {"no_aug": {**report["no_aug"], "diverged": []}}}}}
     assert any(line.startswith("distilled conv no_aug; 1 of 2 networks diverged") for line in format_scores(grid))
+
+
+def test_the_progress_of_a_grid_names_each_set_and_architecture(digits, capsys):
+    from rcig.evaluation.suite import score_grid
+
+    supports = {"distilled": random_real(digits, 1, seed=0), "random": random_real(digits, 1, seed=1)}
+    settings = ProtocolSettings(n_models=1, steps=2, warmup=1, width=8, test_limit=20, settings=("aug",))
+    score_grid(supports, ("conv", "conv_bn"), settings, digits.x_test, digits.y_test, flip=False, progress=True)
+    names = [line.split(": ")[0].split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+    assert names == ["evaluate set (conv)", "evaluate set (conv_bn)", "evaluate random real (conv)",
+                     "evaluate random real (conv_bn)"]

@@ -183,9 +183,10 @@ def assign_jobs(costs: list[float], world: int) -> list[int]:
 
 
 def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-                     settings: ProtocolSettings, *, flip: bool = False, progress: bool = True, team=None) -> dict:
+                     settings: ProtocolSettings, *, flip: bool = False, progress: bool = True, label: str = "set",
+                     team=None) -> dict:
     """Score a support set: {"no_aug": {"mean", "std", "accs", "diverged"}, "aug": {...}}
-    (fractions; :func:`summarise`).
+    (fractions; :func:`summarise`). ``label`` names the set in the progress (``evaluate LABEL``).
 
     ``team`` (:class:`rcig.parallel.Team`; None: one process on ``images``' device): the
     (setting, seed) networks are shared out over its ranks (:func:`assign_jobs`) and their
@@ -212,7 +213,7 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     mine = [j for j in range(len(jobs)) if owner[j] == team.rank]
     accs = torch.zeros(len(jobs), dtype=torch.float64)  # this rank's networks; zeros elsewhere
     diverged = torch.zeros(len(jobs), dtype=torch.float64)  # 1 for a network that diverged
-    with Progress(sum(plan[jobs[j][0]][1] for j in mine), "evaluate", "step",
+    with Progress(sum(plan[jobs[j][0]][1] for j in mine), f"evaluate {label}", "step",
                   enabled=progress and team.leader) as bar:
         for name, (augment, total_steps) in plan.items():
             chosen = [j for j in mine if jobs[j][0] == name]

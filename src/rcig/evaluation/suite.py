@@ -49,12 +49,20 @@ def arch_settings(base: ProtocolSettings, name: str) -> ProtocolSettings:
     return replace(base, **ARCH_PROTOCOLS[name])
 
 
+# How the progress names each support of a grid.
+SUPPORT_LABELS = {"distilled": "set", "random": "random real", "herding": "herding"}
+
+
 def score_grid(supports: dict, archs: tuple[str, ...], base: ProtocolSettings, test_x, test_y, *, flip: bool,
                progress: bool, team=None) -> dict:
     """``{support name: {arch: {"no_aug": {...}, "aug": {...}}}}``: every support under every
-    architecture's protocol, with the same seeds (each protocol's networks shared over ``team``)."""
+    architecture's protocol, with the same seeds (each protocol's networks shared over ``team``);
+    the progress names the support (and the architecture, when there are several)."""
+    def label(name: str, arch: str) -> str:
+        return SUPPORT_LABELS.get(name, name) + (f" ({arch})" if len(archs) > 1 else "")
+
     return {name: {arch: evaluate_support(images, labels, test_x, test_y, arch_settings(base, arch), flip=flip,
-                                          progress=progress, team=team) for arch in archs}
+                                          progress=progress, label=label(name, arch), team=team) for arch in archs}
             for name, (images, labels) in supports.items()}
 
 
