@@ -9,11 +9,11 @@ labels (speed does not depend on values), 10 classes:
 
 each in both settings (``aug`` draws one transform per image per step). Variants per case:
 
-    old      the protocol's step before: channels-last, for-loop Adam
-    new      ``protocol.train_models`` as it is (NCHW, fused Adam)
-    grouped  5 networks trained as one ConvNet whose convolutions have groups=5 on the
-             channel-concatenated batches (each network's own augmentation), fused Adam;
-             per network
+    channels_last  the same step in the channels-last layout with a for-loop Adam
+    protocol       ``protocol.train_models`` (NCHW, fused Adam)
+    grouped        5 networks trained as one ConvNet whose convolutions have groups=5 on the
+                   channel-concatenated batches (each network's own augmentation), fused Adam;
+                   per network
 
 A variant's time is thread CPU time (``time.thread_time``, run with OMP_NUM_THREADS=1):
 this machine is shared, and wall time under load measures the neighbours. Variants are
@@ -58,8 +58,8 @@ def synthetic(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return x, y
 
 
-def old_train(x, y, augment: bool, steps: int) -> None:
-    """The protocol's training loop before this change (channels-last, for-loop Adam)."""
+def channels_last_train(x, y, augment: bool, steps: int) -> None:
+    """The protocol's training loop in the channels-last layout with a for-loop Adam."""
     model = make_models(SETTINGS, 1, NUM_CLASSES, x.shape[-1], [0])[0].to(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=SETTINGS.lr)
@@ -72,7 +72,7 @@ def old_train(x, y, augment: bool, steps: int) -> None:
         opt.step()
 
 
-def new_train(x, y, augment: bool, steps: int) -> None:
+def protocol_train(x, y, augment: bool, steps: int) -> None:
     train_models(x, y, SETTINGS, augment=augment, total_steps=steps, decay_steps=1000, seeds=[0])
 
 
@@ -100,7 +100,7 @@ def grouped_train(x, y, augment: bool, steps: int, m: int = GROUP) -> None:
         opt.step()
 
 
-VARIANTS = {"old": (old_train, 1), "new": (new_train, 1), "grouped": (grouped_train, GROUP)}
+VARIANTS = {"channels_last": (channels_last_train, 1), "protocol": (protocol_train, 1), "grouped": (grouped_train, GROUP)}
 
 
 def cpu_seconds(fn) -> float:
@@ -168,7 +168,7 @@ def main(argv=None) -> None:
                "date": time.strftime("%Y-%m-%d"), "clock": "thread CPU time", "repeats": args.repeats,
                "ceiling": {f"{size}px": c for size, c in ceilings.items()}, "steps": rows, "test_pass_28px": test_pass}
     for row in rows:
-        print(f"{row['case']:10s} {row['setting']:7s} {row['variant']:8s} {row['steps_per_s']:7.1f} steps/s "
+        print(f"{row['case']:10s} {row['setting']:7s} {row['variant']:13s} {row['steps_per_s']:7.1f} steps/s "
               f"(median {1 / row['seconds_per_step_median']:7.1f})  {row['gflops_per_s']:6.1f} GFLOP/s  "
               f"{row['fraction_of_ceiling']:4.0%} of ceiling")
     print(f"test pass: {test_pass['seconds_per_10k_images']:.1f} s per 10k images, "

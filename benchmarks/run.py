@@ -455,12 +455,12 @@ def write_markdown(results: dict, path: Path, args) -> None:
     if dm:
         lines += ["", f"DM (Distribution Matching, `rcig baseline --method dm`, the distillation's budget): {'; '.join(dm)}."]
     full = results.get("full_train")
-    older = [f"{method} at {ipc} ipc" for ipc, row in results[DATASET].items() for method in METHODS
-             if row.get(method) and row[method].get("init", "torch") != "reference"]
-    older += ["the full training set"] if full and full.get("init", "torch") != "reference" else []
-    if older:  # an eval without an init trained its networks from torch's initialisation
+    torch_init = [f"{method} at {ipc} ipc" for ipc, row in results[DATASET].items() for method in METHODS
+                  if row.get(method) and row[method].get("init", "torch") != "reference"]
+    torch_init += ["the full training set"] if full and full.get("init", "torch") != "reference" else []
+    if torch_init:  # an eval without an init trained its networks from torch's initialisation
         lines += ["", f"Scored with torch's initialisation of the protocol's networks (the others with "
-                      f"the reference's): {', '.join(older)}."]
+                      f"the reference's): {', '.join(torch_init)}."]
     made = [f"* {ipc} ipc: {row['distilled']['made_with']}" for ipc, row in results[DATASET].items()
             if (row.get("distilled") or {}).get("made_with")]
     if made:

@@ -19,7 +19,7 @@ SETUP_RECORDS = ("tuning", "init")
 
 
 class Progress(NamedTuple):
-    """How far a run is. CPU seconds are NaN for logs written before steps recorded them."""
+    """How far a run is. CPU seconds are NaN for a log whose steps record none."""
 
     steps: int  # outer steps done
     cpu_seconds: float  # setup + outer steps

@@ -114,7 +114,7 @@ def test_a_cached_distillation_of_another_preset_is_refused(bench, tmp_path):
     args = bench.argparse.Namespace(work=str(tmp_path), redo=[], preset="fast")
     b = bench.Bench(args)
     b.check_preset(1)  # nothing cached yet
-    b.record("distill_1", {"ipc": 1, "steps": 68})  # made before presets were recorded: the paper's
+    b.record("distill_1", {"ipc": 1, "steps": 68})  # a record that names no preset: the paper's
     with pytest.raises(SystemExit, match="used preset depth_3_no_flip, not fast"):
         b.check_preset(1)
     args.preset = "depth_3_no_flip"

@@ -6,7 +6,7 @@ old or the new checkpoint, never half of one.
 ``load_checkpoint`` uses ``torch.load(weights_only=True)``: tensors and plain containers only,
 no pickled code. Each checkpoint carries a SHA-256 of its contents (:func:`content_digest`,
 under the key ``CHECKSUM``): a file damaged on disk (a flipped byte in a tensor loads fine and
-would resume a broken run) is refused in one line; older files without one load unchecked.
+would resume a broken run) is refused in one line; a file without one loads unchecked.
 A state is a nested dict of tensors, ints, floats, bools, strings, None, lists/tuples/dicts of
 those, and RNG states (``torch.Generator.get_state()`` ByteTensors, ``random.getstate()``,
 numpy ``bit_generator.state`` dicts); numpy arrays are stored as tensors.
