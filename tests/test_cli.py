@@ -198,3 +198,20 @@ def test_distill_scores_random_real_images_beside_the_set_unless_told_not_to(tmp
         code, _, err = run(["distill", "--steps", "1", "--quiet", "--out", str(out), *tiny, *extra], capsys)
         assert code == 0, err
         assert calls[-1]["compare"] == compare and calls[-1]["json_out"] == out / "eval.json"
+
+
+def test_the_cli_reference_lists_every_option_of_every_command():
+    import argparse
+
+    from rcig.cli import build_parser
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    rows = {line.split("`")[1].split()[1]: line for line in doc.splitlines() if line.startswith("| `rcig ")}
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(rows) == sorted(commands)
+    for name, parser in commands.items():
+        synopsis = rows[name].split("`")[1]
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help", "--quiet"):
+                    assert f"{option} " in synopsis + " " or f"{option}]" in synopsis, (name, option)
