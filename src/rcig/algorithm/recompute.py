@@ -61,15 +61,16 @@ class _Recomputed(torch.autograd.Function):
                 leaves = [t.detach().requires_grad_(need) for t, need in zip([x[rows], *values], needs)]
                 outputs = ctx.fn(leaves[0], dict(zip(ctx.names, leaves[1:])))
                 pairs = [(out, cot[rows]) for out, cot in zip(outputs, cotangents) if out.requires_grad]
-                wrt = [leaf for leaf in leaves if leaf.requires_grad]
-                parts = iter(torch.autograd.grad([p[0] for p in pairs], wrt, [p[1] for p in pairs],
-                                                 allow_unused=True)) if pairs and wrt else iter(())
-            for j, need in enumerate(needs):
-                part = next(parts, None) if need else None
-                if part is None:
+                wrt = [j for j, need in enumerate(needs) if need]
+                if not pairs or not wrt:
+                    continue
+                parts = torch.autograd.grad([out for out, _ in pairs], [leaves[j] for j in wrt],
+                                            [cot for _, cot in pairs], allow_unused=True)
+            for j, part in zip(wrt, parts):
+                if part is None:  # this input does not reach the outputs
                     continue
                 if j == 0:
-                    grads[0][rows] = part
+                    grads[0][rows] = part  # row i of x reaches row i of the outputs only
                 else:
                     grads[j] += part
         return (None, None, None, *grads)
