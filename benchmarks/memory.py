@@ -66,7 +66,7 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: int | None, o
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
     rows = support_row_count(classes * ipc, cfg.flip)
     return {"shape": shape, "classes": classes, "channels": channels, "image_size": size, "ipc": ipc,
-            "preset": preset, "overrides": overrides, "chunk_rows": chunk_rows, "support_rows": rows,
+            "preset": preset, "overrides": overrides, "chunk_rows": cfg.chunk_rows, "support_rows": rows,
             "target_batch": cfg.target_batch_size, "threads": torch.get_num_threads(),
             "seconds_per_step": seconds, "parts": record["parts"], "rss_before_step_mb": before,
             "peak_rss_mb": peak, "estimate_gb": step_memory(cfg, rows, channels, size, classes).gb}

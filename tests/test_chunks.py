@@ -42,7 +42,8 @@ def test_in_chunks_equals_one_graph_and_forwards_chunks(size):
         seen.append(len(xx))
         return features_and_change(f, body0, xx, d, True)
 
-    weights = [torch.randn(N_IMAGES, n, generator=g) for n in (3 * 3 * 6, C)]  # phi (n, D = width x 3 x 3 x 2), u (n, C)
+    d_features = features_and_change(f, body0, x[:1], delta, True)[0].shape[1]
+    weights = [torch.randn(N_IMAGES, n, generator=g) for n in (d_features, C)]  # phi (n, D), u (n, C)
 
     def gradients(chunk):
         outputs = in_chunks(fn, x, delta, chunk)
