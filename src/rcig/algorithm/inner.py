@@ -171,12 +171,15 @@ class LinearizedInner(WholeSupportInner):
     solver step): no trace, whose fixed cost a single JVP never pays back.
     ``chunk_rows``: store no activations; every ``J t`` and ``J^T z`` recomputes the support's
     forward ``chunk_rows`` rows at a time (:mod:`rcig.algorithm.recompute`), so the solves
-    hold one chunk's activations instead of every row's, for one more forward per product.
+    hold one chunk's activations instead of every row's, for one more forward per product
+    (a support of at most ``chunk_rows`` rows is one chunk: stored as without it).
     """
 
     def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, one_shot: bool = False,
                  chunk_rows: int | None = None):
         super().__init__(f, body0, x_s, y_s, l2)
+        if chunk_rows is not None and chunk_rows >= len(self.x_s):
+            chunk_rows = None
 
         def logits(body: Params, x: Tensor) -> Tensor:
             return f(body, x)[0]

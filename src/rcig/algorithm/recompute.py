@@ -79,8 +79,8 @@ class _Recomputed(torch.autograd.Function):
 def in_chunks(fn: RowFunction, x: Tensor, params: Params, size: int | None) -> tuple[Tensor, ...]:
     """``fn(x, params)``, differentiable in ``x`` and ``params``; with ``size`` set, computed
     ``size`` rows at a time and recomputed chunk by chunk in the backward (module docstring).
-    ``size`` None: ``fn(x, params)`` itself, one graph over every row."""
-    if size is None:
+    ``size`` None, or no fewer than the rows: ``fn(x, params)`` itself, one graph over every row."""
+    if size is None or size >= len(x):
         return tuple(fn(x, params))
     names = tuple(params)
     return _Recomputed.apply(fn, size, names, x, *(params[k] for k in names))
