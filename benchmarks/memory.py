@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from rcig.atomic import atomic_write
+
 # name -> (classes, channels, image size, training images to draw the support and targets from)
 SHAPES = {"fashion": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "tiny": (200, 3, 64),
           "imagenette": (10, 3, 128)}
@@ -113,9 +115,8 @@ def main(argv=None) -> None:
               f"peak {row['peak_rss_mb']:.0f} MB (before the step {row['rss_before_step_mb']:.0f} MB, "
               f"estimate {row['estimate_gb']:.1f} GB)", flush=True)
         if args.out:
-            with open(args.out + ".tmp", "w") as fh:
-                json.dump(rows, fh, indent=2)
-            os.replace(args.out + ".tmp", args.out)
+            text = json.dumps(rows, indent=2) + "\n"
+            atomic_write(args.out, lambda fh: fh.write(text.encode()))
 
 
 if __name__ == "__main__":

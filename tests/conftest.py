@@ -6,6 +6,8 @@
 * ``set_args``: a config dict as the command line's ``--set key=value`` arguments;
 * ``run``: ``rcig ARGV`` in this process, its exit status and what it printed;
 * ``one_line_error``: the contract for bad input (exit status 2, one line ``rcig: error: ...``);
+* the ``float64`` fixture: torch's default dtype float64 for the test (the oracle tests of the
+  maths, ``pytestmark = pytest.mark.usefixtures("float64")``);
 * the ``benchmark_script`` fixture, which imports a script of benchmarks/ for its tests;
 * hypothesis profiles for the fuzz suite (tests/test_fuzz.py): "ci" (the default) runs a
   bounded number of examples per test so the suite stays fast; HYPOTHESIS_PROFILE=long runs
@@ -20,12 +22,21 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import torch
 
 from rcig.cli import main
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6, "inner_lr": 3e-3, "hvp_lr": 3e-3}
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def set_args(overrides: dict) -> list[str]:

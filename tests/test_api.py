@@ -98,6 +98,7 @@ def test_evaluate_from_python_scores_a_set_or_its_file_alike(tmp_path):
     assert 0.0 <= from_set["no_aug"]["mean"] <= 1.0 and "aug" not in from_set
     written = json.loads((tmp_path / "scores.json").read_text())
     assert written["no_aug"] == from_file["no_aug"] and (tmp_path / written["file"]).resolve() == DIGITS.resolve()
+    assert written["iteration"] == ds.meta["iteration"] > 0  # the outer step of the set it scored
     # a set made in Python meets the checks of a file before any training
     ds.labels = ds.labels[:, :1]
     with pytest.raises(rcig.RcigError, match="at least 2"):

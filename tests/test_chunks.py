@@ -14,12 +14,7 @@ from rcig.models import build_model
 C, N_IMAGES, N_TARGET = 3, 7, 11
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every test here computes in float64
 
 
 def tiny_base(seed=0):

@@ -23,12 +23,7 @@ from rcig.models import build_model
 C, N_S, N_T, L2 = 3, 6, 9, 0.05
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # every test here computes in float64
 
 
 def tiny_problem(seed=0, beta=4.0):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_line_error, run
+from conftest import TINY, one_line_error, run
 from rcig.cli import main
 from rcig.evaluation.ranking import ars, hlr, lrs, normalise, ranking_scores
 from rcig.io import load
@@ -82,7 +82,7 @@ def test_single_arch_json_keeps_its_shape_and_bad_lists_are_one_line(random_file
     assert run(["eval", random_file, "--arch", "conv_bn", "--settings", "aug", *TINY_EVAL, "--json", out_json],
                capsys)[0] == 0
     report = json.loads(out_json.read_text())
-    assert set(report) == {"aug", "dataset", "ipc", "method", "models", "arch", "steps", "init", "test_limit", "seconds",
+    assert set(report) == {"aug", "dataset", "ipc", "method", "iteration", "models", "arch", "steps", "init", "test_limit", "seconds",
                            "file"}
     assert report["arch"] == "conv_bn"
     for argv, message in ((["--arch", "conv,lenet"], "unknown architecture 'lenet'"),
@@ -174,6 +174,23 @@ def test_report_marks_scores_whose_networks_diverged(run_dir, capsys):
         assert part.count("Some evaluation networks diverged") == 1
 
 
+def test_report_leaves_out_scores_of_another_outer_step(run_dir):
+    from rcig.io import save
+    from rcig.report import build_report
+
+    ds = load(run_dir / "distilled.safetensors")
+    ds.meta["iteration"] = 5
+    (run_dir / "distilled.safetensors").unlink()
+    save(ds, run_dir / "distilled.safetensors")
+    report = json.loads((run_dir / "eval.json").read_text())
+    (run_dir / "eval.json").write_text(json.dumps({**report, "iteration": 5}))
+    assert "left out" not in build_report(run_dir) and "87.65" in build_report(run_dir)
+    (run_dir / "eval.json").write_text(json.dumps({**report, "iteration": 3}))  # scored before an extension
+    text = build_report(run_dir)
+    assert "outer step 3; the set is now at step 5, so they are left out" in text
+    assert "87.65" not in text and "Not scored yet" in text
+
+
 def test_svg_chart_places_points_on_labelled_axes():
     import re
 
@@ -193,8 +210,6 @@ def test_svg_chart_places_points_on_labelled_axes():
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0] and nice_ticks(3, 47) == [10, 20, 30, 40]
 
 
-TINY = {"width": 8, "pool_size": 3, "target_batch_size": 128, "max_online_steps": 6, "inner_lr": 3e-3,
-        "hvp_lr": 3e-3}
 
 
 def test_distill_from_python_writes_the_report(tmp_path):

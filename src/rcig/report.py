@@ -282,6 +282,18 @@ STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
          ".charts svg{margin:4px}img{max-width:100%}code{background:#eee;padding:0 3px}")
 
 
+def stale_scores(report: dict | None, meta: dict) -> str:
+    """A warning when ``eval.json`` (``report``) scored the set at another outer step than the
+    set in the folder (``meta``), else ""; such scores are left out of the report."""
+    if not report or report.get("iteration") is None or meta.get("iteration") is None:
+        return ""
+    if report["iteration"] == meta["iteration"]:
+        return ""
+    return (f"<p class='warning'>eval.json holds the scores of this run's set at outer step {report['iteration']}; "
+            f"the set is now at step {meta['iteration']}, so they are left out. Score it again with "
+            "<code>rcig eval DIR/distilled.safetensors --compare random --json DIR/eval.json --force</code>.</p>")
+
+
 def build_report(run_dir: str | Path) -> str:
     """The report of ``run_dir`` as one HTML string."""
     from rcig.io import load
@@ -289,11 +301,14 @@ def build_report(run_dir: str | Path) -> str:
     files = read_run(run_dir)
     ds = load(files.set_path) if files.set_path else None
     meta = ds.meta if ds is not None else {}
+    stale = stale_scores(files.eval, meta)
+    if stale:  # eval.json scored the set of another outer step (e.g. before the run was extended)
+        files = files._replace(eval=None)
     dataset = meta.get("dataset") or (files.run or {}).get("dataset") or "?"
     ipc = meta.get("ipc") or (files.run or {}).get("ipc")
     title = f"rcig: {dataset}, {ipc} image{'s' if ipc != 1 else ''} per class ({Path(run_dir).resolve().name})"
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>", headline(files, ds)]
+             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>", stale, headline(files, ds)]
     if ds is not None:
         parts.append(images_section(ds))
     else:

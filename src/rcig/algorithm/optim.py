@@ -26,9 +26,7 @@ from typing import Any, Callable
 import torch
 
 from rcig.errors import RcigError
-from rcig.algorithm.recompute import in_chunks
-
-Params = dict[str, torch.Tensor]
+from rcig.algorithm.recompute import Params, in_chunks
 
 
 def tree_zeros_like(params: Params) -> Params:

@@ -23,16 +23,14 @@ and ``J^T z = sum_k J_k^T z_k`` (:func:`vjp_in_chunks`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
 from torch.func import jvp, vjp
 
-if TYPE_CHECKING:  # optim's pool loss uses this module
-    from rcig.algorithm.optim import Params
-
-RowFunction = Callable[[Tensor, "Params"], tuple[Tensor, ...]]  # (x (n, ...), params) -> outputs (n, ...)
+Params = dict[str, Tensor]  # a network's parameters by name (the type every algorithm module uses)
+RowFunction = Callable[[Tensor, Params], tuple[Tensor, ...]]  # (x (n, ...), params) -> outputs (n, ...)
 
 
 def chunk_slices(n: int, size: int) -> list[slice]:

@@ -172,7 +172,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
     single = len(archs) == 1
     report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
-              "method": meta.get("method"), "models": base.n_models, "arch": ",".join(archs),
+              "method": meta.get("method"), "iteration": meta.get("iteration"), "models": base.n_models, "arch": ",".join(archs),
               "steps": steps or "default", "init": base.init, "test_limit": test_limit, "seconds": round(seconds, 1)}
     if not single:
         report["archs"] = grid["distilled"]
