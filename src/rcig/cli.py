@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                     description=paragraph("Dataset distillation with Convexified Implicit Gradients (RCIG, Loo et al., "
                                 "ICML 2023): learn a few synthetic images per class that train a network "
                                 "nearly as well as the whole dataset."),
-                    epilog=examples("rcig distill                       # digits, 1 image per class, scored: ~5 min",
+                    epilog=examples("rcig distill                       # digits, 1 image per class, scored: ~8 min",
                                     "rcig distill --dataset fashion_mnist --ipc 10 --preset fast --max-minutes 120",
                                     "rcig eval runs/digits_ipc1/distilled.safetensors --compare random",
                                     "rcig COMMAND --help                # each command's options and examples"))
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("distill", "learn a small synthetic set from a dataset with RCIG; writes a run folder "
                 "(set, picture, log, checkpoints, report.html)",
-                "rcig distill                                   # digits, 1 ipc, 50 steps, then scored: ~5 min",
+                "rcig distill                                   # digits, 1 ipc, 50 steps, then scored: ~8 min",
                 "rcig distill --dataset fashion_mnist --ipc 10 --preset fast --max-minutes 120",
                 "rcig distill --out runs/fashion_mnist_ipc10 --resume --steps 600   # continue a run",
                 "rcig distill --set inner_lr=1e-4 --eval-every 10",
