@@ -1,6 +1,6 @@
 """Peak memory and seconds of ONE outer step, with and without ``chunk_rows``.
 
-Each run is its own subprocess, so its peak resident memory (``ru_maxrss``) is the step's
+Each run is its own subprocess, so its peak resident memory (VmHWM) is the step's
 own plus the process's fixed cost (Python, torch, the synthetic training set, the pool),
 which is reported separately as the RSS just before the step. The data are synthetic of the
 right shape (memory and time do not depend on pixel values); the config is the preset
@@ -19,27 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 
-from rcig.atomic import atomic_write
+from speed import peak_rss_mb, rss_mb, write_json  # benchmarks/ is on sys.path when run as a script
 
 # name -> (classes, channels, image size, training images to draw the support and targets from)
 SHAPES = {"fashion": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "tiny": (200, 3, 64),
           "imagenette": (10, 3, 128)}
-
-
-def rss_mb() -> float:
-    """The process's resident memory now (VmRSS), MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: int | None, overrides: dict) -> dict:
@@ -65,7 +55,7 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: int | None, o
     started = time.perf_counter()
     record = distiller.step(state)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
+    peak = peak_rss_mb()
     rows = support_row_count(classes * ipc, cfg.flip)
     return {"shape": shape, "classes": classes, "channels": channels, "image_size": size, "ipc": ipc,
             "preset": preset, "overrides": overrides, "chunk_rows": cfg.chunk_rows, "support_rows": rows,
@@ -115,8 +105,7 @@ def main(argv=None) -> None:
               f"peak {row['peak_rss_mb']:.0f} MB (before the step {row['rss_before_step_mb']:.0f} MB, "
               f"estimate {row['estimate_gb']:.1f} GB)", flush=True)
         if args.out:
-            text = json.dumps(rows, indent=2) + "\n"
-            atomic_write(args.out, lambda fh: fh.write(text.encode()))
+            write_json(rows, args.out)
 
 
 if __name__ == "__main__":

@@ -42,12 +42,23 @@ DEFAULT_CASES = [f"{s}:{ipc}" for s in SHAPES for ipc in (1, 10, 50)] + ["gray28
 NUM_CLASSES = 10
 
 
-def peak_rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (kB there), in MB; NaN where there is none."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb() -> float:
+    """The process's resident memory now (VmRSS), MB."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (VmHWM), MB."""
+    return _status_mb("VmHWM")
 
 
 def conv_ceiling(channels: int, size: int, batch: int = 256, repeats: int = 3, clock=time.perf_counter) -> dict:
