@@ -82,12 +82,6 @@ class Progress:
             if time.perf_counter() - self.last_line >= self.interval:
                 self._line()
 
-    def postfix(self, **fields) -> None:
-        """Set fields without advancing the count."""
-        self.set_fields(fields)
-        if self.bar is not None:
-            self.bar.set_postfix(self.fields)
-
     def set_fields(self, fields: dict) -> None:
         for key, value in fields.items():
             if value is None:
