@@ -463,6 +463,19 @@ def test_out_of_memory_in_a_step_says_what_to_lower_and_keeps_the_finished_itera
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["iteration"] == 2  # not a periodic one (every 10)
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes.")])
+def test_out_of_memory_outside_a_step_is_the_users_to_lower_not_a_bug(monkeypatch, capsys, good_set, tmp_path, error):
+    import rcig.viz
+
+    def allocation_fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(rcig.viz, "save_grid", allocation_fails)
+    code, _, err = run(["show", good_set, "--out", tmp_path / "g.png"], capsys)
+    one_line_error(code, err, "out of memory (try a smaller --ipc, width or batch size)")
+
+
 # ----------------------------------------------------------------------------- bugs
 
 def test_a_bug_ends_in_one_line_that_says_so(monkeypatch, capsys, good_set, tmp_path):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from rcig import __version__, parallel
-from rcig.errors import RcigError
+from rcig.errors import RcigError, out_of_memory
 
 
 def positive_int(text: str) -> int:
@@ -470,10 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # the filesystem said no: a missing path, permissions, a full disk
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(f"rcig: error: {_one_line(exc.strerror or str(exc))}{where}", 2)
-    except MemoryError:
-        return _fail("rcig: error: out of memory (try a smaller --ipc, width or batch size)", 2)
-    except Exception as exc:  # noqa: BLE001 - anything else is a bug in rcig
-        if "not enough memory" in str(exc) or "can't allocate memory" in str(exc).lower():
+    except Exception as exc:  # noqa: BLE001 - anything else but running out of memory is a bug in rcig
+        if out_of_memory(exc):
             return _fail("rcig: error: out of memory (try a smaller --ipc, width or batch size)", 2)
         if os.environ.get("RCIG_DEBUG"):
             raise

@@ -9,3 +9,11 @@ a traceback for these. Bugs inside rcig stay ordinary exceptions.
 
 class RcigError(Exception):
     """A user-facing error whose message is one line naming the problem."""
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure (Python's, or torch's on a CPU or GPU): the
+    user's to lower the run's size, not a bug."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "not enough memory" in text or \
+        "can't allocate memory" in text

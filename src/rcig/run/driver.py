@@ -22,7 +22,7 @@ from rcig.algorithm.memory import available_gb, shortfall_warning, step_memory
 from rcig.algorithm.meta import BatchSplit, support_row_count
 from rcig.algorithm.outer import Distiller, RunState, start_images
 from rcig.config import Config, default_preset_name, from_dict, load_preset
-from rcig.errors import RcigError
+from rcig.errors import RcigError, out_of_memory
 from rcig.models import distillation_network
 from rcig.parallel import Team
 from rcig.run.folder import NoFolder, RunFolder, finished_state
@@ -329,13 +329,6 @@ def guarded(stopper: Stopper, folder: RunFolder, before: dict[str, Any] | None, 
                         "with a smaller --ipc or target_batch_size, or the support subsampled (--set "
                         "inner_train_batch_size=K --set hinv_batch_size=K --set implicit_batch_size=K "
                         "--set direct_batch_sizes=K,null), or fewer other processes on the machine") from None
-
-
-def out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` is an allocation failure (Python's, or torch's on a CPU or GPU)."""
-    text = str(exc).lower()
-    return isinstance(exc, MemoryError) or "out of memory" in text or "not enough memory" in text or \
-        "can't allocate memory" in text
 
 
 def interrupted(stopper: Stopper, folder: RunFolder, what: str) -> Interrupted:
