@@ -134,9 +134,8 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     that would end past it, at the mean step time so far (:func:`rcig.timing.past_budget`);
     at least one runs. Seeded: every draw comes from one generator of ``seed``.
     """
-    from tqdm import tqdm
-
     from rcig.data.sampling import class_members
+    from rcig.progress import progress as progress_bar
     from rcig.timing import past_budget
 
     began = time.perf_counter() if began is None else began
@@ -150,15 +149,13 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     state = DMState(images, torch.zeros_like(images), 0)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    bar = tqdm(total=settings.iterations, desc=f"rcig dm {prepared.dataset.spec} ipc={ipc}", unit="iter",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(settings.iterations, f"rcig dm {prepared.dataset.spec} ipc={ipc}", "iter", enabled=progress)
     loop_started = time.perf_counter()
     with bar:
         while state.iteration < settings.iterations:
             state, loss = dm_step(state, pools, settings, generator)
             losses.append(loss)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4g}")
+            bar.update(1, loss=f"{loss:.4g}")
             if past_budget(max_minutes, began, loop_started, time.perf_counter(), state.iteration):
                 break
     return DMResult(state.images.detach(), labels.to(device), state.iteration, losses)
