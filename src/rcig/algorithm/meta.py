@@ -40,7 +40,7 @@ from rcig.algorithm.inner import (
     ridge_matrix,
 )
 from rcig.algorithm.optim import Params
-from rcig.algorithm.recompute import RowFunction, in_chunks
+from rcig.algorithm.recompute import RowFunction, chunk_slices, in_chunks
 from rcig.augment import augment_batch
 from rcig.config import Config
 from rcig.timing import Stopwatch
@@ -224,7 +224,7 @@ def rows_with_grad(fn: RowFunction, x: Tensor, params: Params, rows: Tensor | No
     with_grad = in_chunks(fn, x[rows], params, chunk_rows)
     step = chunk or len(rest) or 1
     with torch.enable_grad() if keep_graph else torch.no_grad():
-        parts = [fn(x[rest[i:i + step]].detach(), params) for i in range(0, len(rest), step)]
+        parts = [fn(x[rest[block]].detach(), params) for block in chunk_slices(len(rest), step)]
     outputs = tuple(torch.cat([g] + [p[j] for p in parts]) for j, g in enumerate(with_grad))
     return outputs, torch.cat([rows, rest])
 
