@@ -206,10 +206,9 @@ def main(argv=None) -> None:
 
 def write_json(results: dict, path) -> None:
     """Write ``results`` as indented JSON atomically (:func:`rcig.atomic.atomic_write`)."""
-    from rcig.atomic import atomic_write
+    from rcig.atomic import atomic_write_text
 
-    text = json.dumps(results, indent=2) + "\n"
-    atomic_write(path, lambda fh: fh.write(text.encode()))
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
 
 
 def cpu_name() -> str:

@@ -371,7 +371,7 @@ import resource, signal, sys
 import numpy as np, torch
 from PIL import Image
 from safetensors.torch import save
-from rcig.atomic import WriteError, atomic_write
+from rcig.atomic import WriteError, atomic_write, atomic_write_text
 from rcig.run.checkpoint import save_checkpoint
 folder = sys.argv[1]
 writers = {"latest.pt": lambda p: save_checkpoint(p, {"w": torch.zeros(100_000)}),
@@ -379,7 +379,7 @@ writers = {"latest.pt": lambda p: save_checkpoint(p, {"w": torch.zeros(100_000)}
            "set.npz": lambda p: atomic_write(p, lambda fh: np.savez(fh, w=np.zeros(100_000))),
            "grid.png": lambda p: atomic_write(p, lambda fh: Image.fromarray(
                np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)).save(fh, format="PNG")),
-           "report.html": lambda p: atomic_write(p, lambda fh: fh.write(b"x" * 100_000))}
+           "report.html": lambda p: atomic_write_text(p, "x" * 100_000)}
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 for name, write in writers.items():

@@ -1,6 +1,6 @@
 """Atomic file writes: a crash or an error leaves the old file or the new one, never half.
 
-``atomic_write(path, write)`` calls ``write(fh)`` on a temporary file in the target's
+``atomic_write(path, write)`` (``atomic_write_text(path, text)`` for a text) calls ``write(fh)`` on a temporary file in the target's
 directory, flushes and fsyncs it, renames it over ``path`` (``os.replace`` is atomic on one
 filesystem) and fsyncs the directory so the rename itself is durable. On any error the
 temporary file is removed and the error propagates; ``path`` is untouched. A write the
@@ -94,4 +94,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
-__all__ = ["WriteError", "atomic_write", "fsync_dir"]
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write`); returns the path."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+__all__ = ["WriteError", "atomic_write", "atomic_write_text", "fsync_dir"]

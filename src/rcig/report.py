@@ -322,7 +322,6 @@ def build_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` atomically; returns its path."""
-    from rcig.atomic import atomic_write
+    from rcig.atomic import atomic_write_text
 
-    data = build_report(run_dir).encode("utf-8")
-    return atomic_write(Path(run_dir) / "report.html", lambda fh: fh.write(data))
+    return atomic_write_text(Path(run_dir) / "report.html", build_report(run_dir))

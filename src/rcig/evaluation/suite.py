@@ -186,12 +186,11 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
 def write_scores(report: dict, json_out: str | os.PathLike, scored: Path | None) -> None:
     """``report`` as JSON in ``json_out``, atomically; with the scored file's path relative to
     the JSON's folder (portable: no machine's absolute path) when there is one."""
-    from rcig.atomic import atomic_write
+    from rcig.atomic import atomic_write_text
 
     if scored is not None:
         report["file"] = os.path.relpath(os.path.abspath(scored), os.path.abspath(Path(json_out).parent))
-    text = json.dumps(report, indent=2) + "\n"
-    atomic_write(json_out, lambda fh: fh.write(text.encode()))
+    atomic_write_text(json_out, json.dumps(report, indent=2) + "\n")
 
 
 def _settings_of(per_arch: dict) -> list[dict]:

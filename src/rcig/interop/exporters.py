@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from rcig.errors import RcigError
-from rcig.atomic import atomic_write
+from rcig.atomic import atomic_write, atomic_write_text
 
 
 def _save_pt(obj, path: Path) -> None:
@@ -78,8 +78,7 @@ def export_imagefolder(ds, out: Path) -> list[Path]:
     doc = {"dataset": ds.meta.get("dataset"), "class_names": list(names), "images": entries,
            "note": "label = the set's soft label (rcig: centred one-hot plus what distillation learned); "
                    "pixels = the images mapped back through the inverse preprocessing, clipped to 0..255"}
-    text = json.dumps(doc, indent=1) + "\n"
-    atomic_write(out / "labels.json", lambda fh: fh.write(text.encode()))
+    atomic_write_text(out / "labels.json", json.dumps(doc, indent=1) + "\n")
     return written + [out / "labels.json"]
 
 

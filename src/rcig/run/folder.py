@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rcig.atomic import WriteError, atomic_write
+from rcig.atomic import WriteError, atomic_write, atomic_write_text
 from rcig.errors import RcigError
 from rcig.run.checkpoint import load_checkpoint, save_checkpoint
 
@@ -169,8 +169,7 @@ class RunFolder:
                 self.remove_stale_temporaries()
             else:
                 atomic_write(self.log, lambda fh: None)  # a fresh run never appends to an older log
-            text = json.dumps(identity, indent=2) + "\n"
-            atomic_write(self.run_file, lambda fh: fh.write(text.encode()))
+            atomic_write_text(self.run_file, json.dumps(identity, indent=2) + "\n")
 
     def truncate_log(self, iteration: int) -> None:
         """Drop log records past ``iteration`` (and a line a kill cut short), so the log matches
@@ -181,8 +180,7 @@ class RunFolder:
             return
         keep = [r for r in validate.log_records(self.log.read_text(errors="replace"), str(self.log))
                 if r["iter"] <= iteration]
-        text = "".join(json.dumps(r) + "\n" for r in keep)
-        atomic_write(self.log, lambda fh: fh.write(text.encode()))
+        atomic_write_text(self.log, "".join(json.dumps(r) + "\n" for r in keep))
 
     def remove_stale_temporaries(self) -> None:
         """The temporary files (``.NAME.XXXX.tmp``, rcig.atomic) of writes of a run's own files
