@@ -40,7 +40,9 @@ def command(out, steps=STEPS, config=CONFIG):
 
 
 def stopped_run(out, at: str, status: int, config=CONFIG) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RCIG_TEST_KILL_AT": at, "OMP_NUM_THREADS": "1"}
+    # the thread count of this process, where the reference and the resumes run: float sums
+    # depend on it, and a resume must match the reference bit for bit
+    env = {**os.environ, "RCIG_TEST_KILL_AT": at, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run(command(out, config=config), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == status, (at, done.returncode, done.stderr)
     return done
