@@ -109,6 +109,13 @@ def test_evaluate_from_python_scores_a_set_or_its_file_alike(tmp_path):
         rcig.evaluate(ds, **options)
 
 
+@pytest.mark.parametrize("ipc", [0, -1, True, 1.5, "1"])
+def test_distill_refuses_an_ipc_that_is_not_a_positive_integer(ipc, tmp_path):
+    with pytest.raises(rcig.RcigError, match="ipc must be a positive integer"):
+        rcig.distill("digits", ipc, steps=1, out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # no run folder left behind
+
+
 def rgb_npz(tmp_path: Path) -> str:
     """An ``npz:`` spec of a tiny 8x8 RGB dataset (3 classes): its preprocessing has a ZCA."""
     g = np.random.default_rng(0)

@@ -37,6 +37,13 @@ def seed(value: int) -> int:
     return value
 
 
+def ipc(value: int) -> int:
+    """Images per class: an integer >= 1."""
+    if not is_int(value) or value < 1:
+        raise RcigError(f"ipc must be a positive integer, got {value!r}")
+    return value
+
+
 def minutes(value: float | None) -> float | None:
     """A time budget: None (no limit) or a finite number of minutes > 0."""
     if value is not None and (not is_number(value) or value <= 0):

@@ -172,9 +172,7 @@ def resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored: 
 
     given = {"dataset": dataset, "ipc": ipc, "seed": seed}
     chosen = {k: v if v is not None else (stored[k] if stored else DEFAULTS[k]) for k, v in given.items()}
-    dataset, ipc, seed = chosen["dataset"], chosen["ipc"], validate.seed(chosen["seed"])
-    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
-        raise RcigError(f"ipc must be a positive integer, got {ipc!r}")
+    dataset, ipc, seed = chosen["dataset"], validate.ipc(chosen["ipc"]), validate.seed(chosen["seed"])
     with parallel.leader_first(team):  # the others then find its downloads and caches
         prepared = prepare(dataset, data_dir)
     ds = prepared.dataset
