@@ -2,7 +2,7 @@
 
 import io
 
-from rcig.progress import format_duration, format_rate, progress
+from rcig.progress import Progress, format_duration, format_rate
 
 
 class Terminal(io.StringIO):
@@ -12,7 +12,7 @@ class Terminal(io.StringIO):
 
 def test_plain_lines_in_a_file_one_per_update_without_carriage_returns():
     stream = io.StringIO()
-    with progress(4, "rcig digits ipc=1", "step", interval=0, stream=stream) as bar:
+    with Progress(4, "rcig digits ipc=1", "step", interval=0, stream=stream) as bar:
         for i in range(4):
             bar.update(1, loss=f"{1 / (i + 1):.3f}", batch_acc="0.500")
     text = stream.getvalue()
@@ -25,7 +25,7 @@ def test_plain_lines_in_a_file_one_per_update_without_carriage_returns():
 
 def test_plain_lines_at_intervals_and_a_last_one():
     stream = io.StringIO()
-    with progress(1000, "evaluate", interval=3600, stream=stream) as bar:
+    with Progress(1000, "evaluate", interval=3600, stream=stream) as bar:
         for _ in range(1000):
             bar.update(1)
     lines = stream.getvalue().splitlines()
@@ -34,7 +34,7 @@ def test_plain_lines_at_intervals_and_a_last_one():
 
 def test_disabled_shows_nothing_but_warnings():
     stream = io.StringIO()
-    with progress(3, "evaluate", enabled=False, interval=0, stream=stream) as bar:
+    with Progress(3, "evaluate", enabled=False, interval=0, stream=stream) as bar:
         bar.update(3)
         bar.write("rcig: iteration 3: aug 0.5")
         bar.write("rcig: warning: low memory", info=False)
@@ -43,7 +43,7 @@ def test_disabled_shows_nothing_but_warnings():
 
 def test_a_terminal_gets_a_bar():
     stream = Terminal()
-    with progress(3, "evaluate", stream=stream) as bar:
+    with Progress(3, "evaluate", stream=stream) as bar:
         bar.update(3)
     assert "\r" in stream.getvalue() and "3/3" in stream.getvalue()
 

@@ -1,6 +1,6 @@
 """Progress of a long loop: a bar on a terminal, plain timestamped lines anywhere else.
 
-``progress(total, desc, unit, enabled)`` is the one way rcig reports progress. When its
+``Progress(total, desc, unit, enabled=...)`` is the one way rcig reports progress. When its
 stream (stderr) is a terminal it draws a tqdm bar; when it is a pipe or a file it writes one
 plain line per ``interval`` seconds (``interval=0``: one per update) and a last one at the
 end, with no carriage-return frames::
@@ -44,7 +44,9 @@ def format_count(n: float, unit: str) -> str:
 
 
 class Progress:
-    """A running count of ``unit`` out of ``total`` (None: unknown) with named fields.
+    """A running count of ``unit`` out of ``total`` (None: unknown) with named fields; options:
+    ``initial`` (the count to start from), ``interval`` (seconds between plain lines),
+    ``stream`` (default stderr), ``transient`` (a bar that disappears when done).
 
     ``update(n, **fields)`` advances the count and sets fields shown beside it (a field set
     to None is dropped); ``write(line)`` prints a line without breaking the bar; ``close()``
@@ -142,10 +144,4 @@ def _is_terminal(stream) -> bool:
         return False
 
 
-def progress(total: int | None, desc: str, unit: str = "step", enabled: bool = True, **options) -> Progress:
-    """A :class:`Progress`; ``options``: ``initial``, ``interval`` (seconds between plain
-    lines), ``stream`` (default stderr), ``transient`` (a bar that disappears when done)."""
-    return Progress(total, desc, unit, enabled=enabled, **options)
-
-
-__all__ = ["Progress", "progress", "format_duration", "format_rate", "PLAIN_INTERVAL"]
+__all__ = ["Progress", "format_duration", "format_rate", "PLAIN_INTERVAL"]

@@ -135,7 +135,7 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     at least one runs. Seeded: every draw comes from one generator of ``seed``.
     """
     from rcig.data.sampling import class_members
-    from rcig.progress import progress as progress_bar
+    from rcig.progress import Progress
     from rcig.timing import past_budget
 
     began = time.perf_counter() if began is None else began
@@ -149,7 +149,7 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     state = DMState(images, torch.zeros_like(images), 0)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    bar = progress_bar(settings.iterations, f"rcig dm {prepared.dataset.spec} ipc={ipc}", "iter", enabled=progress)
+    bar = Progress(settings.iterations, f"rcig dm {prepared.dataset.spec} ipc={ipc}", "iter", enabled=progress)
     loop_started = time.perf_counter()
     with bar:
         while state.iteration < settings.iterations:
