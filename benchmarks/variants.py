@@ -40,6 +40,12 @@ The variants (``B`` = ``--boost-steps``):
 * ``fast_boost900``: the boost decays over 900 outer steps instead of 300 (about the steps
   that 2 hours of one thread make at 1 ipc).
 * ``fast_lr10x``: the boost starts at 10x instead of 3x (still decaying over 300 steps).
+* ``fast_w64``, ``fast_w96``: a narrower distillation network (64 / 96 channels per layer, a
+  convolution about 4x / 1.8x cheaper); scored, like every variant, on the protocol's width 128.
+* ``fast_tb128``: 128 target images per meta-gradient instead of 256.
+* ``fast_pool4``: a used pool network trains 1-4 steps instead of 1-16 (``n_max_steps_pool``).
+* ``fast_cg3``: 3 conjugate-gradient iterations per solve instead of 5.
+* ``fast_ema995``: the saved set is the EMA with decay 0.995 instead of 0.99.
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -79,6 +85,7 @@ from speed import VARIANTS as SPEED_VARIANTS, write_json
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = "depth_3_no_flip"
 SEED = 0
+PROTOCOL_WIDTH = 128  # every set is scored on the paper's network, whatever width distilled it
 SETTINGS = ("no_aug", "aug")
 AUG = ["crop", "rotate", "translate", "cutout"]
 BASELINES = ("random", "herding")  # rcig baseline --method, same size and seed, same protocol
@@ -90,7 +97,8 @@ FAST = SPEED_VARIANTS["fast"]  # tb256 + cg5
 FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300}  # --preset fast at 1 ipc
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
-         "fast_herding_lr3x", "fast_boost900", "fast_lr10x")
+         "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_tb128", "fast_pool4",
+         "fast_cg3", "fast_ema995")
 
 
 def variant_overrides(boost_steps: int) -> dict[str, dict]:
@@ -117,6 +125,12 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
         "fast_herding_lr3x": FAST_1IPC,
         "fast_boost900": {**FAST_1IPC, "proto_lr_boost_steps": 900},
         "fast_lr10x": {**FAST_1IPC, "proto_lr_boost": 10},
+        "fast_w64": {**FAST_1IPC, "width": 64},
+        "fast_w96": {**FAST_1IPC, "width": 96},
+        "fast_tb128": {**FAST_1IPC, "target_batch_size": 128},
+        "fast_pool4": {**FAST_1IPC, "n_max_steps_pool": 4},
+        "fast_cg3": {**FAST_1IPC, "n_inner_steps": 3, "n_hinv_steps": 3},
+        "fast_ema995": {**FAST_1IPC, "ema_decay": 0.995},
     }
     return {name: table[name] for name in ORDER}
 
@@ -313,6 +327,7 @@ class Sweep:
         out = snapshot.with_suffix(".eval.json")
         which = settings[0] if len(settings) == 1 else "both"
         rcig("eval", str(snapshot), "--models", str(self.args.models), "--settings", which, "--seed", "0",
+             "--width", str(PROTOCOL_WIDTH),
              "--json", str(out), threads=self.args.threads)
         scores = json.loads(out.read_text())
         return {s: scores[s] for s in settings}

@@ -291,3 +291,12 @@ def test_the_progress_of_a_grid_names_each_set_and_architecture(digits, capsys):
     names = [line.split(": ")[0].split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
     assert names == ["evaluate set (conv)", "evaluate set (conv_bn)", "evaluate random real (conv)",
                      "evaluate random real (conv_bn)"]
+
+
+def test_eval_width_overrides_the_sets_protocol_width():
+    from rcig.evaluation.suite import protocol_settings
+
+    meta = {"protocol": {"arch": "conv", "depth": 3, "width": 64, "augmentations": ["crop"]}}
+    assert protocol_settings(meta).width == 64  # the set's own: the distillation network's
+    assert protocol_settings(meta, width=128).width == 128  # `rcig eval --width 128`: the paper's network
+    assert protocol_settings({}).width == ProtocolSettings().width

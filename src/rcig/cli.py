@@ -190,7 +190,7 @@ def cmd_eval(args) -> None:
         refuse_existing(args.json, args.force, "--json")
     evaluate_and_print(args.file, models=args.models, arch=args.arch, steps=args.steps, test_limit=args.test_limit,
                        seed=args.seed, json_out=args.json, data_dir=args.data_dir, settings=args.settings,
-                       compare=args.compare, init=args.init, quiet=args.quiet, team=parallel.join(args.device))
+                       compare=args.compare, init=args.init, width=args.width, quiet=args.quiet, team=parallel.join(args.device))
 
 
 # -------------------------------------------------------------------------------- show
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train without augmentation, with it, or both")
     p.add_argument("--init", choices=("reference", "torch"), default="reference",
                    help="the networks' initialisation: the reference release's (flax lecun-normal) or torch's")
+    p.add_argument("--width", type=positive_int, metavar="W", help="the networks' channels per layer (default: the "
+                   "file's, the distillation network's; 128 is the paper's)")
     p.add_argument("--json", metavar="FILE", help="also write the scores as JSON here")
     add_force_option(p)
     add_common_options(p)

@@ -92,14 +92,15 @@ def format_table(grid: dict, ranking: dict | None = None) -> list[str]:
 
 
 def protocol_settings(meta: dict, *, models: int | None = None, steps: int | None = None, seed: int | None = None,
-                      test_limit: int | None = None, settings: str = "both", init: str | None = None) -> ProtocolSettings:
+                      test_limit: int | None = None, settings: str = "both", init: str | None = None,
+                      width: int | None = None) -> ProtocolSettings:
     """The protocol a set's metadata asks for (its arch, depth, width, augmentations), with the
     given arguments in place of the protocol's defaults where they are not None."""
     protocol, defaults = meta.get("protocol") or {}, ProtocolSettings()
     if settings not in ("both", "no_aug", "aug"):
         raise RcigError(f"settings must be both, no_aug or aug, got {settings!r}")
     return ProtocolSettings(arch=protocol.get("arch", defaults.arch), depth=protocol.get("depth", defaults.depth),
-                            width=protocol.get("width", defaults.width), n_models=models or defaults.n_models,
+                            width=width or protocol.get("width", defaults.width), n_models=models or defaults.n_models,
                             steps=steps, seed=defaults.seed if seed is None else seed,
                             augmentations=tuple(protocol.get("augmentations", defaults.augmentations)),
                             test_limit=test_limit, init=init or defaults.init,
@@ -108,14 +109,15 @@ def protocol_settings(meta: dict, *, models: int | None = None, steps: int | Non
 
 def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None = None, arch: str | None = None,
              steps: int | None = None, test_limit: int | None = None, seed: int | None = None,
-             settings: str = "both", compare: str | None = None, init: str | None = None,
+             settings: str = "both", compare: str | None = None, init: str | None = None, width: int | None = None,
              data_dir: str | os.PathLike | None = None, json_out: str | os.PathLike | None = None,
              progress: bool = True, team: Team | None = None) -> dict:
     """Score a distilled set (a :class:`rcig.io.DistilledSet` or its file) with the paper's
     protocol on the real test set of the dataset it names; returns the scores (fractions).
 
     Arguments left as None take the protocol's defaults (:class:`ProtocolSettings`) or, for
-    arch/depth/width/augmentations, the set's own protocol. ``arch`` may list several
+    arch/depth/width/augmentations, the set's own protocol (``width`` scores a set distilled
+    with a narrower network on the paper's width-128 ConvNet). ``arch`` may list several
     architectures ("conv,resnet18"); ``compare`` ("random[,herding]") also scores baselines of
     the same size with the same protocol and seeds, with DD-Ranking's IOR and ARS;
     ``settings`` is "both", "no_aug" or "aug". One architecture and no baseline: the result is
@@ -147,7 +149,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or ((meta.get("protocol") or {}).get("arch", "conv"),)
     baselines = parse_list(compare, SELECTIONS, "baseline")
     base = protocol_settings(meta, models=models, steps=steps, seed=seed, test_limit=test_limit, settings=settings,
-                             init=init)
+                             init=init, width=width)
     channels, size = ds.images.shape[1], ds.images.shape[2]
     for name in archs:
         validate.network_fits(ARCH_PROTOCOLS[name]["arch"], channels, size, base.depth, where)
