@@ -1,4 +1,5 @@
-"""Augmentation during distillation (aug, aug_repeats) and the support learning-rate boost."""
+"""Augmentation during distillation (aug, aug_repeats) and the support's learning-rate schedule
+(the boost and the anneal)."""
 
 import math
 
@@ -7,7 +8,7 @@ import torch
 
 from conftest import TINY
 import rcig.algorithm.outer as distill_module
-from rcig.algorithm.outer import Distiller, boost_scale
+from rcig.algorithm.outer import Distiller, lr_multiplier
 from rcig.algorithm.inner import BaseNetwork, make_solvers
 from rcig.algorithm.meta import (
     Batch, GradSettings, MetaResult, direct_gradient, held_augmentation, meta_gradient, support_augmentation,
@@ -215,7 +216,8 @@ def run_hash(overrides, steps=2):
 
 def test_the_explicit_off_settings_are_the_defaults():
     base = run_hash({})
-    off = run_hash({"aug": [], "aug_repeats": 0, "proto_lr_boost": 1.0, "proto_lr_boost_steps": 0})
+    off = run_hash({"aug": [], "aug_repeats": 0, "proto_lr_boost": 1.0, "proto_lr_boost_steps": 0,
+                    "proto_lr_final": 1.0, "proto_lr_final_step": 0})
     assert all(torch.equal(a, b) for a, b in zip(base, off))
 
 
@@ -236,6 +238,12 @@ def test_the_explicit_off_settings_are_the_defaults():
     ({"proto_lr_boost": 0.5, "proto_lr_boost_steps": 10}, "proto_lr_boost must be >= 1"),
     ({"proto_lr_boost": 3.0}, "needs proto_lr_boost_steps > 0"),
     ({"proto_lr_boost_steps": -1}, "proto_lr_boost_steps must be a non-negative integer"),
+    ({"proto_lr_final": 0.0, "proto_lr_final_step": 10}, "proto_lr_final must be in \\(0, 1\\]"),
+    ({"proto_lr_final": 1.5, "proto_lr_final_step": 10}, "proto_lr_final must be in \\(0, 1\\]"),
+    ({"proto_lr_final": 0.1}, "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps"),
+    ({"proto_lr_final": 0.1, "proto_lr_boost": 3, "proto_lr_boost_steps": 300, "proto_lr_final_step": 300},
+     "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps"),
+    ({"proto_lr_final_step": -1}, "proto_lr_final_step must be a non-negative integer"),
 ])
 def test_bad_settings_are_one_line_errors(values, message):
     with pytest.raises(RcigError, match=message):
@@ -255,32 +263,75 @@ def test_command_line_lists_parse_to_transform_tuples():
     assert Config().aug == () and Config().aug_repeats == 0 and Config().proto_lr_boost == 1.0
 
 
-# -------------------------------------------------------------- the lr boost
+# ------------------------------------------------- the support's learning-rate schedule
 
 def test_boost_schedule_values():
-    assert boost_scale(1.0, 0, 0) == 1.0 and boost_scale(1.0, 100, 7) == 1.0  # off: exactly 1
-    assert boost_scale(10.0, 100, 0) == 10.0
-    assert boost_scale(10.0, 100, 50) == pytest.approx(5.5)
-    assert boost_scale(10.0, 100, 25) == pytest.approx(1 + 9 * 0.5 * (1 + math.cos(math.pi / 4)))
-    assert boost_scale(10.0, 100, 99) == pytest.approx(1.0, abs=0.01) and boost_scale(10.0, 100, 99) > 1
-    assert boost_scale(10.0, 100, 100) == 1.0 and boost_scale(10.0, 100, 5000) == 1.0
-    values = [boost_scale(3.0, 40, t) for t in range(41)]
+    boost = lambda b, n, t: lr_multiplier(t, boost=b, boost_steps=n)  # noqa: E731
+    assert boost(1.0, 0, 0) == 1.0 and boost(1.0, 100, 7) == 1.0  # off: exactly 1
+    assert boost(10.0, 100, 0) == 10.0
+    assert boost(10.0, 100, 50) == pytest.approx(5.5)
+    assert boost(10.0, 100, 25) == pytest.approx(1 + 9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert boost(10.0, 100, 99) == pytest.approx(1.0, abs=0.01) and boost(10.0, 100, 99) > 1
+    assert boost(10.0, 100, 100) == 1.0 and boost(10.0, 100, 5000) == 1.0
+    values = [boost(3.0, 40, t) for t in range(41)]
     assert all(a > b for a, b in zip(values[:-1], values[1:]))  # decays monotonically
 
 
-def test_boost_moves_the_first_step_boost_times_further():
-    """AdaBelief's first step is ~lr per element, so the images and labels move `boost` times
-    as far as without the boost (same gradient: the update happens after it), log_temp as far."""
+def test_anneal_schedule_values_after_a_boost():
+    """Boost 3 over 10 steps, then anneal to 0.1 at step number 31 (t = 30): 20 steps of cosine."""
+    m = lambda t: lr_multiplier(t, boost=3.0, boost_steps=10, final=0.1, final_step=31)  # noqa: E731
+    assert m(0) == 3.0  # the start: the boost
+    assert m(5) == pytest.approx(2.0)  # halfway through the boost
+    assert m(10) == pytest.approx(1.0)  # the boost's end is the anneal's start
+    assert m(20) == pytest.approx(0.55)  # halfway through the anneal: (1 + f) / 2
+    assert m(25) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 15 / 20)))
+    assert m(29) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 19 / 20))) and m(29) > 0.1
+    assert m(30) == 0.1 and m(31) == 0.1 and m(5000) == 0.1  # the last step of the anneal runs at f, and on
+    values = [m(t) for t in range(31)]
+    assert all(a > b for a, b in zip(values[:-1], values[1:]))  # one monotone decay from 3 to 0.1
+
+
+def test_anneal_schedule_values_without_a_boost():
+    """No boost: the anneal runs from 1 at the first step to 0.5 at step number 11 (t = 10)."""
+    m = lambda t: lr_multiplier(t, final=0.5, final_step=11)  # noqa: E731
+    assert m(0) == 1.0 and m(5) == pytest.approx(0.75) and m(10) == 0.5 and m(11) == 0.5
+    assert m(9) == pytest.approx(0.5 + 0.25 * (1 + math.cos(math.pi * 9 / 10)))
+    assert lr_multiplier(10, boost=3.0, boost_steps=10, final=0.1, final_step=11) == 0.1  # one step after the boost
+    assert lr_multiplier(0, final=0.2, final_step=1) == 0.2  # the anneal ends at the first step
+
+
+def test_anneal_off_is_exactly_the_boost_alone():
+    """final = 1 leaves the boost's schedule bit for bit, wherever the anneal's end is."""
+    for final_step in (0, 11, 500):
+        assert all(lr_multiplier(t, 3.0, 10, 1.0, final_step) == lr_multiplier(t, 3.0, 10) for t in range(600))
+    assert all(lr_multiplier(t, final_step=40) == 1.0 for t in range(100))
+
+
+def test_anneal_changes_the_images_and_off_is_bit_identical():
+    boosted = {"proto_lr_boost": 3.0, "proto_lr_boost_steps": 1}
+    base = run_hash(boosted, steps=3)
+    off = run_hash({**boosted, "proto_lr_final": 1.0, "proto_lr_final_step": 3}, steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(base, off))
+    annealed = run_hash({**boosted, "proto_lr_final": 0.5, "proto_lr_final_step": 3}, steps=3)
+    assert not torch.equal(base[0], annealed[0]) and torch.isfinite(annealed[0]).all()
+
+
+@pytest.mark.parametrize("schedule, factor", [({"proto_lr_boost": 3.0, "proto_lr_boost_steps": 10}, 3.0),
+                                               ({"proto_lr_final": 0.25, "proto_lr_final_step": 1}, 0.25)])
+def test_the_schedule_scales_the_first_step_of_images_and_labels(schedule, factor):
+    """AdaBelief's first step is ~lr per element, so the images and labels move ``factor``
+    times as far as without the schedule (same gradient: the update happens after it);
+    log_temp as far (temp_lr follows neither the boost nor the anneal)."""
     moves = {}
-    for boost in (1.0, 3.0):
-        cfg = Config(**TINY, proto_lr_boost=boost, proto_lr_boost_steps=10 if boost > 1 else 0)
+    for name, overrides in (("off", {}), ("on", schedule)):
+        cfg = Config(**TINY, **overrides)
         d = distiller(cfg)
         state = d.new_state()
         before = {k: v.clone() for k, v in state.support.items()}
         record = d.step(state)
-        moves[boost] = {k: state.support[k] - before[k] for k in before}
-        assert record["proto_lr"] == pytest.approx(cfg.proto_lr * boost)
+        moves[name] = {k: state.support[k] - before[k] for k in before}
+        assert record["proto_lr"] == pytest.approx(cfg.proto_lr * (factor if name == "on" else 1.0))
     for k in ("x", "y"):
-        assert moves[1.0][k].abs().max() > 0
-        assert torch.allclose(moves[3.0][k], 3 * moves[1.0][k], rtol=1e-4, atol=1e-7)
-    assert torch.allclose(moves[3.0]["log_temp"], moves[1.0]["log_temp"])
+        assert moves["off"][k].abs().max() > 0
+        assert torch.allclose(moves["on"][k], factor * moves["off"][k], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(moves["on"]["log_temp"], moves["off"]["log_temp"])

@@ -35,11 +35,17 @@ Two groups of knobs are off in every preset (the paper does not use them):
   solves one fixed convex problem, so ``solver=cg`` can run it), and plain passes see no
   augmentation at all; ``normal_repeats=0, aug_repeats=1`` makes every pass augmented, and
   ``aug_copies`` = K makes an augmented pass's support K transformed copies of each row.
-* A support learning-rate boost for short CPU budgets: the AdaBelief rate of ``x`` and
-  ``y`` starts at ``proto_lr_boost`` x ``proto_lr`` and decays (cosine) to ``proto_lr`` over
-  the first ``proto_lr_boost_steps`` outer steps, then stays there. ``log_temp`` keeps
-  ``temp_lr`` (a single scalar already at 10x the rate; boosting it is not what moves the
-  images).
+* The support's learning-rate schedule (:func:`rcig.algorithm.outer.lr_multiplier`), a
+  boost for short CPU budgets and an anneal for the end of a run: the AdaBelief rate of ``x``
+  and ``y`` starts at ``proto_lr_boost`` x ``proto_lr`` and decays (cosine) to ``proto_lr``
+  over the first ``proto_lr_boost_steps`` outer steps; from there it anneals (cosine) to
+  ``proto_lr_final`` x ``proto_lr``, reached at outer step ``proto_lr_final_step`` (counted
+  from 1, so that step runs at it) and kept after it. The anneal's end is a step of its own,
+  not ``steps``: the schedule is a function of the step alone, so a run stopped early
+  (``--max-minutes``) has not finished annealing, and one extended with ``--resume --steps``
+  goes on at ``proto_lr_final``, as a run given the larger ``steps`` from the start would.
+  ``log_temp`` keeps ``temp_lr`` throughout (a single scalar already at 10x the rate; its
+  rate is not what moves the images).
 """
 
 from __future__ import annotations
@@ -209,6 +215,8 @@ class Config:
     proto_lr: float = knob(FLOAT, 0.003)  # AdaBelief lr for images and labels
     proto_lr_boost: float = knob(FLOAT, 1.0)  # > 1: start x/y's lr at this multiple of proto_lr ...
     proto_lr_boost_steps: int = knob(INT, 0)  # ... and decay it (cosine) to proto_lr over these outer steps
+    proto_lr_final: float = knob(FLOAT, 1.0)  # < 1: then anneal x/y's lr (cosine) to this multiple of proto_lr ...
+    proto_lr_final_step: int = knob(INT, 0)  # ... reached at this outer step (from 1; not `steps`) and kept after it
     temp_lr: float = knob(FLOAT, 0.03)  # AdaBelief lr for log_temp
     ema_decay: float = knob(FLOAT, 0.99)
 
@@ -342,7 +350,8 @@ def _validate(cfg: Config) -> None:
     for name in positive_ints:
         value = getattr(cfg, name)
         need(is_int(value) and value > 0, f"{name} must be a positive integer, got {value!r}")
-    for name in ("n_inner_steps", "n_hinv_steps", "steps", "normal_repeats", "aug_repeats", "proto_lr_boost_steps"):
+    for name in ("n_inner_steps", "n_hinv_steps", "steps", "normal_repeats", "aug_repeats", "proto_lr_boost_steps",
+                 "proto_lr_final_step"):
         value = getattr(cfg, name)
         need(is_int(value) and value >= 0, f"{name} must be a non-negative integer, got {value!r}")
     for name in ("proto_lr", "temp_lr", "l2_rate", "pool_lr", "inner_lr_start", "hvp_lr_start"):
@@ -388,6 +397,10 @@ def _validate(cfg: Config) -> None:
     need(cfg.proto_lr_boost >= 1, f"proto_lr_boost must be >= 1 (1 = off), got {cfg.proto_lr_boost!r}")
     need(cfg.proto_lr_boost == 1 or cfg.proto_lr_boost_steps > 0,
          "proto_lr_boost > 1 needs proto_lr_boost_steps > 0, the outer steps over which it decays")
+    need(0 < cfg.proto_lr_final <= 1, f"proto_lr_final must be in (0, 1] (1 = off), got {cfg.proto_lr_final!r}")
+    need(cfg.proto_lr_final == 1 or cfg.proto_lr_final_step > cfg.proto_lr_boost_steps,
+         "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps, the outer step at which the anneal "
+         "after the boost ends")
 
 
 # ---------------------------------------------------------------------------- presets

@@ -10,7 +10,7 @@
         X_t     = 1,024 real training images
         grad    = direct + implicit meta-gradient        (rcig.algorithm.meta; the inner
                   Adam's count starts at theta0's pool steps, as the reference's)
-        support = AdaBelief step (x, y: lr x proto_lr_boost_scale);  ema = EMA(support)
+        support = AdaBelief step (x, y: lr x lr_multiplier: boost, anneal);  ema = EMA(support)
         theta0 += randint(1, 16) Adam steps of MSE to the support's labels
         every 50 steps: adapt inner_lr from how the inner solves went (solver=adam)
     save the EMA support
@@ -161,16 +161,29 @@ def tune_learning_rates(base: BaseNetwork, support: dict[str, torch.Tensor], tar
     return inner_lr, hvp_lr
 
 
-def boost_scale(boost: float, steps: int, iteration: int) -> float:
-    """The support learning-rate multiplier for outer step ``iteration`` (0-based)::
+def lr_multiplier(iteration: int, boost: float = 1.0, boost_steps: int = 0, final: float = 1.0,
+                  final_step: int = 0) -> float:
+    """The support's learning-rate multiplier (of ``proto_lr``, for ``x`` and ``y``) at outer
+    step ``iteration`` (0-based: the step numbered ``iteration + 1``): a cosine boost, then a
+    cosine anneal. With t = ``iteration``, b = ``boost``, B = ``boost_steps``, f = ``final``,
+    E = ``final_step``::
 
-        1 + (boost - 1) (1 + cos(pi t / steps)) / 2    for t < steps,   1 afterwards
+        m(t) = 1 + (b - 1) (1 + cos(pi t / B)) / 2                   t < B            (boost)
+        m(t) = f + (1 - f) (1 + cos(pi (t - B) / (E - 1 - B))) / 2   B <= t < E - 1   (anneal)
+        m(t) = f                                                     t >= max(B, E - 1)
 
-    i.e. ``boost`` at t = 0, halfway at t = steps/2, 1 from t = steps on; exactly 1.0 when
-    ``boost`` is 1 (off)."""
-    if iteration >= steps:
-        return 1.0
-    return 1.0 + (boost - 1.0) * 0.5 * (1.0 + math.cos(math.pi * iteration / steps))
+    so m = b at the first step, halfway at t = B/2, 1 at t = B (the boost's end, where the
+    anneal starts), (1 + f)/2 halfway through the anneal, and exactly f from step number E
+    (t = E - 1) on: E is the last step of the anneal, which runs at f, as does every step
+    after it. Off, m is exactly 1.0: the boost with b = 1 (any B), the anneal with f = 1
+    (any E). The config asks B > 0 when b > 1 and E > B when f < 1.
+    """
+    if iteration < boost_steps:
+        return 1.0 + (boost - 1.0) * 0.5 * (1.0 + math.cos(math.pi * iteration / boost_steps))
+    if iteration >= final_step - 1:
+        return final
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * (iteration - boost_steps)
+                                                        / (final_step - 1 - boost_steps)))
 
 
 # ------------------------------------------------------------------------- run state
@@ -278,7 +291,8 @@ class Distiller:
         result = results[0] if len(results) == 1 else average_results(results)
         check_finite(result, state.iteration + 1)
 
-        lr_scale = boost_scale(cfg.proto_lr_boost, cfg.proto_lr_boost_steps, state.iteration)  # AdaBelief + EMA
+        lr_scale = lr_multiplier(state.iteration, cfg.proto_lr_boost, cfg.proto_lr_boost_steps,  # AdaBelief + EMA
+                                 cfg.proto_lr_final, cfg.proto_lr_final_step)
         support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser,
                                                  {"x": lr_scale, "y": lr_scale})
         if not cfg.learn_labels:
@@ -342,5 +356,5 @@ def log_record(state: RunState, r: MetaResult, index: int, pool_steps: int, cost
     }
 
 
-__all__ = ["Distiller", "Outcome", "RunState", "adapt_lr", "boost_scale", "grow_while_stable", "init_support",
+__all__ = ["Distiller", "Outcome", "RunState", "adapt_lr", "grow_while_stable", "init_support", "lr_multiplier",
            "solve_outcome", "start_images", "tune_learning_rates"]
