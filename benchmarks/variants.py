@@ -9,7 +9,7 @@ until each budget of ``--points`` CPU minutes, where its EMA set is copied and s
     python benchmarks/variants.py --variants faithful,cg5 --points 5              # a subset
     python benchmarks/variants.py --only report                                   # outputs from the cache
 
-The variants (``B`` = ``--boost-steps``):
+The variants (``B`` = ``--boost-steps``, ``A`` = ``--anneal-step``):
 
 * ``faithful``: the preset as it is.
 * ``lr3x``, ``lr10x``: the support's learning rate starts 3x / 10x higher and decays (cosine)
@@ -46,6 +46,12 @@ The variants (``B`` = ``--boost-steps``):
 * ``fast_pool4``: a used pool network trains 1-4 steps instead of 1-16 (``n_max_steps_pool``).
 * ``fast_cg3``: 3 conjugate-gradient iterations per solve instead of 5.
 * ``fast_ema995``: the saved set is the EMA with decay 0.995 instead of 0.99.
+* ``fast_anneal``: after the boost, the support's learning rate anneals (cosine) to 0.1 x
+  ``proto_lr``, reached at outer step A = ``--anneal-step`` (``proto_lr_final``,
+  ``proto_lr_final_step``). A is a config field of the run, not its ``steps``, so the chunks
+  below (each a ``--resume --steps S``) follow the schedule a run given all its steps at once
+  would; a budget that ends before step A scores a set not yet fully annealed. The default A,
+  870, is about the outer steps 120 CPU minutes make at 1 ipc.
 
 Budgets are CPU time, not wall time (the machine is shared): the sum of the run's log
 ``cpu_seconds``, the learning-rate tuning's included (``solver=cg`` needs none, so it starts
@@ -98,10 +104,11 @@ FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_ste
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
          "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_tb128", "fast_pool4",
-         "fast_cg3", "fast_ema995")
+         "fast_cg3", "fast_ema995", "fast_anneal")
+ANNEAL_STEP = 870  # fast_anneal's default end of the anneal: about 120 CPU minutes of fast at 1 ipc
 
 
-def variant_overrides(boost_steps: int) -> dict[str, dict]:
+def variant_overrides(boost_steps: int, anneal_step: int = ANNEAL_STEP) -> dict[str, dict]:
     """name -> the config fields it changes in the faithful preset (in ``ORDER``)."""
     table = {
         "faithful": {},
@@ -131,6 +138,7 @@ def variant_overrides(boost_steps: int) -> dict[str, dict]:
         "fast_pool4": {**FAST_1IPC, "n_max_steps_pool": 4},
         "fast_cg3": {**FAST_1IPC, "n_inner_steps": 3, "n_hinv_steps": 3},
         "fast_ema995": {**FAST_1IPC, "ema_decay": 0.995},
+        "fast_anneal": {**FAST_1IPC, "proto_lr_final": 0.1, "proto_lr_final_step": anneal_step},
     }
     return {name: table[name] for name in ORDER}
 
@@ -215,7 +223,7 @@ class Sweep:
     def __init__(self, args):
         self.args = args
         self.work = Path(args.work)
-        self.overrides = variant_overrides(args.boost_steps)
+        self.overrides = variant_overrides(args.boost_steps, args.anneal_step)
         self.extra = list(args.set)
 
     # ------------------------------------------------------------------- bookkeeping
@@ -232,7 +240,8 @@ class Sweep:
         piece = json.loads(path.read_text())
         if {k: piece.get(k) for k in self.identity(name)} != self.identity(name):
             raise SweepError(f"{path} was made with other settings (dataset, ipc, overrides, "
-                             f"--boost-steps or --set); delete it and {self.work / name} or use another --work")
+                             f"--boost-steps, --anneal-step or --set); delete it and {self.work / name} or use "
+                             "another --work")
         return piece
 
     def save(self, name: str, piece: dict) -> None:
@@ -462,6 +471,9 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--points", type=parse_points, default=[5.0, 10.0, 20.0, 40.0], help="CPU-minute budgets to score at (default 5,10,20,40)")
     parser.add_argument("--boost-steps", type=positive_int, default=100,
                         help="lr3x/lr10x: outer steps over which the boost decays to the paper's rate (default 100)")
+    parser.add_argument("--anneal-step", type=positive_int, default=ANNEAL_STEP,
+                        help="fast_anneal: the outer step at which the support's rate reaches 0.1x (after fast's "
+                        f"300 boosted steps, so > 300; default {ANNEAL_STEP})")
     parser.add_argument("--baselines", type=parse_baselines, default=list(BASELINES),
                         help="baseline sets scored once beside the variants: random,herding (default) or none")
     parser.add_argument("--dataset", default="fashion_mnist")
@@ -478,6 +490,9 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--only", choices=("run", "report"), help="only run the points, or only write the report")
     args = parser.parse_args(argv)
+    if args.anneal_step <= FAST_1IPC["proto_lr_boost_steps"]:
+        parser.error(f"--anneal-step must be above fast's {FAST_1IPC['proto_lr_boost_steps']} boosted steps "
+                     f"(the anneal follows the boost), got {args.anneal_step}")
     sweep = Sweep(args)
     try:
         if args.only != "report":

@@ -316,6 +316,18 @@ def test_anneal_changes_the_images_and_off_is_bit_identical():
     assert not torch.equal(base[0], annealed[0]) and torch.isfinite(annealed[0]).all()
 
 
+def test_an_annealed_run_extended_by_resume_is_the_run_given_all_its_steps(tmp_path):
+    """The anneal ends at its own step, not at ``steps``: a run of 2 steps extended to 4 (the
+    whole state kept) follows the schedule of a run of 4, bit for bit (benchmarks/variants.py
+    drives its runs in such chunks)."""
+    overrides = {**TINY, "proto_lr_final": 0.5, "proto_lr_final_step": 4}
+    whole = distill("digits", 1, steps=4, seed=1, overrides=overrides, progress=False)
+    out = tmp_path / "run"
+    distill("digits", 1, steps=2, seed=1, overrides=overrides, out=out, keep_checkpoint=True, progress=False)
+    extended = distill(out=out, resume=True, steps=4, progress=False)
+    assert torch.equal(whole.images, extended.images) and torch.equal(whole.labels, extended.labels)
+
+
 @pytest.mark.parametrize("schedule, factor", [({"proto_lr_boost": 3.0, "proto_lr_boost_steps": 10}, 3.0),
                                                ({"proto_lr_final": 0.25, "proto_lr_final_step": 1}, 0.25)])
 def test_the_schedule_scales_the_first_step_of_images_and_labels(schedule, factor):

@@ -83,14 +83,20 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
     for name, field, value in (("fast_boost900", "proto_lr_boost_steps", 900), ("fast_lr10x", "proto_lr_boost", 10)):
         changed = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)[name]).to_dict()
         assert {k for k in changed if changed[k] != variant[k]} == {field} and changed[field] == value
+    # fast_anneal: fast at 1 ipc annealing to 0.1x at the fixed step --anneal-step, not at the run's steps
+    annealed = load_preset(variants.PRESET).replace(**variants.variant_overrides(7, 500)["fast_anneal"]).to_dict()
+    assert {k: annealed[k] for k in annealed if annealed[k] != variant[k]} == \
+        {"proto_lr_final": 0.1, "proto_lr_final_step": 500}
+    assert variants.variant_overrides(7)["fast_anneal"]["proto_lr_final_step"] == variants.ANNEAL_STEP
     assert variants.parse_variants("cg5, faithful") == ["faithful", "cg5"]  # run in ORDER's order
     assert variants.parse_baselines("herding,random") == ["random", "herding"] and variants.parse_baselines("none") == []
     for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"],
-                ["--baselines", "kmeans"]):
+                ["--baselines", "kmeans"], ["--anneal-step", "300", "--only", "report"]):
         with pytest.raises(SystemExit) as stop:
             variants.main(argv(tmp_path, *bad))
         assert stop.value.code == 2
-    assert "known: faithful, tb256, cg5" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "known: faithful, tb256, cg5" in err and "--anneal-step must be above fast's 300 boosted steps" in err
 
 
 def test_budgets_are_reached_in_cpu_time_tuning_included(variants, tmp_path, monkeypatch):
