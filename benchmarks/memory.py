@@ -1,17 +1,24 @@
-"""Peak memory and seconds of ONE outer step, with and without ``chunk_rows``.
+"""Peak memory and seconds of ONE outer step, by ``chunk_rows``, next to rcig's estimate.
 
-Each run is its own subprocess, so its peak resident memory (VmHWM) is the step's
-own plus the process's fixed cost (Python, torch, the synthetic training set, the pool),
-which is reported separately as the RSS just before the step. The data are synthetic of the
-right shape (memory and time do not depend on pixel values); the config is the preset
-(default: the paper's for the shape) with fixed learning rates (tuning is not part of a
-step), ``init=real`` (herding embeds the training set first) and any ``--set`` overrides.
+Each run is its own subprocess, so its peak resident memory (VmHWM) is the step's own plus
+what the process holds before it (Python, torch, the data, the pool), reported separately
+as the RSS just before the step. The data are synthetic of the dataset's shape and size
+(memory and time do not depend on pixel values): its training and test images, each held
+as uint8 and in model space (float32) as a real run holds them, by default as many as the
+real dataset's (``--train-images``, ``--test-images``). The model pool holds every member's
+weights and Adam moments, as a run's does once it has trained each (``--pool-members``;
+0: only the member the step trains). The config is the preset (default: the paper's for the
+shape) with fixed learning rates (tuning is not part of a step), ``init=real`` (herding
+embeds the training set first) and any ``--set`` overrides.
 
     python benchmarks/memory.py --shape fashion --ipc 1 --chunk-rows none 64 --set target_batch_size=256
-    python benchmarks/memory.py --shape cifar100 --ipc 10 --chunk-rows none 256 --out benchmarks/memory.json
+    python benchmarks/memory.py --shape cifar100 --ipc 10 --chunk-rows none auto 256 --out benchmarks/memory.json
 
-``--chunk-rows none`` is the one-graph step; every other value sets ``chunk_rows``. With
-``--out``, rows are appended to the JSON file (created if missing) as each run ends.
+``--chunk-rows``: ``none`` is the one-graph step, ``auto`` the size a run would choose from
+this machine's available memory (``rcig.algorithm.memory.choose_chunk_rows``), a number sets
+it. Each row records the estimate (``rcig.algorithm.memory.estimate``, of the same data,
+pool and chunk size) beside the measured peak. With ``--out``, rows are appended to the
+JSON file (created if missing) as each run ends.
 """
 
 from __future__ import annotations
@@ -27,41 +34,67 @@ import torch
 
 from speed import peak_rss_mb, rss_mb, write_json  # benchmarks/ is on sys.path when run as a script
 
-# name -> (classes, channels, image size, training images to draw the support and targets from)
-SHAPES = {"fashion": (10, 1, 28), "cifar10": (10, 3, 32), "cifar100": (100, 3, 32), "tiny": (200, 3, 64),
-          "imagenette": (10, 3, 128)}
+# name -> (classes, channels, image size, training images, test images) of the real dataset
+SHAPES = {"fashion": (10, 1, 28, 60_000, 10_000), "cifar10": (10, 3, 32, 50_000, 10_000),
+          "cifar100": (100, 3, 32, 50_000, 10_000), "tiny": (200, 3, 64, 100_000, 10_000),
+          "imagenette": (10, 3, 128, 9_469, 3_925)}
 
 
-def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: int | None, overrides: dict) -> dict:
+def held_data(n: int, channels: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` synthetic images as a run holds them: uint8 (N, H, W, C) and float32 (N, C, H, W)."""
+    raw = torch.randint(0, 256, (n, size, size, channels), dtype=torch.uint8, generator=generator)
+    return raw, torch.randn(n, channels, size, size, generator=generator)
+
+
+def fill_pool(pool, members: int) -> int:
+    """Give ``members`` of the pool their weights and Adam moments, as a run's pool holds them
+    once it has trained each (the same weights it would build when first picked)."""
+    members = min(members, len(pool))
+    for index in range(members):
+        pool.members[index]["adam"] = pool.members[index]["adam"] or pool.adam.init(pool.params(index))
+    return members
+
+
+def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, overrides: dict, train_images: int,
+             test_images: int, pool_members: int | None) -> dict:
     """Build a run of ``shape`` at ``ipc`` and time one outer step (inside the child process)."""
-    from rcig.algorithm.memory import step_memory
+    from rcig.algorithm.memory import DataShape, choose_chunk_rows, estimate
     from rcig.algorithm.meta import support_row_count
     from rcig.algorithm.outer import Distiller
-    from rcig.config import default_preset_name, load_preset
+    from rcig.config import AUTO, default_preset_name, load_preset
     from rcig.models import distillation_network
+    from rcig.parallel import memory_available
 
-    classes, channels, size = SHAPES[shape]
+    classes, channels, size = SHAPES[shape][:3]
     preset = preset or default_preset_name(size, channels)
-    cfg = load_preset(preset, size, channels).replace(
-        **{"inner_lr": 1e-4, "hvp_lr": 1e-4, "init": "real", **overrides, "chunk_rows": chunk_rows})
+    cfg = load_preset(preset, size, channels).replace(**{"inner_lr": 1e-4, "hvp_lr": 1e-4, "init": "real", **overrides})
     g = torch.Generator().manual_seed(0)
-    n_train = max(cfg.target_batch_size, 2 * classes * ipc)
-    x_train = torch.randn(n_train, channels, size, size, generator=g)
-    y_train = torch.arange(n_train) % classes
+    n_train = max(train_images, cfg.target_batch_size, 2 * classes * ipc)
+    held = [held_data(n_train, channels, size, g), held_data(test_images, channels, size, g)]
+    x_train, y_train = held[0][1], torch.arange(n_train) % classes
+    data = DataShape(channels, size, classes, n_train, test_images)
+    available = memory_available(torch.device("cpu"))
+    asked = AUTO if chunk_rows == AUTO else None if chunk_rows == "none" else int(chunk_rows)
+    cfg = cfg.replace(chunk_rows=choose_chunk_rows(cfg.replace(chunk_rows=asked), data, ipc, available.gb).chunk_rows)
     distiller = Distiller(x_train, y_train, classes, ipc, cfg, 0,
                           distillation_network(cfg, in_channels=channels, num_classes=classes, image_size=size))
     state = distiller.new_state()
+    members = fill_pool(state.pool, cfg.pool_size if pool_members is None else pool_members)
     before = rss_mb()
     started = time.perf_counter()
     record = distiller.step(state)
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()
-    rows = support_row_count(classes * ipc, cfg.flip)
+    est = estimate(cfg, data, ipc, cfg.chunk_rows, "cpu", max(members, 1))
     return {"shape": shape, "classes": classes, "channels": channels, "image_size": size, "ipc": ipc,
-            "preset": preset, "overrides": overrides, "chunk_rows": cfg.chunk_rows, "support_rows": rows,
-            "target_batch": cfg.target_batch_size, "threads": torch.get_num_threads(),
+            "preset": preset, "overrides": overrides, "chunk_rows": cfg.chunk_rows, "asked": chunk_rows,
+            "support_rows": support_row_count(classes * ipc, cfg.flip), "target_batch": cfg.target_batch_size,
+            "train_images": n_train, "test_images": test_images, "pool_members": max(members, 1),
+            "available_gb": available.gb, "threads": torch.get_num_threads(),
             "seconds_per_step": seconds, "parts": record["parts"], "rss_before_step_mb": before,
-            "peak_rss_mb": peak, "estimate_gb": step_memory(cfg, rows, channels, size, classes).gb}
+            "peak_rss_mb": peak, "estimate_gb": est.gb,
+            "estimate_parts_gb": {"process": est.process_gb, "data": est.data_gb, "pool": est.pool_gb,
+                                  "step": est.step_gb}}
 
 
 def main(argv=None) -> None:
@@ -69,13 +102,22 @@ def main(argv=None) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), required=True)
     parser.add_argument("--ipc", type=int, required=True)
     parser.add_argument("--preset", default=None, help="default: the paper's preset for the shape")
-    parser.add_argument("--chunk-rows", nargs="+", default=["none"], help="'none' or rows per chunk, one run each")
+    parser.add_argument("--chunk-rows", nargs="+", default=["none"],
+                        help="'none', 'auto' or rows per chunk, one run each")
+    parser.add_argument("--train-images", type=int, default=None, help="default: the real dataset's")
+    parser.add_argument("--test-images", type=int, default=None, help="default: the real dataset's")
+    parser.add_argument("--pool-members", type=int, default=None,
+                        help="pool members holding weights and moments (default: all, a run's steady state)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="append the rows to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    chunks = [None if c == "none" else int(c) for c in args.chunk_rows]
+    for chunk in args.chunk_rows:
+        if chunk not in ("none", "auto") and not chunk.isdigit():
+            parser.error(f"--chunk-rows: 'none', 'auto' or a row count, got {chunk!r}")
+    train_images = SHAPES[args.shape][3] if args.train_images is None else args.train_images
+    test_images = SHAPES[args.shape][4] if args.test_images is None else args.test_images
     from rcig.config import parse_overrides
 
     overrides = parse_overrides(args.set)
@@ -85,13 +127,16 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(args.threads)
         with subnormals_flushed():
-            print(json.dumps(one_step(args.shape, args.ipc, args.preset, chunks[0], overrides)))
+            print(json.dumps(one_step(args.shape, args.ipc, args.preset, args.chunk_rows[0], overrides, train_images,
+                                      test_images, args.pool_members)))
         return
 
     rows = json.load(open(args.out)) if args.out and os.path.exists(args.out) else []
     for chunk in args.chunk_rows:
         command = [sys.executable, __file__, "--child", "--shape", args.shape, "--ipc", str(args.ipc),
-                   "--chunk-rows", chunk, "--threads", str(args.threads)]
+                   "--chunk-rows", chunk, "--threads", str(args.threads), "--train-images", str(train_images),
+                   "--test-images", str(test_images)]
+        command += ["--pool-members", str(args.pool_members)] if args.pool_members is not None else []
         command += (["--preset", args.preset] if args.preset else []) + [a for s in args.set for a in ("--set", s)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -101,7 +146,7 @@ def main(argv=None) -> None:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row.update({"torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
         rows.append(row)
-        print(f"{args.shape} ipc {args.ipc} chunk_rows={chunk}: {row['seconds_per_step']:.1f} s/step, "
+        print(f"{args.shape} ipc {args.ipc} chunk_rows={chunk} ({row['chunk_rows']}): {row['seconds_per_step']:.1f} s/step, "
               f"peak {row['peak_rss_mb']:.0f} MB (before the step {row['rss_before_step_mb']:.0f} MB, "
               f"estimate {row['estimate_gb']:.1f} GB)", flush=True)
         if args.out:

@@ -94,7 +94,7 @@ def test_meta_gradient_chunked_equals_whole(variant, chunk_rows, monkeypatch):
 
     monkeypatch.setattr(meta_module, "in_chunks", spy)
     augmented_pass = "aug" in VARIANTS[variant]
-    whole = step_result(VARIANTS[variant], augmented_pass)
+    whole = step_result({**VARIANTS[variant], "chunk_rows": None}, augmented_pass)
     assert set(sizes) == {None}
     sizes.clear()
     chunked = step_result({**VARIANTS[variant], "chunk_rows": chunk_rows}, augmented_pass)
@@ -113,7 +113,19 @@ def test_meta_gradient_chunked_equals_whole(variant, chunk_rows, monkeypatch):
 def test_chunk_rows_config_contract(bad, words):
     with pytest.raises(RcigError, match=words):
         from_dict(bad)
-    assert from_dict({}).chunk_rows is None  # the default: one graph, the runs as without the knob
+    assert from_dict({}).chunk_rows == "auto"  # the default: the run chooses (rcig.algorithm.memory)
+    assert from_dict({"chunk_rows": None}).chunk_rows is None  # one graph
+    assert from_dict({"chunk_rows": "auto", "linearize": False, "norm": "batch"}).chunk_rows == "auto"  # resolves to one graph
+
+
+def test_a_step_given_auto_unresolved_takes_one_graph(monkeypatch):
+    """Resolving "auto" needs the memory available, which a run's driver reads; a step called
+    directly knows none and takes one graph, as the choice does without a reading."""
+    sizes = []
+    monkeypatch.setattr(meta_module, "in_chunks", lambda fn, x, params, size: sizes.append(size) or
+                        in_chunks(fn, x, params, size))
+    step_result({"chunk_rows": "auto"}, False)
+    assert sizes and set(sizes) == {None}
 
 
 @pytest.mark.parametrize("one_shot", [False, True])

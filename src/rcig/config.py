@@ -79,6 +79,7 @@ SOLVERS = {
     "cg": SolverTraits(tunes_learning_rates=False, needs_fixed_quadratic=True),
 }
 MAX_INT = 2 ** 31 - 1  # any larger count or size is a typo, and overflows torch's index types
+AUTO = "auto"  # chunk_rows chosen by the run from the memory available (rcig.algorithm.memory.choose_chunk_rows)
 
 
 # ------------------------------------------------------------------- JSON values
@@ -150,6 +151,11 @@ def _read_pair(value: Any) -> tuple[int | None, int | None]:
     return tuple(None if v is None else _read_int(v) for v in items)
 
 
+def _read_chunk(value: Any) -> int | str:
+    """A row count, or :data:`AUTO`."""
+    return value if value == AUTO else _read_int(value)
+
+
 def _parse_json(raw: str) -> Any:
     """JSON text; else true/false/none/null in any case; else the text itself (which ``read`` rejects)."""
     try:
@@ -184,11 +190,13 @@ STR = Kind("a string", _read_type(str), _parse_text)
 INTS = Kind("a list of integers", _read_ints, _parse_list(_parse_json))
 NAMES = Kind("a list of names", _read_names, _parse_list(_parse_text))
 PAIR = Kind("[support_rows, target_rows] (two integers or nulls)", _read_pair, _parse_list(_parse_json))
+CHUNK = Kind(f'a positive integer or "{AUTO}"', _read_chunk, _parse_json)
 
 
-def knob(kind: Kind, default: Any) -> Any:
-    """A Config field of ``kind``; it may be null exactly when its default is."""
-    return field(default=default, metadata={"kind": kind})
+def knob(kind: Kind, default: Any, nullable: bool | None = None) -> Any:
+    """A Config field of ``kind``; it may be null when ``nullable`` says so (None: exactly
+    when its default is null)."""
+    return field(default=default, metadata={"kind": kind, "nullable": default is None if nullable is None else nullable})
 
 
 @dataclass(frozen=True)
@@ -252,8 +260,11 @@ class Config:
     pool_train_batch_size: int | None = knob(INT, None)  # random support rows per pool-network step
     max_forward_batch_size: int | None = knob(INT, None)
     # rows per chunk of the rows that do get gradients, each chunk's forward recomputed for its
-    # backward: peak memory set by this, not by the row count; the same gradients (None: one graph)
-    chunk_rows: int | None = knob(INT, None)
+    # backward: peak memory set by this, not by the row count; the same gradients up to float
+    # summation order. None: one graph over every row. "auto": the run chooses at its start from
+    # the memory available (rcig.algorithm.memory.choose_chunk_rows): None when the whole step
+    # fits, else the largest size that does; the run records the chosen value in its config
+    chunk_rows: int | str | None = knob(CHUNK, AUTO, nullable=True)
     normal_repeats: int = knob(INT, 1)  # meta-gradients (fresh target batch each) averaged per step
 
     # -- augmentation during distillation (the reference's option; () = off, as in the paper) --
@@ -308,7 +319,7 @@ def _read(name: str, value: Any) -> Any:
     """``value`` as field ``name``'s value (its Kind's ``read``; null where the default is
     null); RcigError naming the field otherwise."""
     f = _FIELDS[name]
-    kind, nullable = f.metadata["kind"], f.default is None
+    kind, nullable = f.metadata["kind"], f.metadata["nullable"]
     try:
         if value is None and nullable:
             return None
@@ -375,10 +386,11 @@ def _validate(cfg: Config) -> None:
     for name, value in [("direct_batch_sizes[0]", cfg.direct_batch_sizes[0]),
                         ("direct_batch_sizes[1]", cfg.direct_batch_sizes[1]),
                         *[(n, getattr(cfg, n)) for n in ("implicit_batch_size", "hinv_batch_size",
-                          "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size",
-                          "chunk_rows")]]:
+                          "inner_train_batch_size", "pool_train_batch_size", "max_forward_batch_size")]]:
         need(value is None or (is_int(value) and value > 0), f"{name} must be a positive integer or null")
-    if cfg.chunk_rows is not None:
+    need(cfg.chunk_rows in (None, AUTO) or (is_int(cfg.chunk_rows) and cfg.chunk_rows > 0),
+         f'chunk_rows must be a positive integer, "{AUTO}" or null, got {cfg.chunk_rows!r}')
+    if is_int(cfg.chunk_rows):
         need(cfg.linearize is True, "chunk_rows needs linearize=true (the non-linearised implicit gradient "
                                     "differentiates twice through the support)")
         need(cfg.norm != "batch", "chunk_rows needs norm none|instance (batch norm mixes the rows of a chunk)")
@@ -471,6 +483,6 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["AUGMENTATIONS", "MAX_INT", "NETWORK_INITS", "NORMS", "SOLVERS", "TEST_AUGMENTATIONS", "Config",
+__all__ = ["AUGMENTATIONS", "AUTO", "MAX_INT", "NETWORK_INITS", "NORMS", "SOLVERS", "TEST_AUGMENTATIONS", "Config",
            "SolverTraits", "Kind", "default_preset_name", "depth_for_image_size",
            "from_dict", "is_int", "is_number", "knob", "load_preset", "paper_preset", "parse_overrides", "preset_names"]

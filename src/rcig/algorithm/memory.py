@@ -1,88 +1,297 @@
-r"""How much memory an outer step needs, estimated before a run starts.
+r"""How much memory a run needs, estimated before it starts, and the chunk size that fits.
 
-A step keeps the support's activations for its JVPs and backward passes (the linearised
-inner problem, the direct and implicit gradients), so its peak grows with the support's rows
-and quadratically a little beyond. Fitted to the peak RSS that ``benchmarks/speed.py``
-measured on a 2-core CPU (depth 3, width 128; 28 px gray and 32 px RGB with the flip trick;
-10 to 1,000 support rows, 256 and 1,024 target rows; 1.5 to 20.4 GB, within 0.3 GB each):
+A run holds, besides one outer step's working memory, the training set, the model pool and,
+on a CPU, the Python process itself; the step's own memory is the activations its graphs
+keep for the JVPs and backward passes, which ``chunk_rows`` bounds (:mod:`rcig.algorithm.recompute`).
+In bytes, with ``a`` the bytes of one image's convolution outputs in float32 (0.92 MB at
+depth 3 on 28 or 32 px, 3.9 MB at depth 4 on 64 px, 16 MB at depth 5 on 128 px)::
 
-    GB ~= 0.52 + a (12.2 n + 5.2 n^2 / 1000 + 4.1 t)
+    total  = process + data + pool + step
+    process = BASE                                    (CPU only: Python, torch, the template network)
+    data   = (N_train + N_test) d (4 + 1)             CPU: the images as uint8 and in model space (float32)
+           = N_train d 4                              CUDA: the training images the step draws from
+    pool   = pool_size 3 P 4                          each member's weights and two Adam moments, once trained
+    step   = activations + rows + parameters + no-grad forwards
 
-with ``n`` the support rows that carry gradients (flip copies included), ``t`` the target
-rows of a meta-gradient and ``a`` the GB of one image's convolution outputs in float32 (0.92
-MB for both shapes above). Other depths, widths and image sizes enter through ``a`` alone,
-and the subsampling knobs (``inner_train_batch_size``, ``hinv_batch_size``,
-``implicit_batch_size``, ``direct_batch_sizes``, ``pool_train_batch_size``) through ``n``:
-both extrapolate from the fit, hence a warning rather than a refusal.
+    activations, one graph (chunk_rows null, or no fewer than a part's rows):
+           = a (S n + Q n^2 + T t)
+    activations, chunks of k rows (a part of at most k rows runs whole, as without chunks):
+           = a (S n + Q n^2) [n <= k]  +  a T t [t <= k]  +  a R_s k [n > k]  +  a R_t k [t > k]  +  a U n [n > k]
+    rows       = 4 (n_all + t_all) D F  +  4 n_all^2 K        features, JVPs, cotangents; kernel matrices
+    parameters = 4 P COPIES                                   theta0, delta, v, g_t, the solves' moments, grads
+    no-grad    = 4 G L f                                      a forward without a graph, f rows at a time
+
+with ``d = channels x H x W``, ``P`` the network's parameters, ``D`` its feature width, ``L``
+its largest convolution output per image (floats), ``n`` the support rows that carry
+gradients (flip and augmented copies included, at most the subsampling knobs
+``inner_train_batch_size``, ``hinv_batch_size``, ``implicit_batch_size``,
+``direct_batch_sizes[0]``, ``pool_train_batch_size``), ``n_all`` all support rows, ``t`` the
+target rows with gradients (``direct_batch_sizes[1]``, at most ``target_batch_size`` =
+``t_all``), and ``f`` the rows of one forward without gradients (``max_forward_batch_size``,
+else the rows left over), where subsampling leaves any.
+
+The constants (:class:`Fit`, in units of ``a``): S = 12.2, Q = 5.2e-3 / row, T = 4.1 were
+fitted to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray
+and 32 px RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 3% each).
+R_s = 10.0, R_t = 5.1 and U = 0.4 are :func:`fit`'s least squares on the step's own memory
+(peak RSS minus the RSS just before the step) of the rows of ``benchmarks/memory.json``:
+one outer step on a 2-core CPU, the same network and shapes, 10 to 200 support rows, 256
+and 512 target rows, one graph and chunks of 16 to 64 rows. The whole estimate is within
+-7% to +11% of every peak there (0.6 to 3.2 GB). F, K, COPIES and G are counted from the
+code, not fitted (G = 4 is within 10% of the no-grad forwards measured there). Deeper
+networks, larger images, larger supports and datasets enter through ``a``, ``P``, ``D``,
+``L``, the row counts and the data: an extrapolation until ``benchmarks/memory.py``
+measures them and :func:`fit` (``benchmarks/memory_model.py fit``) refits.
+
+:func:`choose_chunk_rows` turns the estimate into the run's chunk size: with ``chunk_rows``
+"auto", none (one graph, the faster step) when the whole step fits in :data:`USABLE` of the
+memory available, else the largest power of two whose estimate fits; a set value is kept.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
-from rcig.config import Config
+from rcig.config import AUTO, Config
 
-BASE_GB, PER_ROW, PER_ROW_SQUARED, PER_TARGET_ROW = 0.52, 12.2, 5.2e-3, 4.1
-SUBSAMPLING_KNOBS = ("inner_train_batch_size", "hinv_batch_size", "implicit_batch_size", "pool_train_batch_size")
+GB = 1e9
+BASE_GB = 0.25  # a CPU process with Python, torch and rcig imported (the RSS before a step, less data and pool)
+USABLE = 0.9  # the share of the available memory an estimate may take: the rest is the estimate's margin
+F, K, COPIES, G = 4, 3, 12, 4  # counted from the code (module docstring)
+
+
+class Fit(NamedTuple):
+    """The fitted constants of the step's activations (module docstring), in units of ``a``."""
+
+    S: float = 12.2  # per support row with gradients, one graph
+    Q: float = 5.2e-3  # per squared support row, one graph
+    T: float = 4.1  # per target row with gradients, one graph
+    R_s: float = 10.0  # per row of a support chunk being recomputed (beyond R_t)
+    R_t: float = 5.1  # per row of a target chunk being recomputed
+    U: float = 0.4  # per support row with gradients, in chunks
+
+
+FIT = Fit()
+
+
+class NetworkSize(NamedTuple):
+    """The distillation ConvNet's sizes, counted on the meta device (nothing computed)."""
+
+    activation_floats: int  # one image's convolution outputs
+    largest_floats: int  # one image's largest convolution output
+    params: int
+    features: int  # D
+
+
+class DataShape(NamedTuple):
+    """What the estimate needs of a dataset."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    train_images: int
+    test_images: int
+
+
+class Rows(NamedTuple):
+    """The row counts of a step (module docstring)."""
+
+    support: int  # n: support rows with gradients
+    target: int  # t: target rows with gradients
+    support_all: int  # n_all
+    target_all: int  # t_all
+    no_grad: int  # f: rows of one forward without gradients (0: none)
 
 
 class MemoryEstimate(NamedTuple):
-    gb: float  # the step's estimated peak resident memory
-    support_rows: int  # n: rows carrying gradients
-    target_rows: int  # t
+    """A run's estimated peak memory (GB) on its device, by part."""
+
+    gb: float  # the total
+    process_gb: float
+    data_gb: float
+    pool_gb: float
+    step_gb: float
+    rows: Rows
+    chunk_rows: int | None
 
 
-def activation_floats(cfg: Config, in_channels: int, image_size: int, num_classes: int) -> int:
-    """Floats of one image's convolution outputs in the distillation ConvNet, counted on the
-    meta device (shapes only, nothing computed)."""
+def network_size(cfg: Config, channels: int, image_size: int, num_classes: int) -> NetworkSize:
+    """:class:`NetworkSize` of ``cfg``'s distillation ConvNet for this data shape."""
     from rcig.models import build_model
 
-    counts: list[int] = []
+    outputs: list[int] = []
     with torch.device("meta"):
-        model = build_model("conv", in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+        model = build_model("conv", in_channels=channels, num_classes=num_classes, image_size=image_size,
                             depth=cfg.depth, width=cfg.width, norm=cfg.norm)
         for layer in model.modules():
             if isinstance(layer, torch.nn.Conv2d):
-                layer.register_forward_hook(lambda _layer, _inputs, out: counts.append(out[0].numel()))
-        model(torch.empty(1, in_channels, image_size, image_size))
-    return sum(counts)
+                layer.register_forward_hook(lambda _layer, _inputs, out: outputs.append(out[0].numel()))
+        model(torch.empty(1, channels, image_size, image_size))
+    return NetworkSize(sum(outputs), max(outputs), sum(p.numel() for p in model.parameters()),
+                       model.feature_dim)
 
 
-def step_memory(cfg: Config, support_rows: int, in_channels: int, image_size: int, num_classes: int) -> MemoryEstimate:
-    """The module docstring's estimate for a support of ``support_rows`` rows (after the flip
-    trick) under ``cfg``'s subsampling knobs and target batch."""
-    knobs = [getattr(cfg, k) for k in SUBSAMPLING_KNOBS] + [cfg.direct_batch_sizes[0]]
-    set_knobs = [k for k in knobs if k]
-    n = min(support_rows, max(set_knobs)) if set_knobs else support_rows
-    t = min(cfg.target_batch_size, cfg.direct_batch_sizes[1] or cfg.target_batch_size)
-    a = 4 * activation_floats(cfg, in_channels, image_size, num_classes) / 1e9
-    return MemoryEstimate(BASE_GB + a * (PER_ROW * n + PER_ROW_SQUARED * n * n + PER_TARGET_ROW * t), n, t)
+def step_rows(cfg: Config, ipc: int, num_classes: int) -> Rows:
+    """The :class:`Rows` of a step of ``cfg`` on ``ipc`` images per class."""
+    n_all = num_classes * ipc * (2 if cfg.flip else 1)
+    if cfg.aug_per_pass and cfg.aug_repeats:
+        n_all *= cfg.aug_copies
+    knobs = [k for k in (cfg.inner_train_batch_size, cfg.hinv_batch_size, cfg.implicit_batch_size,
+                         cfg.direct_batch_sizes[0], cfg.pool_train_batch_size) if k]
+    n = min(n_all, max(knobs)) if knobs else n_all
+    t_all = cfg.target_batch_size
+    t = min(t_all, cfg.direct_batch_sizes[1] or t_all)
+    left = max(n_all - min(n_all, cfg.direct_batch_sizes[0] or n_all), t_all - t)
+    return Rows(n, t, n_all, t_all, min(left, cfg.max_forward_batch_size or left))
 
 
-def available_gb(meminfo: str | Path = "/proc/meminfo") -> float | None:
-    """The memory the system can give a new process now (Linux's MemAvailable), None where
-    it cannot be read."""
-    try:
-        for line in Path(meminfo).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
+def activation_terms(rows: Rows, chunk_rows: int | None) -> Fit:
+    """The multipliers of :class:`Fit`'s constants (rows, in units of ``a``) for a step in
+    chunks of ``chunk_rows`` (None: one graph); the activations are ``sum(FIT_i term_i) a``."""
+    n, t, k = rows.support, rows.target, chunk_rows
+    support_whole = k is None or n <= k
+    target_whole = k is None or t <= k
+    return Fit(S=n if support_whole else 0, Q=n * n if support_whole else 0, T=t if target_whole else 0,
+               R_s=0 if support_whole else k, R_t=0 if target_whole else k, U=0 if support_whole else n)
 
 
-def shortfall_warning(estimate: MemoryEstimate, available: float | None) -> str | None:
-    """A one-line warning when the estimate exceeds the available memory, else None."""
-    if available is None or estimate.gb <= available:
-        return None
-    return (f"rcig: warning: a step of this run may need about {estimate.gb:.0f} GB of memory "
-            f"({estimate.support_rows} support rows with gradients, {estimate.target_rows} target rows) and "
-            f"{available:.0f} GB are available; if the system stops it, subsample the support: "
-            f"--set inner_train_batch_size=K --set hinv_batch_size=K --set implicit_batch_size=K "
-            f"--set direct_batch_sizes=K,null (docs/algorithm.md: large supports), or a smaller --ipc")
+def estimate(cfg: Config, shape: DataShape, ipc: int, chunk_rows: int | None, device: str = "cpu",
+             pool_members: int | None = None, fit: Fit = FIT) -> MemoryEstimate:
+    """The module docstring's estimate of a run of ``cfg`` on data of ``shape`` at ``ipc``, its
+    step in chunks of ``chunk_rows`` (None: one graph), on a ``device`` of kind "cpu" or "cuda"
+    (a GPU holds the training images, the pool and the step; the CPU everything). The pool is
+    counted with ``pool_members`` trained members (None: all, as after its first steps)."""
+    net = network_size(cfg, shape.channels, shape.image_size, shape.num_classes)
+    rows = step_rows(cfg, ipc, shape.num_classes)
+    a = 4 * net.activation_floats / GB
+    pixels = shape.channels * shape.image_size ** 2
+    on_cpu = device == "cpu"
+    process = BASE_GB if on_cpu else 0.0
+    data = (shape.train_images + shape.test_images) * pixels * 5 / GB if on_cpu else shape.train_images * pixels * 4 / GB
+    members = cfg.pool_size if pool_members is None else pool_members
+    pool = members * 3 * 4 * net.params / GB
+    activations = a * sum(c * m for c, m in zip(fit, activation_terms(rows, chunk_rows)))
+    per_row = 4 * ((rows.support_all + rows.target_all) * net.features * F + rows.support_all ** 2 * K) / GB
+    parameters = 4 * net.params * COPIES / GB
+    no_grad = 4 * G * net.largest_floats * rows.no_grad / GB
+    step = activations + per_row + parameters + no_grad
+    return MemoryEstimate(process + data + pool + step, process, data, pool, step, rows, chunk_rows)
 
 
-__all__ = ["MemoryEstimate", "activation_floats", "available_gb", "shortfall_warning", "step_memory"]
+def chunkable(cfg: Config) -> bool:
+    """Whether ``cfg``'s step can run in chunks (the linearised model, no batch norm)."""
+    return cfg.linearize and cfg.norm != "batch"
+
+
+FITS, OVER, NEVER = "fits", "over", "never"  # a ChunkChoice's verdict
+
+
+class ChunkChoice(NamedTuple):
+    """:func:`choose_chunk_rows`'s answer."""
+
+    chunk_rows: int | None  # what the run takes (None: one graph)
+    estimate: MemoryEstimate  # at that chunk size
+    why: str  # a few words: the reason for the choice
+    # FITS: the estimate fits the usable memory (or the memory is unknown); OVER: it does not,
+    # a smaller chunk size would; NEVER: no chunk size would (nor one graph where chunks cannot run)
+    verdict: str
+
+
+def choose_chunk_rows(cfg: Config, shape: DataShape, ipc: int, available_gb: float | None,
+                      device: str = "cpu") -> ChunkChoice:
+    """The run's chunk size from ``cfg.chunk_rows`` and ``available_gb``, the memory the run
+    may have on its device (None: unknown). "auto": one graph when the whole step's estimate
+    fits in :data:`USABLE` x ``available_gb`` (or the memory is unknown, or the config cannot
+    run in chunks), else the largest power of two below the step's largest part whose estimate
+    fits, else 1 (verdict NEVER). A set value (rows or None) is kept."""
+    usable = None if available_gb is None else USABLE * available_gb
+
+    def at(k: int | None) -> MemoryEstimate:
+        return estimate(cfg, shape, ipc, k, device)
+
+    def choice(k: int | None, why: str, est: MemoryEstimate | None = None) -> ChunkChoice:
+        est = est or at(k)
+        if usable is None or est.gb <= usable:
+            return ChunkChoice(k, est, why, FITS)
+        least = at(1) if chunkable(cfg) else at(None)
+        return ChunkChoice(k, est, why, OVER if least.gb <= usable else NEVER)
+
+    if cfg.chunk_rows != AUTO:
+        return choice(cfg.chunk_rows, "set in the config")
+    whole = at(None)
+    if usable is None:
+        return choice(None, "the memory available is unknown", whole)
+    if whole.gb <= usable or not chunkable(cfg):
+        return choice(None, "the whole step fits" if whole.gb <= usable else
+                      "chunks need linearize=true and norm none|instance", whole)
+    rows = whole.rows
+    k = 1 << (max(rows.support, rows.target) - 1).bit_length() - 1  # the largest power of two below the largest part
+    while k > 1 and at(k).gb > usable:
+        k //= 2
+    return choice(k, f"the whole step would need {whole.gb:.1f} GB")
+
+
+def chunk_text(chunk_rows: int | None) -> str:
+    return "null (one graph)" if chunk_rows is None else str(chunk_rows)
+
+
+def parts_text(est: MemoryEstimate) -> str:
+    return f"data {est.data_gb:.1f}, model pool {est.pool_gb:.1f}, step {est.step_gb:.1f}"
+
+
+def report_line(choice: ChunkChoice, available_gb: float | None, where: str) -> str:
+    """The one line a run prints before it starts: the estimate, the chunk size and why, the memory."""
+    memory = f"{available_gb:.1f} GB available" if available_gb is not None else "the memory available unknown"
+    return (f"rcig: memory: a run needs about {choice.estimate.gb:.1f} GB at its peak ({parts_text(choice.estimate)}); "
+            f"chunk_rows={chunk_text(choice.chunk_rows)}: {choice.why}; {memory} ({where})")
+
+
+SMALLER = ("--ipc, target_batch_size, pool_size, max_forward_batch_size or the rows with gradients (--set "
+           "inner_train_batch_size=K --set hinv_batch_size=K --set implicit_batch_size=K --set "
+           "direct_batch_sizes=K,null --set pool_train_batch_size=K)")
+
+
+def refusal(choice: ChunkChoice, available_gb: float) -> str:
+    """The one-line reason a run that fits at no chunk size is refused (an RcigError's text)."""
+    return (f"this run fits in memory at no chunk size: a step needs about {choice.estimate.gb:.1f} GB "
+            f"({parts_text(choice.estimate)}) with chunk_rows={chunk_text(choice.chunk_rows)} ({choice.why}) and "
+            f"{USABLE:.0%} of the {available_gb:.1f} GB available is {USABLE * available_gb:.1f} GB; lower "
+            f"{SMALLER}, or use a device with more memory")
+
+
+def shortfall_warning(choice: ChunkChoice, available_gb: float) -> str:
+    """A one-line warning for a set chunk size whose estimate does not fit where a smaller one would."""
+    return (f"rcig: warning: a step may need about {choice.estimate.gb:.1f} GB with chunk_rows="
+            f"{chunk_text(choice.chunk_rows)} and {USABLE:.0%} of the {available_gb:.1f} GB available is "
+            f"{USABLE * available_gb:.1f} GB; if the system stops the run, set chunk_rows=auto or a smaller size")
+
+
+def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U")) -> Fit:
+    """Least-squares :class:`Fit` of the step's own memory (``peak_rss_mb - rss_before_step_mb``)
+    over ``benchmarks/memory.json`` rows, less the parts counted from the code (rows,
+    parameters, no-grad forwards) and the constants not ``free`` (:data:`FIT`'s, kept). By
+    default the chunked step's constants; ``free=Fit._fields`` refits the whole graph's too
+    (``Q`` needs supports of many hundreds of rows in one graph to show)."""
+    from rcig.config import load_preset
+
+    design, measured = [], []
+    for row in rows:
+        cfg = load_preset(row["preset"], row["image_size"], row["channels"]).replace(
+            **{**row["overrides"], "chunk_rows": row["chunk_rows"]})
+        shape = DataShape(row["channels"], row["image_size"], row["classes"], 0, 0)
+        kept = Fit(*[0 if name in free else value for name, value in zip(Fit._fields, FIT)])
+        counted = estimate(cfg, shape, row["ipc"], row["chunk_rows"], "cpu", 0, kept).step_gb
+        a = 4 * network_size(cfg, shape.channels, shape.image_size, shape.num_classes).activation_floats / GB
+        terms = activation_terms(step_rows(cfg, row["ipc"], shape.num_classes), row["chunk_rows"])
+        design.append([a * getattr(terms, name) for name in free])
+        measured.append((row["peak_rss_mb"] - row["rss_before_step_mb"]) * 2 ** 20 / GB - counted)
+    x, y = torch.tensor(design, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
+    solution = dict(zip(free, torch.linalg.lstsq(x, y[:, None]).solution[:, 0].tolist()))
+    return FIT._replace(**solution)
+
+
+__all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate", "NetworkSize", "Rows",
+           "activation_terms", "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit", "network_size", "parts_text", "refusal",
+           "report_line", "shortfall_warning", "step_rows"]

@@ -42,7 +42,7 @@ from rcig.algorithm.inner import (
 from rcig.algorithm.optim import Params
 from rcig.algorithm.recompute import RowFunction, chunk_slices, in_chunks
 from rcig.augment import augment_batch
-from rcig.config import Config
+from rcig.config import AUTO, Config
 from rcig.timing import Stopwatch
 
 LEAVES = ("x", "y", "log_temp")
@@ -411,10 +411,18 @@ class Pass(NamedTuple):
     augment: Augment | None  # the support rows of the direct and implicit gradients, in the graph
 
 
+def resolved_chunk_rows(cfg: Config) -> int | None:
+    """``cfg.chunk_rows`` as a step takes it: rows per recomputed chunk, or None (one graph).
+    "auto" is chosen from the memory available (:func:`rcig.algorithm.memory.choose_chunk_rows`),
+    which a run resolves before its first step (``rcig distill``, :func:`rcig.distill`); a
+    step given it unresolved knows no memory and takes one graph, as the choice does then."""
+    return None if cfg.chunk_rows == AUTO else cfg.chunk_rows
+
+
 def grad_settings(cfg: Config, n_images: int) -> GradSettings:
     """The :class:`GradSettings` of ``cfg`` for a support of ``n_images`` images."""
     return GradSettings(l2_strength(cfg, n_images), cfg.flip, cfg.linearize, cfg.learn_labels,
-                        cfg.max_forward_batch_size, cfg.chunk_rows)
+                        cfg.max_forward_batch_size, resolved_chunk_rows(cfg))
 
 
 def plain_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config) -> Pass:
@@ -422,7 +430,7 @@ def plain_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config) -> Pa
     every row with gradients (the learning-rate tuning's)."""
     settings = grad_settings(cfg, support["x"].shape[0])
     x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
-    problem = inner_problem(*base, x_s, y_s, settings.l2, cfg.linearize, chunk_rows=cfg.chunk_rows)
+    problem = inner_problem(*base, x_s, y_s, settings.l2, cfg.linearize, chunk_rows=settings.chunk_rows)
     return Pass(base, support, len(x_s), problem, problem, settings, RowSubsets(None, None, None, None), None)
 
 
@@ -435,12 +443,12 @@ def new_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config, generat
     x_s, y_s = augmented_rows(*expand_support(support["x"].detach(), support["y"].detach(), cfg.flip), augment.rows)
     args = (*base, x_s, y_s, settings.l2, cfg.linearize)
     whole = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else inner_problem(
-        *args, chunk_rows=cfg.chunk_rows)
+        *args, chunk_rows=settings.chunk_rows)
 
     def problem(k: int | None, fresh: Augment | None) -> InnerProblem:
         if (k is not None and k < len(x_s)) or fresh is not None:
-            return RowSampledInner(*args, k, generator, fresh, cfg.chunk_rows)
-        return whole if whole is not None else inner_problem(*args, chunk_rows=cfg.chunk_rows)
+            return RowSampledInner(*args, k, generator, fresh, settings.chunk_rows)
+        return whole if whole is not None else inner_problem(*args, chunk_rows=settings.chunk_rows)
 
     subsets = RowSubsets(*cfg.direct_batch_sizes, cfg.implicit_batch_size, generator)
     return Pass(base, support, len(x_s), problem(cfg.inner_train_batch_size, augment.inner),
@@ -507,5 +515,5 @@ __all__ = ["LEAVES", "SOLO", "Augment", "Batch", "BatchSplit", "DirectResult", "
            "MetaResult", "Pass", "PassAugmentation", "RowSampledInner", "RowSubsets", "augmented", "augmented_rows",
            "clip_to", "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient",
            "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "new_pass", "outer_loss",
-           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "row_draw", "rows_in_share", "support_augmentation",
+           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "resolved_chunk_rows", "row_draw", "rows_in_share", "support_augmentation",
            "support_row_count"]

@@ -38,8 +38,8 @@ from rcig.algorithm.inner import (
     AdamSolver, BaseNetwork, HinvQuadratic, InnerLoss, Objective, base_network, make_solvers, tree_norm,
 )
 from rcig.algorithm.meta import (
-    LEAVES, SOLO, Batch, BatchSplit, MetaResult, expand_support, meta_gradient, pass_direct, plain_pass, row_draw,
-    support_augmentation,
+    LEAVES, SOLO, Batch, BatchSplit, MetaResult, expand_support, meta_gradient, pass_direct, plain_pass,
+    resolved_chunk_rows, row_draw, support_augmentation,
 )
 from rcig.algorithm.optim import EMA, AdaBelief, ModelPool, draw_pool_steps, support_loss
 from rcig.config import Config
@@ -304,7 +304,7 @@ class Distiller:
         x_s, y_s = expand_support(support["x"].detach(), support["y"].detach(), cfg.flip)
         rows = row_draw(x_s, y_s, cfg.pool_train_batch_size, support_augmentation(cfg.aug, state.generator),
                         state.generator)
-        state.pool.train(index, support_loss(self.model, rows, cfg.chunk_rows), pool_steps)
+        state.pool.train(index, support_loss(self.model, rows, resolved_chunk_rows(cfg)), pool_steps)
         result.seconds["pool"] = pool_clock.total()["seconds"]
 
         state.inner_outcomes.append(solve_outcome(result.inner_losses))  # learning-rate adaptation

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -42,6 +43,43 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise RcigError(f"--device {name}: GPU {k} does not exist ({torch.cuda.device_count()} visible)")
         return torch.device("cuda", k)
     raise RcigError(f"unknown device '{name}'; choose {DEVICES}")
+
+
+class MemoryAvailable(NamedTuple):
+    """The memory a run may still use on its device (GB; None: unknown) and where that comes from."""
+
+    gb: float | None
+    where: str
+
+
+def meminfo_gb(field: str, path: str | Path) -> float | None:
+    """A ``kB`` field of a /proc meminfo or status file, in GB; None where it cannot be read."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def memory_available(device: torch.device, meminfo: str | Path = "/proc/meminfo",
+                     status: str | Path = "/proc/self/status") -> MemoryAvailable:
+    """What this process may hold on ``device``: on the CPU, the machine's available memory
+    (Linux's MemAvailable) plus what this process holds already (its data are part of the
+    estimate); on a CUDA GPU, its free memory plus what torch's allocator holds there already;
+    elsewhere unknown."""
+    if device.type == "cpu":
+        available, own = meminfo_gb("MemAvailable", meminfo), meminfo_gb("VmRSS", status) or 0.0
+        if available is None:
+            return MemoryAvailable(None, "MemAvailable unreadable")
+        return MemoryAvailable(available + own, f"the machine's MemAvailable {available:.1f} GB + this process's "
+                                                f"{own:.1f} GB")
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        held = torch.cuda.memory_reserved(device)
+        return MemoryAvailable((free + held) / 1e9, f"free on {device} of {total / 1e9:.1f} GB")
+    return MemoryAvailable(None, f"not measured on {device.type}")
 
 
 def to_device(obj: Any, device: torch.device) -> Any:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from rcig import parallel
-from rcig.algorithm.memory import available_gb, shortfall_warning, step_memory
-from rcig.algorithm.meta import BatchSplit, support_row_count
+from rcig.algorithm.memory import NEVER, OVER, DataShape, choose_chunk_rows, refusal, report_line, shortfall_warning
+from rcig.algorithm.meta import BatchSplit
 from rcig.algorithm.outer import Distiller, RunState, start_images
-from rcig.config import Config, default_preset_name, from_dict, load_preset
+from rcig.config import AUTO, Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError, out_of_memory
 from rcig.models import distillation_network
 from rcig.parallel import Team
@@ -62,13 +62,22 @@ def resolve_config(dataset, preset: str | None, overrides: dict[str, Any] | None
 
 class Run(NamedTuple):
     """What is distilled: the prepared data, the resolved config, ipc and seed; ``identity`` is
-    what run.json holds, which a resume must match but for its ``environment``."""
+    what run.json holds, which a resume must match but for its ``environment``; ``memory``
+    the lines the run says of its memory once its checks have passed (:func:`fit_to_memory`)."""
 
     prepared: Any  # rcig.data.Prepared
     cfg: Config
     ipc: int
     seed: int
     identity: dict[str, Any]
+    memory: "MemoryNote"
+
+
+class MemoryNote(NamedTuple):
+    """What the leader says of a run's memory before its first step."""
+
+    line: str  # the estimate, chunk_rows and why, the memory available (progress output)
+    warning: str | None  # a set chunk_rows whose estimate does not fit (shown even when quiet)
 
 
 class Loop(NamedTuple):
@@ -139,7 +148,6 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     try:
         stored = parallel.from_leader(lambda: folder.open(resume), team)
         run = resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored, max_minutes, team)
-        warn_of_memory(run, team)
         ds = run.prepared.dataset
         distiller = Distiller(run.prepared.x_train, run.prepared.y_train, ds.num_classes, run.ipc, run.cfg, run.seed,
                               distillation_network(run.cfg, in_channels=ds.channels, num_classes=ds.num_classes,
@@ -183,9 +191,10 @@ def resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored: 
     else:
         cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
+    cfg, memory = fit_to_memory(cfg, prepared, ipc, team)
     identity = {"dataset": ds.spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict(),
                 "environment": run_environment(team.device)}
-    return Run(prepared, cfg, ipc, seed, identity)
+    return Run(prepared, cfg, ipc, seed, identity, memory)
 
 
 def run_environment(device) -> dict[str, Any]:
@@ -205,15 +214,24 @@ def run_environment(device) -> dict[str, Any]:
             "python": platform.python_version(), "threads": torch.get_num_threads()}
 
 
-def warn_of_memory(run: Run, team: Team) -> None:
-    """The leader's one-line warning when a step may need more memory than the system has
-    (CPU only: a GPU's memory is not the system's)."""
-    ds = run.prepared.dataset
-    if team.leader and team.device.type == "cpu":
-        rows = support_row_count(run.ipc * ds.num_classes, run.cfg.flip)
-        need = step_memory(run.cfg, rows, ds.channels, ds.image_size, ds.num_classes)
-        if warning := shortfall_warning(need, available_gb()):
-            print(warning, file=sys.stderr, flush=True)
+def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team) -> tuple[Config, MemoryNote]:
+    """``cfg`` with ``chunk_rows`` "auto" resolved from the memory available on the run's
+    device (:func:`rcig.algorithm.memory.choose_chunk_rows`; the leader's reading, taken on
+    every rank), and what to say of it. A run that fits at no chunk size is refused here,
+    before any work; a set chunk size that does not fit gets a warning."""
+    ds = prepared.dataset
+    shape = DataShape(ds.channels, ds.image_size, ds.num_classes, len(prepared.x_train), len(prepared.x_test))
+
+    def choose() -> list:
+        available = parallel.memory_available(team.device)
+        choice = choose_chunk_rows(cfg, shape, ipc, available.gb, team.device.type)
+        if choice.verdict == NEVER:
+            raise RcigError(refusal(choice, available.gb))
+        warning = shortfall_warning(choice, available.gb) if choice.verdict == OVER else None
+        return [choice.chunk_rows, report_line(choice, available.gb, available.where), warning]
+
+    chunk_rows, line, warning = parallel.from_leader(choose, team)
+    return cfg.replace(chunk_rows=chunk_rows) if cfg.chunk_rows == AUTO else cfg, MemoryNote(line, warning)
 
 
 def start_state(distiller: Distiller, run: Run, folder: RunFolder, stored: dict | None, stopper: Stopper,
@@ -239,7 +257,11 @@ def start_state(distiller: Distiller, run: Run, folder: RunFolder, stored: dict 
         loaded.extend([checkpoint] if checkpoint else [])
         return bool(checkpoint)
 
-    if parallel.from_leader(open_run, team):
+    opened = parallel.from_leader(open_run, team)
+    said = ([run.memory.line] if progress else []) + ([run.memory.warning] if run.memory.warning else [])
+    if team.leader and said:  # the run's checks passed: what it will need, before the work
+        print("\n".join(said), file=sys.stderr, flush=True)
+    if opened:
         saved = parallel.broadcast_state(loaded[0] if team.leader else None, team)
         state.load_dict(parallel.to_device(saved, team.device))
         return state
@@ -324,7 +346,8 @@ def guarded(stopper: Stopper, folder: RunFolder, before: dict[str, Any] | None, 
         if before is not None:
             folder.save_checkpoint(before)
         raise RcigError(f"out of memory in iteration {done + 1} ({type(exc).__name__}); {kept}. A run needs less "
-                        "with a smaller --ipc or target_batch_size, or the support subsampled (--set "
+                        "with a smaller --ipc or target_batch_size, smaller chunks (--set chunk_rows=K), or the "
+                        "support subsampled (--set "
                         "inner_train_batch_size=K --set hinv_batch_size=K --set implicit_batch_size=K "
                         "--set direct_batch_sizes=K,null), or fewer other processes on the machine") from None
 

@@ -1,0 +1,93 @@
+"""The memory estimate against benchmarks/memory.json, its refit, and the presets' table.
+
+    python benchmarks/memory_model.py fit [benchmarks/memory.json]   # constants refitted, each row's
+                                                                     # estimate vs its measured peak
+    python benchmarks/memory_model.py table                          # docs/memory.md's table
+
+``fit`` refits :class:`rcig.algorithm.memory.Fit` (least squares on the step's own memory,
+:func:`rcig.algorithm.memory.fit`) and prints, for every row, the measured peak and the
+estimate with the module's constants and with the refitted ones; put the refitted values in
+``rcig/algorithm/memory.py`` when they are better on every row. ``table``: the paper's six
+presets at their ipc on the real datasets' sizes, one graph and chunked, on a CPU and on
+GPUs of common sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GPUS = (8, 12, 16, 24, 40, 80)  # GB
+# (preset, dataset, data shape: channels, image size, classes, training images, test images, ipc)
+SETTINGS = [("depth_3", "CIFAR-10", (3, 32, 10, 50_000, 10_000), 50),
+            ("depth_3", "CIFAR-100", (3, 32, 100, 50_000, 10_000), 10),
+            ("cifar100_50", "CIFAR-100", (3, 32, 100, 50_000, 10_000), 50),
+            ("depth_4_200", "Tiny-ImageNet", (3, 64, 200, 100_000, 10_000), 1),
+            ("depth_4_big", "Tiny-ImageNet", (3, 64, 200, 100_000, 10_000), 10),
+            ("depth_5", "ImageNette", (3, 128, 10, 9_469, 3_925), 1),
+            ("depth_5", "ImageNette", (3, 128, 10, 9_469, 3_925), 10)]
+
+
+def row_estimate(row: dict, fit):
+    """The estimate of a memory.json row's run (its data, pool and chunk size) under ``fit``."""
+    from rcig.algorithm.memory import DataShape, estimate
+    from rcig.config import load_preset
+
+    cfg = load_preset(row["preset"], row["image_size"], row["channels"]).replace(
+        **{**row["overrides"], "chunk_rows": row["chunk_rows"]})
+    shape = DataShape(row["channels"], row["image_size"], row["classes"], row["train_images"], row["test_images"])
+    return estimate(cfg, shape, row["ipc"], row["chunk_rows"], "cpu", row["pool_members"], fit)
+
+
+def show_fit(path: Path) -> None:
+    from rcig.algorithm.memory import FIT, fit
+
+    rows = json.loads(path.read_text())
+    refit = fit(rows)
+    print("constants:", FIT, "\nrefitted: ", refit)
+    print("| shape | ipc | target | chunk_rows | peak GB | estimate GB (error) | refitted (error) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        peak = row["peak_rss_mb"] * 2 ** 20 / 1e9
+        now, new = row_estimate(row, FIT).gb, row_estimate(row, refit).gb
+        print(f"| {row['shape']} | {row['ipc']} | {row['target_batch']} | {row['chunk_rows']} | {peak:.2f} | "
+              f"{now:.2f} ({now / peak - 1:+.0%}) | {new:.2f} ({new / peak - 1:+.0%}) |")
+
+
+def table() -> list[str]:
+    """docs/memory.md's table (markdown lines): a run's estimated peak in one graph on a GPU and
+    on a CPU, in chunks of one row (the least it can need) on a GPU, and what a GPU of each
+    size would run (the choice of chunk_rows "auto" for that much free memory)."""
+    from rcig.algorithm.memory import FITS, DataShape, choose_chunk_rows, estimate
+    from rcig.config import load_preset
+
+    lines = ["| preset | data | ipc | one graph, GPU | one graph, CPU | least (1-row chunks), GPU | "
+             + " | ".join(f"{g} GB GPU" for g in GPUS) + " |", "| --- " * (6 + len(GPUS)) + "|"]
+    for name, data, values, ipc in SETTINGS:
+        shape = DataShape(*values)
+        cfg = load_preset(name, shape.image_size, shape.channels)
+        gb = [estimate(cfg, shape, ipc, k, device).gb for k, device in ((None, "cuda"), (None, "cpu"), (1, "cuda"))]
+        cells = []
+        for size in GPUS:
+            choice = choose_chunk_rows(cfg, shape, ipc, float(size), "cuda")
+            cells.append("no" if choice.verdict != FITS else "one graph" if choice.chunk_rows is None
+                         else f"chunks of {choice.chunk_rows}")
+        lines.append(f"| {name} | {data} | {ipc} | " + " | ".join(f"{g:.1f} GB" for g in gb) + " | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fit"]:
+        show_fit(Path(argv[1]) if len(argv) > 1 else HERE / "memory.json")
+    elif argv[:1] == ["table"]:
+        print("\n".join(table()))
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
