@@ -46,13 +46,11 @@ def held_data(n: int, channels: int, size: int, generator: torch.Generator) -> t
     return raw, torch.randn(n, channels, size, size, generator=generator)
 
 
-def fill_pool(pool, members: int) -> int:
+def fill_pool(pool, members: int) -> None:
     """Give ``members`` of the pool their weights and Adam moments, as a run's pool holds them
     once it has trained each (the same weights it would build when first picked)."""
-    members = min(members, len(pool))
-    for index in range(members):
+    for index in range(min(members, len(pool))):
         pool.members[index]["adam"] = pool.members[index]["adam"] or pool.adam.init(pool.params(index))
-    return members
 
 
 def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, overrides: dict, train_images: int,
@@ -79,17 +77,18 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, override
     distiller = Distiller(x_train, y_train, classes, ipc, cfg, 0,
                           distillation_network(cfg, in_channels=channels, num_classes=classes, image_size=size))
     state = distiller.new_state()
-    members = fill_pool(state.pool, cfg.pool_size if pool_members is None else pool_members)
+    fill_pool(state.pool, cfg.pool_size if pool_members is None else pool_members)
     before = rss_mb()
     started = time.perf_counter()
     record = distiller.step(state)
     seconds = time.perf_counter() - started
     peak = peak_rss_mb()
-    est = estimate(cfg, data, ipc, cfg.chunk_rows, "cpu", max(members, 1))
+    members = sum(member["adam"] is not None for member in state.pool.members)  # the step's member included
+    est = estimate(cfg, data, ipc, cfg.chunk_rows, "cpu", members)
     return {"shape": shape, "classes": classes, "channels": channels, "image_size": size, "ipc": ipc,
             "preset": preset, "overrides": overrides, "chunk_rows": cfg.chunk_rows, "asked": chunk_rows,
             "support_rows": support_row_count(classes * ipc, cfg.flip), "target_batch": cfg.target_batch_size,
-            "train_images": n_train, "test_images": test_images, "pool_members": max(members, 1),
+            "train_images": n_train, "test_images": test_images, "pool_members": members,
             "available_gb": available.gb, "threads": torch.get_num_threads(),
             "seconds_per_step": seconds, "parts": record["parts"], "rss_before_step_mb": before,
             "peak_rss_mb": peak, "estimate_gb": est.gb,

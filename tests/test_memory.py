@@ -9,7 +9,7 @@ import torch
 from conftest import one_line_error, run
 from rcig import parallel
 from rcig.algorithm.memory import (
-    FIT, FITS, NEVER, OVER, USABLE, DataShape, choose_chunk_rows, estimate, fit, network_size, step_rows,
+    BASE_GB, FIT, FITS, NEVER, OVER, USABLE, DataShape, choose_chunk_rows, estimate, fit, network_size, step_rows,
 )
 from rcig.algorithm.meta import expand_support, support_row_count
 from rcig.config import load_preset
@@ -45,7 +45,8 @@ def test_data_and_pool_are_counted_where_the_device_holds_them():
     params = network_size(cfg, 3, 32, 100).params
     assert on_cpu.pool_gb == on_gpu.pool_gb == pytest.approx(30 * 3 * 4 * params / 1e9)  # weights, two moments
     assert estimate(cfg, CIFAR100, 10, None, "cpu", pool_members=1).pool_gb == pytest.approx(on_cpu.pool_gb / 30)
-    assert on_cpu.process_gb > 0 == on_gpu.process_gb
+    assert on_gpu.process_gb == pytest.approx(4 * params / 1e9)  # the template network
+    assert on_cpu.process_gb == pytest.approx(BASE_GB + on_gpu.process_gb)  # and Python, torch
     assert on_cpu.gb == pytest.approx(on_cpu.process_gb + on_cpu.data_gb + on_cpu.pool_gb + on_cpu.step_gb)
     assert on_cpu.step_gb == pytest.approx(on_gpu.step_gb)
 
@@ -175,7 +176,7 @@ def test_the_constants_are_the_fit_of_the_measured_rows():
     """benchmarks/memory.json's rows refit to the module's constants: a row added there is
     refitted with ``python benchmarks/memory_model.py fit`` and its constants put in the module."""
     refit = fit(MEASURED)
-    for name in ("R_s", "R_t", "U"):
+    for name in ("R_s", "R_t", "U", "C", "C_p"):
         assert getattr(refit, name) == pytest.approx(getattr(FIT, name), abs=0.05), name
 
 

@@ -7,19 +7,21 @@ In bytes, with ``a`` the bytes of one image's convolution outputs in float32 (0.
 depth 3 on 28 or 32 px, 3.9 MB at depth 4 on 64 px, 16 MB at depth 5 on 128 px)::
 
     total  = process + data + pool + step
-    process = BASE                                    (CPU only: Python, torch, the template network)
+    process = BASE + 4 P                              Python and torch (CPU only), the template network
     data   = (N_train + N_test) d (4 + 1)             CPU: the images as uint8 and in model space (float32)
            = N_train d 4                              CUDA: the training images the step draws from
     pool   = pool_size 3 P 4                          each member's weights and two Adam moments, once trained
-    step   = activations + rows + parameters + no-grad forwards
+    step   = max(graphs, parameters) + rows           its peak is at one of two moments
 
-    activations, one graph (chunk_rows null, or no fewer than a part's rows):
-           = a (S n + Q n^2 + T t)
-    activations, chunks of k rows (a part of at most k rows runs whole, as without chunks):
-           = a (S n + Q n^2) [n <= k]  +  a T t [t <= k]  +  a R_s k [n > k]  +  a R_t k [t > k]  +  a U n [n > k]
-    rows       = 4 (n_all + t_all) D F  +  4 n_all^2 K        features, JVPs, cotangents; kernel matrices
-    parameters = 4 P COPIES                                   theta0, delta, v, g_t, the solves' moments, grads
-    no-grad    = 4 G L f                                      a forward without a graph, f rows at a time
+    graphs, one graph (chunk_rows null, or no fewer than a part's rows):
+           = a (S n + Q n^2 + T t)                            + 4 P C + no-grad
+    graphs, chunks of k rows (a part of at most k rows runs whole, as without chunks):
+           = a (S n + Q n^2) [n <= k]  +  a T t [t <= k]
+             + a R_s k [n > k]  +  a R_t k [t > k]  +  a U n [n > k]  + 4 P C + no-grad
+    no-grad    = 4 G L f                                  a forward without a graph, f rows at a time
+    parameters = 4 P C_p                                  the solvers' updates: theta0, delta, v, g_t,
+                                                          moments, gradients, their new values
+    rows       = 4 (n_all + t_all) D F  +  4 n_all^2 K    features, JVPs, cotangents; kernel matrices
 
 with ``d = channels x H x W``, ``P`` the network's parameters, ``D`` its feature width, ``L``
 its largest convolution output per image (floats), ``n`` the support rows that carry
@@ -30,17 +32,18 @@ target rows with gradients (``direct_batch_sizes[1]``, at most ``target_batch_si
 ``t_all``), and ``f`` the rows of one forward without gradients (``max_forward_batch_size``,
 else the rows left over), where subsampling leaves any.
 
-The constants (:class:`Fit`, in units of ``a``): S = 12.2, Q = 5.2e-3 / row, T = 4.1 were
+The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were
 fitted to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray
 and 32 px RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 3% each).
-R_s = 10.0, R_t = 5.1 and U = 0.4 are :func:`fit`'s least squares on the step's own memory
-(peak RSS minus the RSS just before the step) of the rows of ``benchmarks/memory.json``:
-one outer step on a 2-core CPU, the same network and shapes, 10 to 200 support rows, 256
-and 512 target rows, one graph and chunks of 16 to 64 rows. The whole estimate is within
--7% to +11% of every peak there (0.6 to 3.2 GB). F, K, COPIES and G are counted from the
-code, not fitted (G = 4 is within 10% of the no-grad forwards measured there). Deeper
-networks, larger images, larger supports and datasets enter through ``a``, ``P``, ``D``,
-``L``, the row counts and the data: an extrapolation until ``benchmarks/memory.py``
+R_s = 7.7, R_t = 8.4, U = 0.71 (units of ``a``), C = 1.0 and C_p = 17.9 (parameter copies)
+are :func:`fit`'s least squares on the step's own memory (peak RSS minus the RSS just before
+the step) of the rows of ``benchmarks/memory.json``: one outer step on a 2-core CPU, width
+128, depth 3 (28 px gray, 32 px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million
+parameters), 10 to 200 support rows, 256 and 512 target rows, one graph and chunks of 16 to
+64 rows. The whole estimate is within -8% to +15% of every peak there (0.6 to 4.8 GB). F, K
+and G are counted from the code, not fitted (G = 4 is within 10% of the no-grad forwards
+measured there). Larger images, larger supports and datasets enter through ``a``, ``P``,
+``D``, ``L``, the row counts and the data: an extrapolation until ``benchmarks/memory.py``
 measures them and :func:`fit` (``benchmarks/memory_model.py fit``) refits.
 
 :func:`choose_chunk_rows` turns the estimate into the run's chunk size: with ``chunk_rows``
@@ -59,18 +62,21 @@ from rcig.config import AUTO, Config
 GB = 1e9
 BASE_GB = 0.25  # a CPU process with Python, torch and rcig imported (the RSS before a step, less data and pool)
 USABLE = 0.9  # the share of the available memory an estimate may take: the rest is the estimate's margin
-F, K, COPIES, G = 4, 3, 12, 4  # counted from the code (module docstring)
+F, K, G = 4, 3, 4  # counted from the code (module docstring)
 
 
 class Fit(NamedTuple):
-    """The fitted constants of the step's activations (module docstring), in units of ``a``."""
+    """The fitted constants of the step (module docstring): the activations' in units of ``a``,
+    C in copies of the network's parameters."""
 
     S: float = 12.2  # per support row with gradients, one graph
     Q: float = 5.2e-3  # per squared support row, one graph
     T: float = 4.1  # per target row with gradients, one graph
-    R_s: float = 10.0  # per row of a support chunk being recomputed (beyond R_t)
-    R_t: float = 5.1  # per row of a target chunk being recomputed
-    U: float = 0.4  # per support row with gradients, in chunks
+    R_s: float = 7.7  # per row of a support chunk being recomputed (beyond R_t)
+    R_t: float = 8.4  # per row of a target chunk being recomputed
+    U: float = 0.71  # per support row with gradients, in chunks
+    C: float = 1.0  # copies of the parameters beside the graphs
+    C_p: float = 17.9  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
 
 
 FIT = Fit()
@@ -147,14 +153,33 @@ def step_rows(cfg: Config, ipc: int, num_classes: int) -> Rows:
     return Rows(n, t, n_all, t_all, min(left, cfg.max_forward_batch_size or left))
 
 
-def activation_terms(rows: Rows, chunk_rows: int | None) -> Fit:
-    """The multipliers of :class:`Fit`'s constants (rows, in units of ``a``) for a step in
-    chunks of ``chunk_rows`` (None: one graph); the activations are ``sum(FIT_i term_i) a``."""
+def fitted_terms(net: NetworkSize, rows: Rows, chunk_rows: int | None) -> Fit:
+    """The GB each of :class:`Fit`'s constants multiplies in a step in chunks of ``chunk_rows``
+    (None: one graph): ``sum(FIT_i term_i)`` is the step's fitted part (module docstring)."""
     n, t, k = rows.support, rows.target, chunk_rows
+    a = 4 * net.activation_floats / GB
     support_whole = k is None or n <= k
     target_whole = k is None or t <= k
-    return Fit(S=n if support_whole else 0, Q=n * n if support_whole else 0, T=t if target_whole else 0,
-               R_s=0 if support_whole else k, R_t=0 if target_whole else k, U=0 if support_whole else n)
+    return Fit(S=a * n * support_whole, Q=a * n * n * support_whole, T=a * t * target_whole,
+               R_s=0.0 if support_whole else a * k, R_t=0.0 if target_whole else a * k,
+               U=0.0 if support_whole else a * n, C=4 * net.params / GB, C_p=4 * net.params / GB)
+
+
+class StepParts(NamedTuple):
+    """The step's memory (GB) by moment: its peak is the larger of the two, plus ``rows``."""
+
+    graphs: float  # the activations of its graphs, the parameters beside them, the no-grad forwards
+    parameters: float  # the parameter copies of the solvers' updates
+    rows: float  # per-row tensors: features, JVPs, cotangents, kernel matrices
+
+
+def step_parts(net: NetworkSize, rows: Rows, chunk_rows: int | None, fit: Fit = FIT) -> StepParts:
+    """:class:`StepParts` of a step (module docstring)."""
+    terms = fitted_terms(net, rows, chunk_rows)
+    graphs = sum(c * m for name, c, m in zip(Fit._fields, fit, terms) if name != "C_p")
+    no_grad = 4 * G * net.largest_floats * rows.no_grad / GB
+    per_row = 4 * ((rows.support_all + rows.target_all) * net.features * F + rows.support_all ** 2 * K) / GB
+    return StepParts(graphs + no_grad, fit.C_p * terms.C_p, per_row)
 
 
 def estimate(cfg: Config, shape: DataShape, ipc: int, chunk_rows: int | None, device: str = "cpu",
@@ -165,18 +190,14 @@ def estimate(cfg: Config, shape: DataShape, ipc: int, chunk_rows: int | None, de
     counted with ``pool_members`` trained members (None: all, as after its first steps)."""
     net = network_size(cfg, shape.channels, shape.image_size, shape.num_classes)
     rows = step_rows(cfg, ipc, shape.num_classes)
-    a = 4 * net.activation_floats / GB
     pixels = shape.channels * shape.image_size ** 2
     on_cpu = device == "cpu"
-    process = BASE_GB if on_cpu else 0.0
+    process = (BASE_GB if on_cpu else 0.0) + 4 * net.params / GB
     data = (shape.train_images + shape.test_images) * pixels * 5 / GB if on_cpu else shape.train_images * pixels * 4 / GB
     members = cfg.pool_size if pool_members is None else pool_members
     pool = members * 3 * 4 * net.params / GB
-    activations = a * sum(c * m for c, m in zip(fit, activation_terms(rows, chunk_rows)))
-    per_row = 4 * ((rows.support_all + rows.target_all) * net.features * F + rows.support_all ** 2 * K) / GB
-    parameters = 4 * net.params * COPIES / GB
-    no_grad = 4 * G * net.largest_floats * rows.no_grad / GB
-    step = activations + per_row + parameters + no_grad
+    parts = step_parts(net, rows, chunk_rows, fit)
+    step = max(parts.graphs, parts.parameters) + parts.rows
     return MemoryEstimate(process + data + pool + step, process, data, pool, step, rows, chunk_rows)
 
 
@@ -268,30 +289,43 @@ def shortfall_warning(choice: ChunkChoice, available_gb: float) -> str:
             f"{USABLE * available_gb:.1f} GB; if the system stops the run, set chunk_rows=auto or a smaller size")
 
 
-def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U")) -> Fit:
+def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C", "C_p"), rounds: int = 5) -> Fit:
     """Least-squares :class:`Fit` of the step's own memory (``peak_rss_mb - rss_before_step_mb``)
-    over ``benchmarks/memory.json`` rows, less the parts counted from the code (rows,
-    parameters, no-grad forwards) and the constants not ``free`` (:data:`FIT`'s, kept). By
-    default the chunked step's constants; ``free=Fit._fields`` refits the whole graph's too
-    (``Q`` needs supports of many hundreds of rows in one graph to show)."""
+    over ``benchmarks/memory.json`` rows, less the parts counted from the code (per-row
+    tensors, no-grad forwards) and the constants not ``free`` (:data:`FIT`'s, kept). A row's
+    peak is one of the two moments of :class:`StepParts`: each round assigns every row to the
+    larger under the constants so far and refits each moment's constants on its rows. By
+    default the chunked step's constants and the copies; ``free=Fit._fields`` refits the whole
+    graph's too (``Q`` needs supports of many hundreds of rows in one graph to show)."""
     from rcig.config import load_preset
 
-    design, measured = [], []
+    cases = []
     for row in rows:
         cfg = load_preset(row["preset"], row["image_size"], row["channels"]).replace(
             **{**row["overrides"], "chunk_rows": row["chunk_rows"]})
-        shape = DataShape(row["channels"], row["image_size"], row["classes"], 0, 0)
-        kept = Fit(*[0 if name in free else value for name, value in zip(Fit._fields, FIT)])
-        counted = estimate(cfg, shape, row["ipc"], row["chunk_rows"], "cpu", 0, kept).step_gb
-        a = 4 * network_size(cfg, shape.channels, shape.image_size, shape.num_classes).activation_floats / GB
-        terms = activation_terms(step_rows(cfg, row["ipc"], shape.num_classes), row["chunk_rows"])
-        design.append([a * getattr(terms, name) for name in free])
-        measured.append((row["peak_rss_mb"] - row["rss_before_step_mb"]) * 2 ** 20 / GB - counted)
-    x, y = torch.tensor(design, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
-    solution = dict(zip(free, torch.linalg.lstsq(x, y[:, None]).solution[:, 0].tolist()))
-    return FIT._replace(**solution)
+        net = network_size(cfg, row["channels"], row["image_size"], row["classes"])
+        counts = step_rows(cfg, row["ipc"], row["classes"])
+        own = (row["peak_rss_mb"] - row["rss_before_step_mb"]) * 2 ** 20 / GB
+        cases.append((net, counts, row["chunk_rows"], own))
+    current = FIT
+    for _ in range(rounds):
+        solution = {}
+        for moment, names in (("graphs", [n for n in free if n != "C_p"]), ("parameters", [n for n in free if n == "C_p"])):
+            kept = current._replace(**{name: 0.0 for name in names})
+            design, measured = [], []
+            for net, counts, chunk_rows, own in cases:
+                parts = step_parts(net, counts, chunk_rows, current)
+                if names and (parts.graphs >= parts.parameters) == (moment == "graphs"):
+                    terms = fitted_terms(net, counts, chunk_rows)
+                    design.append([getattr(terms, name) for name in names])
+                    measured.append(own - getattr(step_parts(net, counts, chunk_rows, kept), moment) - parts.rows)
+            if design:
+                x, y = torch.tensor(design, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
+                solution.update(zip(names, torch.linalg.lstsq(x, y[:, None]).solution[:, 0].tolist()))
+        current = current._replace(**solution)
+    return current
 
 
 __all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate", "NetworkSize", "Rows",
-           "activation_terms", "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit", "network_size", "parts_text", "refusal",
+           "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit", "fitted_terms", "network_size", "step_parts", "StepParts", "parts_text", "refusal",
            "report_line", "shortfall_warning", "step_rows"]
