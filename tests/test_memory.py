@@ -128,7 +128,7 @@ def test_a_tight_run_takes_chunks_records_them_and_resumes_with_them(monkeypatch
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["chunk_rows"] == 2
     with_memory(monkeypatch, 1000.0)  # more memory at the resume: the run keeps its chunks
     resumed = distill(out=tmp_path / "run", resume=True, steps=2)
-    assert "chunk_rows=2: set in the config" in capsys.readouterr().err
+    assert "chunk_rows=2: the run's, from its run.json" in capsys.readouterr().err
     straight = distill("digits", 1, steps=2, overrides={**TINY, "chunk_rows": 2}, progress=False)
     assert resumed.meta["config"]["chunk_rows"] == 2
     assert torch.equal(resumed.images, straight.images) and torch.equal(resumed.labels, straight.labels)

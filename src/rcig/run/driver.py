@@ -191,7 +191,7 @@ def resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored: 
     else:
         cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
-    cfg, memory = fit_to_memory(cfg, prepared, ipc, team)
+    cfg, memory = fit_to_memory(cfg, prepared, ipc, team, resumed=bool(stored))
     identity = {"dataset": ds.spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict(),
                 "environment": run_environment(team.device)}
     return Run(prepared, cfg, ipc, seed, identity, memory)
@@ -214,17 +214,20 @@ def run_environment(device) -> dict[str, Any]:
             "python": platform.python_version(), "threads": torch.get_num_threads()}
 
 
-def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team) -> tuple[Config, MemoryNote]:
+def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team, resumed: bool = False) -> tuple[Config, MemoryNote]:
     """``cfg`` with ``chunk_rows`` "auto" resolved from the memory available on the run's
     device (:func:`rcig.algorithm.memory.choose_chunk_rows`; the leader's reading, taken on
-    every rank), and what to say of it. A run that fits at no chunk size is refused here,
-    before any work; a set chunk size that does not fit gets a warning."""
+    every rank), and what to say of it (``resumed``: a set value is the run's own). A run
+    that fits at no chunk size is refused here, before any work; a set chunk size that does
+    not fit gets a warning."""
     ds = prepared.dataset
     shape = DataShape(ds.channels, ds.image_size, ds.num_classes, len(prepared.x_train), len(prepared.x_test))
 
     def choose() -> list:
         available = parallel.memory_available(team.device)
         choice = choose_chunk_rows(cfg, shape, ipc, available.gb, team.device.type)
+        if resumed and cfg.chunk_rows != AUTO:
+            choice = choice._replace(why="the run's, from its run.json")
         if choice.verdict == NEVER:
             raise RcigError(refusal(choice, available.gb))
         warning = shortfall_warning(choice, available.gb) if choice.verdict == OVER else None
