@@ -15,8 +15,8 @@ embeds the training set first) and any ``--set`` overrides.
     python benchmarks/memory.py --shape cifar100 --ipc 10 --chunk-rows none auto 256 --out benchmarks/memory.json
 
 ``--chunk-rows``: ``none`` is the one-graph step, ``auto`` the size a run would choose from
-this machine's available memory (``rcig.algorithm.memory.choose_chunk_rows``), a number sets
-it. Each row records the estimate (``rcig.algorithm.memory.estimate``, of the same data,
+this machine's available memory (``rcig.algorithm.memory.choose_chunk_rows``; where it fits
+at no size, the run fails with rcig's refusal), a number sets it. Each row records the estimate (``rcig.algorithm.memory.estimate``, of the same data,
 pool and chunk size) beside the measured peak. With ``--out``, rows are appended to the
 JSON file (created if missing) as each run ends.
 """
@@ -56,7 +56,7 @@ def fill_pool(pool, members: int) -> None:
 def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, overrides: dict, train_images: int,
              test_images: int, pool_members: int | None) -> dict:
     """Build a run of ``shape`` at ``ipc`` and time one outer step (inside the child process)."""
-    from rcig.algorithm.memory import DataShape, choose_chunk_rows, estimate
+    from rcig.algorithm.memory import NEVER, DataShape, choose_chunk_rows, estimate, refusal
     from rcig.algorithm.meta import support_row_count
     from rcig.algorithm.outer import Distiller
     from rcig.config import AUTO, default_preset_name, load_preset
@@ -73,7 +73,10 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, override
     data = DataShape(channels, size, classes, n_train, test_images)
     available = memory_available(torch.device("cpu"))
     asked = AUTO if chunk_rows == AUTO else None if chunk_rows == "none" else int(chunk_rows)
-    cfg = cfg.replace(chunk_rows=choose_chunk_rows(cfg.replace(chunk_rows=asked), data, ipc, available.gb).chunk_rows)
+    choice = choose_chunk_rows(cfg.replace(chunk_rows=asked), data, ipc, available.gb)
+    if asked == AUTO and choice.verdict == NEVER:  # what rcig distill would refuse
+        raise SystemExit(f"chunk_rows=auto: {refusal(choice, available.gb)}")
+    cfg = cfg.replace(chunk_rows=choice.chunk_rows)
     distiller = Distiller(x_train, y_train, classes, ipc, cfg, 0,
                           distillation_network(cfg, in_channels=channels, num_classes=classes, image_size=size))
     state = distiller.new_state()

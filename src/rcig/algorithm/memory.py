@@ -35,14 +35,14 @@ else the rows left over), where subsampling leaves any.
 The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were
 fitted to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray
 and 32 px RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 3% each).
-R_s = 7.7, R_t = 8.4, U = 0.71 (units of ``a``), C = 1.0 and C_p = 17.9 (parameter copies)
-are :func:`fit`'s least squares on the step's own memory (peak RSS minus the RSS just before
+R_s = 9.0, R_t = 7.1, U = 0.71 (units of ``a``) and C_p = 17.9 (parameter copies) are
+:func:`fit`'s least squares on the step's own memory (peak RSS minus the RSS just before
 the step) of the rows of ``benchmarks/memory.json``: one outer step on a 2-core CPU, width
 128, depth 3 (28 px gray, 32 px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million
-parameters), 10 to 200 support rows, 256 and 512 target rows, one graph and chunks of 16 to
-64 rows. The whole estimate is within -8% to +15% of every peak there (0.6 to 4.8 GB). F, K
-and G are counted from the code, not fitted (G = 4 is within 10% of the no-grad forwards
-measured there). Larger images, larger supports and datasets enter through ``a``, ``P``,
+parameters), 10 to 200 support rows, 256 to 1,024 target rows, one graph and chunks of 16
+to 64 rows. The whole estimate is within -8% to +9% of every peak there (0.6 to 4.8 GB).
+C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted (G = 4
+is within 10% of the no-grad forwards measured there). Larger images, larger supports and datasets enter through ``a``, ``P``,
 ``D``, ``L``, the row counts and the data: an extrapolation until ``benchmarks/memory.py``
 measures them and :func:`fit` (``benchmarks/memory_model.py fit``) refits.
 
@@ -72,10 +72,10 @@ class Fit(NamedTuple):
     S: float = 12.2  # per support row with gradients, one graph
     Q: float = 5.2e-3  # per squared support row, one graph
     T: float = 4.1  # per target row with gradients, one graph
-    R_s: float = 7.7  # per row of a support chunk being recomputed (beyond R_t)
-    R_t: float = 8.4  # per row of a target chunk being recomputed
+    R_s: float = 9.0  # per row of a support chunk being recomputed (beyond R_t)
+    R_t: float = 7.1  # per row of a target chunk being recomputed
     U: float = 0.71  # per support row with gradients, in chunks
-    C: float = 1.0  # copies of the parameters beside the graphs
+    C: float = 1.0  # copies of the parameters beside the graphs (theta0; counted, not fitted)
     C_p: float = 17.9  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
 
 
@@ -289,13 +289,13 @@ def shortfall_warning(choice: ChunkChoice, available_gb: float) -> str:
             f"{USABLE * available_gb:.1f} GB; if the system stops the run, set chunk_rows=auto or a smaller size")
 
 
-def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C", "C_p"), rounds: int = 5) -> Fit:
+def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C_p"), rounds: int = 5) -> Fit:
     """Least-squares :class:`Fit` of the step's own memory (``peak_rss_mb - rss_before_step_mb``)
     over ``benchmarks/memory.json`` rows, less the parts counted from the code (per-row
     tensors, no-grad forwards) and the constants not ``free`` (:data:`FIT`'s, kept). A row's
     peak is one of the two moments of :class:`StepParts`: each round assigns every row to the
     larger under the constants so far and refits each moment's constants on its rows. By
-    default the chunked step's constants and the copies; ``free=Fit._fields`` refits the whole
+    default the chunked step's constants and C_p; ``free=Fit._fields`` refits the whole
     graph's too (``Q`` needs supports of many hundreds of rows in one graph to show)."""
     from rcig.config import load_preset
 
