@@ -148,7 +148,8 @@ def main(argv=None) -> None:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         row.update({"torch": torch.__version__, "date": time.strftime("%Y-%m-%d")})
         rows.append(row)
-        print(f"{args.shape} ipc {args.ipc} chunk_rows={chunk} ({row['chunk_rows']}): {row['seconds_per_step']:.1f} s/step, "
+        print(f"{args.shape} ipc {args.ipc} chunk_rows={chunk} ({row['chunk_rows']}): "
+              f"{row['seconds_per_step']:.1f} s/step, "
               f"peak {row['peak_rss_mb']:.0f} MB (before the step {row['rss_before_step_mb']:.0f} MB, "
               f"estimate {row['estimate_gb']:.1f} GB)", flush=True)
         if args.out:

@@ -136,7 +136,8 @@ def test_a_tight_run_takes_chunks_records_them_and_resumes_with_them(monkeypatch
 
 def test_a_set_chunk_size_is_honoured(monkeypatch, capsys):
     with_memory(monkeypatch, 1000.0)
-    assert distill("digits", 1, steps=1, overrides={**TINY, "chunk_rows": 4}, progress=False).meta["config"]["chunk_rows"] == 4
+    forced = distill("digits", 1, steps=1, overrides={**TINY, "chunk_rows": 4}, progress=False)
+    assert forced.meta["config"]["chunk_rows"] == 4
     with_memory(monkeypatch, (digits_estimate(2) + digits_estimate(4)) / 2 / USABLE)
     result = distill("digits", 1, steps=1, overrides={**TINY, "chunk_rows": None}, progress=False)
     assert result.meta["config"]["chunk_rows"] is None
@@ -157,7 +158,8 @@ def test_a_run_that_fits_at_no_chunk_size_is_refused_at_once_in_one_line(monkeyp
 @pytest.mark.parametrize("flip", [False, True])
 def test_the_row_count_is_the_rows_the_inner_model_sees(flip):
     x, y = torch.zeros(7, 1, 4, 4), torch.zeros(7, 3)
-    assert support_row_count(7, flip) == expand_support(x, y, flip)[0].shape[0] == expand_support(x, y, flip)[1].shape[0]
+    rows = expand_support(x, y, flip)
+    assert support_row_count(7, flip) == rows[0].shape[0] == rows[1].shape[0]
     cfg = load_preset("depth_3_no_flip").replace(flip=flip)
     assert step_rows(cfg, 7, 1).support_all == support_row_count(7, flip)
 

@@ -196,7 +196,8 @@ CHUNK = Kind(f'a positive integer or "{AUTO}"', _read_chunk, _parse_json)
 def knob(kind: Kind, default: Any, nullable: bool | None = None) -> Any:
     """A Config field of ``kind``; it may be null when ``nullable`` says so (None: exactly
     when its default is null)."""
-    return field(default=default, metadata={"kind": kind, "nullable": default is None if nullable is None else nullable})
+    nullable = default is None if nullable is None else nullable
+    return field(default=default, metadata={"kind": kind, "nullable": nullable})
 
 
 @dataclass(frozen=True)

@@ -32,19 +32,19 @@ target rows with gradients (``direct_batch_sizes[1]``, at most ``target_batch_si
 ``t_all``), and ``f`` the rows of one forward without gradients (``max_forward_batch_size``,
 else the rows left over), where subsampling leaves any.
 
-The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were
-fitted to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray
-and 32 px RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 3% each).
-R_s = 9.0, R_t = 7.1, U = 0.71 (units of ``a``) and C_p = 17.9 (parameter copies) are
-:func:`fit`'s least squares on the step's own memory (peak RSS minus the RSS just before
-the step) of the rows of ``benchmarks/memory.json``: one outer step on a 2-core CPU, width
-128, depth 3 (28 px gray, 32 px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million
-parameters), 10 to 200 support rows, 256 to 1,024 target rows, one graph and chunks of 16
-to 64 rows. The whole estimate is within -8% to +9% of every peak there (0.6 to 4.8 GB).
-C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted (G = 4
-is within 10% of the no-grad forwards measured there). Larger images, larger supports and datasets enter through ``a``, ``P``,
-``D``, ``L``, the row counts and the data: an extrapolation until ``benchmarks/memory.py``
-measures them and :func:`fit` (``benchmarks/memory_model.py fit``) refits.
+The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were fitted
+to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray and 32 px
+RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 9.0,
+R_t = 7.1, U = 0.71 (units of ``a``) and C_p = 17.9 (parameter copies) are :func:`fit`'s least
+squares on the step's own memory (peak RSS minus the RSS just before the step) of the rows of
+``benchmarks/memory.json``: one outer step on a 2-core CPU, width 128, depth 3 (28 px gray, 32
+px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million parameters), 10 to 200 support rows,
+256 to 1,024 target rows, one graph and chunks of 16 to 64 rows. The whole estimate is within
+-8% to +9% of every peak there (0.6 to 4.8 GB). C = 1 (theta0 beside the graphs), F, K and G
+are counted from the code, not fitted (G = 4 is within 10% of the no-grad forwards measured
+there). Larger images, larger supports and datasets enter through ``a``, ``P``, ``D``, ``L``,
+the row counts and the data: an extrapolation until ``benchmarks/memory.py`` measures them and
+:func:`fit` (``benchmarks/memory_model.py fit``) refits.
 
 :func:`choose_chunk_rows` turns the estimate into the run's chunk size: with ``chunk_rows``
 "auto", none (one graph, the faster step) when the whole step fits in :data:`USABLE` of the
@@ -193,7 +193,8 @@ def estimate(cfg: Config, shape: DataShape, ipc: int, chunk_rows: int | None, de
     pixels = shape.channels * shape.image_size ** 2
     on_cpu = device == "cpu"
     process = (BASE_GB if on_cpu else 0.0) + 4 * net.params / GB
-    data = (shape.train_images + shape.test_images) * pixels * 5 / GB if on_cpu else shape.train_images * pixels * 4 / GB
+    held = (shape.train_images + shape.test_images) * 5 if on_cpu else shape.train_images * 4  # bytes per pixel
+    data = held * pixels / GB
     members = cfg.pool_size if pool_members is None else pool_members
     pool = members * 3 * 4 * net.params / GB
     parts = step_parts(net, rows, chunk_rows, fit)
@@ -307,10 +308,11 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C_p"), 
         counts = step_rows(cfg, row["ipc"], row["classes"])
         own = (row["peak_rss_mb"] - row["rss_before_step_mb"]) * 2 ** 20 / GB
         cases.append((net, counts, row["chunk_rows"], own))
+    moments = {"graphs": [n for n in free if n != "C_p"], "parameters": [n for n in free if n == "C_p"]}
     current = FIT
     for _ in range(rounds):
         solution = {}
-        for moment, names in (("graphs", [n for n in free if n != "C_p"]), ("parameters", [n for n in free if n == "C_p"])):
+        for moment, names in moments.items():
             kept = current._replace(**{name: 0.0 for name in names})
             design, measured = [], []
             for net, counts, chunk_rows, own in cases:
@@ -326,6 +328,7 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C_p"), 
     return current
 
 
-__all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate", "NetworkSize", "Rows",
-           "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit", "fitted_terms", "network_size", "step_parts", "StepParts", "parts_text", "refusal",
-           "report_line", "shortfall_warning", "step_rows"]
+__all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate",
+           "NetworkSize", "Rows", "StepParts", "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit",
+           "fitted_terms", "network_size", "parts_text", "refusal", "report_line", "shortfall_warning", "step_parts",
+           "step_rows"]
