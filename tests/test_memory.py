@@ -91,12 +91,16 @@ def test_a_set_chunk_size_is_kept_and_judged():
     assert choose_chunk_rows(unchunkable, CIFAR100, 10, 16.0)[::3] == (None, NEVER)
 
 
-def test_memory_available_is_meminfos_plus_the_process_own(tmp_path):
+def test_memory_available_is_meminfos_plus_the_process_own(tmp_path, monkeypatch):
     meminfo, status = tmp_path / "meminfo", tmp_path / "status"
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
     status.write_text("VmHWM:   3000000 kB\nVmRSS:   1000000 kB\n")
     got = parallel.memory_available(torch.device("cpu"), meminfo, status)
     assert got.gb == pytest.approx(21.504) and "MemAvailable 20.5 GB" in got.where
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two ranks on this machine share it
+    shared = parallel.memory_available(torch.device("cpu"), meminfo, status)
+    assert shared.gb == pytest.approx(20.48 / 2 + 1.024) and "/ 2 processes" in shared.where
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert parallel.memory_available(torch.device("cpu"), tmp_path / "missing", status).gb is None
     meminfo.write_text("MemTotal: 1 kB\n")
     assert parallel.memory_available(torch.device("cpu"), meminfo, status).gb is None

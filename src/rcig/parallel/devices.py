@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -65,16 +66,19 @@ def meminfo_gb(field: str, path: str | Path) -> float | None:
 
 def memory_available(device: torch.device, meminfo: str | Path = "/proc/meminfo",
                      status: str | Path = "/proc/self/status") -> MemoryAvailable:
-    """What this process may hold on ``device``: on the CPU, the machine's available memory
-    (Linux's MemAvailable) plus what this process holds already (its data are part of the
+    """What this process may hold on ``device``: on the CPU, its share of the machine's
+    available memory (Linux's MemAvailable, shared by the ``LOCAL_WORLD_SIZE`` processes
+    torchrun starts on a machine) plus what it holds already (its data are part of the
     estimate); on a CUDA GPU, its free memory plus what torch's allocator holds there already;
     elsewhere unknown."""
     if device.type == "cpu":
         available, own = meminfo_gb("MemAvailable", meminfo), meminfo_gb("VmRSS", status) or 0.0
         if available is None:
             return MemoryAvailable(None, "MemAvailable unreadable")
-        return MemoryAvailable(available + own, f"the machine's MemAvailable {available:.1f} GB + this process's "
-                                                f"{own:.1f} GB")
+        sharers = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        share = f" / {sharers} processes" if sharers > 1 else ""
+        return MemoryAvailable(available / sharers + own, f"the machine's MemAvailable {available:.1f} GB{share} + "
+                                                          f"this process's {own:.1f} GB")
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         held = torch.cuda.memory_reserved(device)
