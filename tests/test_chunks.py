@@ -7,7 +7,7 @@ import rcig.algorithm.meta as meta_module
 from rcig.algorithm.inner import BaseNetwork, features_and_change, make_solvers, network, split_params
 from rcig.algorithm.meta import Batch, meta_gradient
 from rcig.algorithm.recompute import in_chunks
-from rcig.config import from_dict
+from rcig.config import from_dict, parse_overrides
 from rcig.errors import RcigError
 from rcig.models import build_model
 
@@ -116,6 +116,10 @@ def test_chunk_rows_config_contract(bad, words):
     assert from_dict({}).chunk_rows == "auto"  # the default: the run chooses (rcig.algorithm.memory)
     assert from_dict({"chunk_rows": None}).chunk_rows is None  # one graph
     assert from_dict({"chunk_rows": "auto", "linearize": False, "norm": "batch"}).chunk_rows == "auto"  # resolves to one graph
+    for text, value in (("auto", "auto"), ("none", None), ("null", None), ("64", 64)):
+        assert from_dict(parse_overrides([f"chunk_rows={text}"])).chunk_rows == value
+    with pytest.raises(RcigError, match='chunk_rows must be a positive integer or "auto" or null'):
+        from_dict(parse_overrides(["chunk_rows=automatic"]))
 
 
 def test_a_step_given_auto_unresolved_takes_one_graph(monkeypatch):
