@@ -107,6 +107,35 @@ def test_meta_gradient_chunked_equals_whole(variant, chunk_rows, monkeypatch):
     assert whole.implicit["x"].abs().max() > 0 and whole.direct["x"].abs().max() > 0
 
 
+def test_forwards_without_a_graph_take_at_most_a_chunk(monkeypatch):
+    """With chunk_rows set, the rows that carry no gradient are forwarded at most chunk_rows at
+    a time, below max_forward_batch_size: the same step, in more pieces."""
+    assert meta_module.forward_rows(from_dict({"max_forward_batch_size": 3, "chunk_rows": 5})) == 3
+    assert meta_module.forward_rows(from_dict({"max_forward_batch_size": 300, "chunk_rows": 5})) == 5
+    assert meta_module.forward_rows(from_dict({"chunk_rows": 5})) == 5
+    assert meta_module.forward_rows(from_dict({"max_forward_batch_size": 300, "chunk_rows": "auto"})) == 300
+    assert meta_module.forward_rows(from_dict({"chunk_rows": None})) is None
+    seen = []
+
+    def spy(f, body0, x, delta, linearize):
+        if not torch.is_grad_enabled():
+            seen.append(len(x))
+        return features_and_change(f, body0, x, delta, linearize)
+
+    monkeypatch.setattr(meta_module, "features_and_change", spy)
+    subsampled = {**VARIANTS["subsampled"], "max_forward_batch_size": 100}
+    whole = step_result({**subsampled, "chunk_rows": None}, False)
+    assert max(seen) == N_TARGET - 6  # the target rows without gradients, in one piece
+    seen.clear()
+    chunked = step_result({**subsampled, "chunk_rows": 2}, False)
+    assert seen and max(seen) == 2
+    assert chunked.outer_loss == pytest.approx(whole.outer_loss, rel=1e-12)
+    for part in ("direct", "implicit", "grads"):
+        for leaf in ("x", "y", "log_temp"):
+            a, b = getattr(whole, part)[leaf], getattr(chunked, part)[leaf]
+            torch.testing.assert_close(b, a, rtol=1e-11, atol=1e-13 * float(a.abs().max()), msg=f"{part} {leaf}")
+
+
 @pytest.mark.parametrize("bad, words", [({"chunk_rows": 0}, "positive integer"),
                                         ({"chunk_rows": 4, "linearize": False}, "linearize=true"),
                                         ({"chunk_rows": 4, "norm": "batch"}, "norm none|instance")])

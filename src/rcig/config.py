@@ -253,7 +253,7 @@ class Config:
     n_max_steps_pool: int = knob(INT, 16)  # a used network trains randint(1, n_max_steps_pool) steps
 
     # -- large supports (None: every row). Rows that get gradients; the rest come from
-    # no-grad forwards in chunks of max_forward_batch_size --
+    # no-grad forwards in chunks of max_forward_batch_size (and of chunk_rows when that is smaller) --
     direct_batch_sizes: tuple[int | None, int | None] = knob(PAIR, (None, None))  # (support, target)
     implicit_batch_size: int | None = knob(INT, None)  # support rows the implicit gradient flows through
     hinv_batch_size: int | None = knob(INT, None)  # random support rows behind each H v of the H^-1 g solve

@@ -284,7 +284,7 @@ class GradSettings(NamedTuple):
     flip: bool
     linearize: bool
     learn_labels: bool
-    chunk: int | None = None  # rows per forward of the rows without gradients (None: all at once)
+    chunk: int | None = None  # rows per forward of the rows without gradients, :func:`forward_rows` (None: all at once)
     chunk_rows: int | None = None  # rows per recomputed chunk of the rows with gradients (None: one graph)
 
 
@@ -419,10 +419,18 @@ def resolved_chunk_rows(cfg: Config) -> int | None:
     return None if cfg.chunk_rows == AUTO else cfg.chunk_rows
 
 
+def forward_rows(cfg: Config) -> int | None:
+    """Rows per forward without a graph (the rows that carry no gradient): at most
+    ``cfg.max_forward_batch_size`` and, when the step runs in chunks, at most its chunk size,
+    so that its peak memory is set by the chunk there too (the same values in more pieces;
+    None: all at once)."""
+    return min((k for k in (cfg.max_forward_batch_size, resolved_chunk_rows(cfg)) if k is not None), default=None)
+
+
 def grad_settings(cfg: Config, n_images: int) -> GradSettings:
     """The :class:`GradSettings` of ``cfg`` for a support of ``n_images`` images."""
     return GradSettings(l2_strength(cfg, n_images), cfg.flip, cfg.linearize, cfg.learn_labels,
-                        cfg.max_forward_batch_size, resolved_chunk_rows(cfg))
+                        forward_rows(cfg), resolved_chunk_rows(cfg))
 
 
 def plain_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config) -> Pass:
@@ -513,7 +521,7 @@ def meta_gradient(base: BaseNetwork, support: dict[str, Tensor], target: Batch, 
 
 __all__ = ["LEAVES", "SOLO", "Augment", "Batch", "BatchSplit", "DirectResult", "DirectRows", "GradSettings",
            "MetaResult", "Pass", "PassAugmentation", "RowSampledInner", "RowSubsets", "augmented", "augmented_rows",
-           "clip_to", "direct_gradient", "expand_support", "held_augmentation", "implicit_gradient",
+           "clip_to", "direct_gradient", "expand_support", "forward_rows", "held_augmentation", "implicit_gradient",
            "inner_prediction", "l2_strength", "label_margin", "meta_gradient", "new_pass", "outer_loss",
-           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "resolved_chunk_rows", "row_draw", "rows_in_share", "support_augmentation",
-           "support_row_count"]
+           "pass_augmentation", "pass_direct", "pass_implicit", "plain_pass", "resolved_chunk_rows", "row_draw",
+           "rows_in_share", "support_augmentation", "support_row_count"]
