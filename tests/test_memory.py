@@ -65,6 +65,18 @@ def test_chunks_bound_the_step_and_the_subsampling_knobs_the_rows():
     assert step_rows(cfg.replace(hinv_batch_size=5000), 10, 100).support == 2000  # capped at n
 
 
+def test_in_chunks_the_forwards_without_a_graph_take_a_chunk_at_most():
+    cfg = preset("depth_5", 3, 128)
+    imagenette = DataShape(3, 128, 10, 9_469, 3_925)
+    assert step_rows(cfg, 1, 10).no_grad == 256  # the target rows without gradients, max_forward_batch_size
+
+    def step_gb(max_forward, k):
+        return estimate(cfg.replace(max_forward_batch_size=max_forward), imagenette, 1, k).step_gb
+
+    assert step_gb(256, 8) == pytest.approx(step_gb(8, 8))  # 8 rows at a time either way
+    assert step_gb(256, None) > step_gb(8, None) + 8  # one graph: 256 rows at a time, about 8.6 GB
+
+
 def test_the_choice_keeps_one_graph_when_it_fits_else_takes_the_largest_chunk_that_fits():
     cfg = preset("depth_3", 3, 32)
     whole = estimate(cfg, CIFAR100, 10, None).gb

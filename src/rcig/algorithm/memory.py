@@ -18,7 +18,8 @@ depth 3 on 28 or 32 px, 3.9 MB at depth 4 on 64 px, 16 MB at depth 5 on 128 px):
     graphs, chunks of k rows (a part of at most k rows runs whole, as without chunks):
            = a (S n + Q n^2) [n <= k]  +  a T t [t <= k]
              + a R_s k [n > k]  +  a R_t k [t > k]  +  a U n [n > k]  + 4 P C + no-grad
-    no-grad    = 4 G L f                                  a forward without a graph, f rows at a time
+    no-grad    = 4 G L min(f, k)                          a forward without a graph, f rows at a time,
+                                                          at most k in chunks
     parameters = 4 P C_p                                  the solvers' updates: theta0, delta, v, g_t,
                                                           moments, gradients, their new values
     rows       = 4 (n_all + t_all) D F  +  4 n_all^2 K    features, JVPs, cotangents; kernel matrices
@@ -34,17 +35,18 @@ else the rows left over), where subsampling leaves any.
 
 The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were fitted
 to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray and 32 px
-RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 9.0,
-R_t = 7.1, U = 0.71 (units of ``a``) and C_p = 17.9 (parameter copies) are :func:`fit`'s least
+RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 9.1,
+R_t = 7.0, U = 0.71 (units of ``a``) and C_p = 17.9 (parameter copies) are :func:`fit`'s least
 squares on the step's own memory (peak RSS minus the RSS just before the step) of the rows of
 ``benchmarks/memory.json``: one outer step on a 2-core CPU, width 128, depth 3 (28 px gray, 32
 px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million parameters), 10 to 200 support rows,
-256 to 1,024 target rows, one graph and chunks of 16 to 64 rows. The whole estimate is within
--8% to +9% of every peak there (0.6 to 4.8 GB). C = 1 (theta0 beside the graphs), F, K and G
-are counted from the code, not fitted (G = 4 is within 10% of the no-grad forwards measured
-there). Larger images, larger supports and datasets enter through ``a``, ``P``, ``D``, ``L``,
-the row counts and the data: an extrapolation until ``benchmarks/memory.py`` measures them and
-:func:`fit` (``benchmarks/memory_model.py fit``) refits.
+256 to 1,024 target rows (448 of them in forwards without a graph in three runs), one graph
+and chunks of 16 to 64 rows. The whole estimate is within -8% to +9% of every peak there (0.6
+to 4.8 GB). C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted
+(G = 4 is within 10% of the no-grad forwards measured there). Larger images, larger supports
+and datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the data: an
+extrapolation until ``benchmarks/memory.py`` measures them and :func:`fit`
+(``benchmarks/memory_model.py fit``) refits.
 
 :func:`choose_chunk_rows` turns the estimate into the run's chunk size: with ``chunk_rows``
 "auto", none (one graph, the faster step) when the whole step fits in :data:`USABLE` of the
@@ -72,8 +74,8 @@ class Fit(NamedTuple):
     S: float = 12.2  # per support row with gradients, one graph
     Q: float = 5.2e-3  # per squared support row, one graph
     T: float = 4.1  # per target row with gradients, one graph
-    R_s: float = 9.0  # per row of a support chunk being recomputed (beyond R_t)
-    R_t: float = 7.1  # per row of a target chunk being recomputed
+    R_s: float = 9.1  # per row of a support chunk being recomputed (beyond R_t)
+    R_t: float = 7.0  # per row of a target chunk being recomputed
     U: float = 0.71  # per support row with gradients, in chunks
     C: float = 1.0  # copies of the parameters beside the graphs (theta0; counted, not fitted)
     C_p: float = 17.9  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
@@ -177,7 +179,8 @@ def step_parts(net: NetworkSize, rows: Rows, chunk_rows: int | None, fit: Fit = 
     """:class:`StepParts` of a step (module docstring)."""
     terms = fitted_terms(net, rows, chunk_rows)
     graphs = sum(c * m for name, c, m in zip(Fit._fields, fit, terms) if name != "C_p")
-    no_grad = 4 * G * net.largest_floats * rows.no_grad / GB
+    pieces = rows.no_grad if chunk_rows is None else min(rows.no_grad, chunk_rows)  # meta.forward_rows
+    no_grad = 4 * G * net.largest_floats * pieces / GB
     per_row = 4 * ((rows.support_all + rows.target_all) * net.features * F + rows.support_all ** 2 * K) / GB
     return StepParts(graphs + no_grad, fit.C_p * terms.C_p, per_row)
 
