@@ -166,7 +166,8 @@ def test_a_run_that_fits_at_no_chunk_size_is_refused_at_once_in_one_line(monkeyp
     argv = ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "1", "--out", tmp_path / "run"]
     code, _, err = run(argv + [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")], capsys)
     one_line_error(code, err, "this run fits in memory at no chunk size")
-    assert "--ipc, target_batch_size, pool_size, max_forward_batch_size or the rows with gradients" in err
+    assert "--ipc, target_batch_size, pool_size, max_forward_batch_size (where chunks cannot run" in err
+    assert "or the rows with gradients" in err
     assert "more memory" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -273,7 +273,8 @@ def report_line(choice: ChunkChoice, available_gb: float | None, where: str) -> 
             f"chunk_rows={chunk_text(choice.chunk_rows)}: {choice.why}; {memory} ({where})")
 
 
-SMALLER = ("--ipc, target_batch_size, pool_size, max_forward_batch_size or the rows with gradients (--set "
+SMALLER = ("--ipc, target_batch_size, pool_size, max_forward_batch_size (where chunks cannot run: in chunks the "
+           "forwards without a graph take a chunk's rows) or the rows with gradients (--set "
            "inner_train_batch_size=K --set hinv_batch_size=K --set implicit_batch_size=K --set "
            "direct_batch_sizes=K,null --set pool_train_batch_size=K)")
 
