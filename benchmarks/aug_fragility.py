@@ -67,10 +67,10 @@ def main(argv=None) -> dict:
         prepared = prepare(ds.meta["dataset"])
     except RcigError as error:
         parser.exit(2, f"aug_fragility: error: {error}\n")
-    scores = {}
+    scores, test_images = {}, prepared.test_images()
     with subnormals_flushed():
         for case, (labels, settings) in cases.items():
-            result = evaluate_support(ds.images, labels, prepared.x_test, prepared.y_test, settings,
+            result = evaluate_support(ds.images, labels, test_images, prepared.y_test, settings,
                                       flip=bool(ds.meta.get("flip")), progress=False)
             scores[case] = result["aug"]["mean"]
             print(f"{case:>12}: {100 * scores[case]:.2f}", flush=True)

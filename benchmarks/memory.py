@@ -3,9 +3,10 @@
 Each run is its own subprocess, so its peak resident memory (VmHWM) is the step's own plus
 what the process holds before it (Python, torch, the data, the pool), reported separately
 as the RSS just before the step. The data are synthetic of the dataset's shape and size
-(memory and time do not depend on pixel values): its training and test images, each held
-as uint8 and in model space (float32) as a real run holds them, by default as many as the
-real dataset's (``--train-images``, ``--test-images``). The model pool holds every member's
+(memory and time do not depend on pixel values), held as a run holds them
+(:class:`rcig.data.Prepared`: the training images in model space, float32, the test images
+as loaded, uint8), by default as many as the real dataset's (``--train-images``,
+``--test-images``). The model pool holds every member's
 weights and Adam moments, as a run's does once it has trained each (``--pool-members``;
 0: only the member the step trains). The config is the preset (default: the paper's for the
 shape) with fixed learning rates (tuning is not part of a step), ``init=real`` (herding
@@ -40,10 +41,16 @@ SHAPES = {"fashion": (10, 1, 28, 60_000, 10_000), "cifar10": (10, 3, 32, 50_000,
           "imagenette": (10, 3, 128, 9_469, 3_925)}
 
 
-def held_data(n: int, channels: int, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` synthetic images as a run holds them: uint8 (N, H, W, C) and float32 (N, C, H, W)."""
-    raw = torch.randint(0, 256, (n, size, size, channels), dtype=torch.uint8, generator=generator)
-    return raw, torch.randn(n, channels, size, size, generator=generator)
+def held_data(shape: str, train_images: int, test_images: int, generator: torch.Generator):
+    """Synthetic data of ``shape`` as a run holds it, a :class:`rcig.data.Prepared`."""
+    from rcig.data import DatasetInfo, Prepared, Preprocessor
+
+    classes, channels, size = SHAPES[shape][:3]
+    info = DatasetInfo(shape, tuple(str(c) for c in range(classes)), channels, size)
+    test = torch.randint(0, 256, (test_images, size, size, channels), dtype=torch.uint8, generator=generator)
+    return Prepared(info, Preprocessor("standardize", [0.5] * channels, [0.25] * channels),
+                    torch.randn(train_images, channels, size, size, generator=generator),
+                    torch.arange(train_images) % classes, test.numpy(), torch.arange(test_images) % classes)
 
 
 def fill_pool(pool, members: int) -> None:
@@ -68,8 +75,7 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, override
     cfg = load_preset(preset, size, channels).replace(**{"inner_lr": 1e-4, "hvp_lr": 1e-4, "init": "real", **overrides})
     g = torch.Generator().manual_seed(0)
     n_train = max(train_images, cfg.target_batch_size, 2 * classes * ipc)
-    held = [held_data(n_train, channels, size, g), held_data(test_images, channels, size, g)]
-    x_train, y_train = held[0][1], torch.arange(n_train) % classes
+    held = held_data(shape, n_train, test_images, g)
     data = DataShape(channels, size, classes, n_train, test_images)
     available = memory_available(torch.device("cpu"))
     asked = AUTO if chunk_rows == AUTO else None if chunk_rows == "none" else int(chunk_rows)
@@ -77,7 +83,7 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, override
     if asked == AUTO and choice.verdict == NEVER:  # what rcig distill would refuse
         raise SystemExit(f"chunk_rows=auto: {refusal(choice, available.gb)}")
     cfg = cfg.replace(chunk_rows=choice.chunk_rows)
-    distiller = Distiller(x_train, y_train, classes, ipc, cfg, 0,
+    distiller = Distiller(held.x_train, held.y_train, classes, ipc, cfg, 0,
                           distillation_network(cfg, in_channels=channels, num_classes=classes, image_size=size))
     state = distiller.new_state()
     fill_pool(state.pool, cfg.pool_size if pool_members is None else pool_members)

@@ -146,10 +146,10 @@ def test_a_sets_pixels_and_test_set_undo_and_repeat_its_preprocessing(tmp_path, 
     test = ds.test_set()
     images, labels = test.tensors
     assert torch.equal(labels, torch.from_numpy(raw.y_test)) and len(test) == len(raw.y_test)
-    assert torch.allclose(images, prepared.x_test, atol=1e-5)
+    assert torch.allclose(images, prepared.test_images(), atol=1e-5)
     # from the stored statistics, not a refit: a set whose stored mean is off maps the test set otherwise
     ds.meta["preprocess"]["mean"] = [m + 0.1 for m in ds.meta["preprocess"]["mean"]]
-    assert not torch.allclose(ds.test_set().tensors[0], prepared.x_test, atol=1e-3)
+    assert not torch.allclose(ds.test_set().tensors[0], prepared.test_images(), atol=1e-3)
 
 
 def test_a_set_has_a_length_a_one_line_repr_and_a_dataset_with_its_mirrored_copies():

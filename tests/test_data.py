@@ -267,6 +267,34 @@ def test_describe_specs_finds_digits():
 @pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist():
     p = prepare("fashion_mnist")
-    assert tuple(p.x_train.shape) == (60000, 1, 28, 28) and tuple(p.x_test.shape) == (10000, 1, 28, 28)
+    assert tuple(p.x_train.shape) == (60000, 1, 28, 28) and tuple(p.test_images().shape) == (10000, 1, 28, 28)
     assert abs(float(p.x_train.mean())) < 1e-3 and abs(float(p.x_train.std()) - 1) < 1e-3
     assert p.dataset.class_names[9] == "Ankle boot"
+
+
+def test_a_prepared_dataset_lets_the_loaded_images_go_and_holds_the_test_images_as_uint8(tmp_path):
+    """What a run holds of its data: the training images in model space only (the loaded uint8
+    ones are let go, even where the test images are a view of the same buffer), the test images
+    as uint8, put in model space when asked, exactly as the training images are."""
+    import gc
+    import weakref
+
+    from rcig.data import Dataset
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)  # one buffer: train, then test
+    labels = np.arange(50) % 5
+    loaded = Dataset("npz:one_buffer", pixels[:40], labels[:40], pixels[40:], labels[40:], tuple("abcde"))
+    buffer = weakref.ref(pixels)
+    prepared = prepare(loaded, cache_dir=tmp_path)
+    assert prepared.dataset == loaded.info and prepared.dataset.num_classes == 5
+    expected_test = prepared.preprocessor.to_model(loaded.x_test)
+    del pixels, loaded
+    gc.collect()
+    assert buffer() is None  # no uint8 copy, nor a view into one, is kept
+    assert prepared.test_pixels.dtype == np.uint8 and prepared.test_pixels.shape == (10, 8, 8, 3)
+    held = [v for v in vars(prepared).values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert [tuple(v.shape) for v in held] == [(40, 3, 8, 8)]  # the training images alone in float32
+    made = prepared.test_images()
+    assert made.dtype == torch.float32 and torch.equal(made, expected_test)
+    assert made is not prepared.test_images()  # made at each call, held by the caller

@@ -57,7 +57,7 @@ def test_evaluation_herding_and_augmentation_on_the_device():
     prepared = prepare("digits")
     settings = ProtocolSettings(width=16, n_models=1, steps=20, warmup=5, test_limit=100,
                                 augmentations=("crop", "rotate", "translate", "cutout"))
-    scores = evaluate_support(herded.images.to(DEVICE), herded.labels, prepared.x_test, prepared.y_test, settings,
+    scores = evaluate_support(herded.images.to(DEVICE), herded.labels, prepared.test_images(), prepared.y_test, settings,
                               progress=False, team=parallel.Team(0, 1, DEVICE))
     assert set(scores) == {"no_aug", "aug"} and 0 <= scores["aug"]["mean"] <= 1
     x = torch.randn(16, 3, 8, 8, device=DEVICE)

@@ -131,8 +131,8 @@ def test_short_distillation_learns():
     settings = ProtocolSettings(depth=3, width=32, n_models=2, steps=300, warmup=50, no_aug_extension=1.0,
                                 augmentations=("translate",))
     before = evaluate_support(init["x"], centred_one_hot(prepared.y_train[:0].new_tensor(list(range(10))), 10),
-                              prepared.x_test, prepared.y_test, settings, progress=False)
-    after = evaluate_support(result.images, result.labels, prepared.x_test, prepared.y_test, settings,
+                              prepared.test_images(), prepared.y_test, settings, progress=False)
+    after = evaluate_support(result.images, result.labels, prepared.test_images(), prepared.y_test, settings,
                              progress=False)
     assert after["no_aug"]["mean"] > before["no_aug"]["mean"] + 0.05
 
@@ -458,3 +458,19 @@ def test_each_knob_acts_where_it_says(overrides, acts):
     values are pinned by the test above; normal_repeats and aug_repeats count passes in
     test_distill_aug, max_forward_batch_size changes memory, not results)."""
     assert acts(*knob_setup(overrides))
+
+
+def test_the_test_images_are_put_in_model_space_for_each_evaluation_only(monkeypatch):
+    """A run holds its test images as uint8: the float32 ones are made when a periodic
+    evaluation asks (once per evaluation) and never by a run that does not evaluate."""
+    from rcig.data import Prepared
+    from rcig.evaluation import ProtocolSettings
+
+    made = []
+    real = Prepared.test_images
+    monkeypatch.setattr(Prepared, "test_images", lambda self: made.append(len(self.y_test)) or real(self))
+    distill("digits", 1, steps=2, overrides=TINY, progress=False)
+    assert made == []
+    settings = ProtocolSettings(width=8, n_models=1, steps=2, settings=("no_aug",), test_limit=20)
+    distill("digits", 1, steps=2, overrides=TINY, progress=False, eval_every=1, eval_settings=settings)
+    assert made == [360, 360]

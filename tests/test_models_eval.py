@@ -153,7 +153,7 @@ def test_protocol_scores_random_real_digits_well_above_chance(digits):
     x, y = random_real(digits, 10, seed=0)
     settings = ProtocolSettings(n_models=2, steps=200, warmup=50, lr=1e-3, no_aug_extension=1.0, width=32, test_limit=200,
                                 augmentations=("translate", "cutout"))
-    scores = evaluate_support(x, y, digits.x_test, digits.y_test, settings, progress=False)
+    scores = evaluate_support(x, y, digits.test_images(), digits.y_test, settings, progress=False)
     for name in ("no_aug", "aug"):
         assert scores[name]["mean"] > 0.6, scores  # chance is 0.1
         assert len(scores[name]["accs"]) == 2 and 0 <= scores[name]["std"] < 0.2
@@ -199,8 +199,8 @@ def test_protocol_training_matches_the_plain_reference_per_network(digits, augme
         ref = _reference_protocol_training(x, y, settings, augment, 12, 8, seed)
         for name, p in ref.state_dict().items():
             torch.testing.assert_close(model.state_dict()[name], p, rtol=1e-4, atol=1e-6, msg=name)
-        scores = accuracy([model, ref], digits.x_test, digits.y_test)
-        assert abs(scores[0] - scores[1]) <= 1 / len(digits.x_test) + 1e-9
+        scores = accuracy([model, ref], digits.test_images(), digits.y_test)
+        assert abs(scores[0] - scores[1]) <= 1 / len(digits.y_test) + 1e-9
     assert (models[0].classifier.weight - models[1].classifier.weight).abs().max() > 1e-3
 
 
@@ -231,9 +231,9 @@ def test_networks_whose_loss_becomes_non_finite_are_reported_as_diverged(digits)
 
     x, y = random_real(digits, 1, seed=0)
     settings = ProtocolSettings(width=8, n_models=2, steps=20, warmup=4)
-    huge = evaluate_support(x * 1e30, y, digits.x_test, digits.y_test, settings, progress=False)
+    huge = evaluate_support(x * 1e30, y, digits.test_images(), digits.y_test, settings, progress=False)
     assert huge["no_aug"]["diverged"] == [0, 1] and huge["aug"]["diverged"] == [0, 1]
-    fine = evaluate_support(x, y, digits.x_test, digits.y_test, settings, progress=False)
+    fine = evaluate_support(x, y, digits.test_images(), digits.y_test, settings, progress=False)
     assert fine["no_aug"]["diverged"] == [] and fine["aug"]["diverged"] == []
 
     class Count:
@@ -287,7 +287,7 @@ def test_the_progress_of_a_grid_names_each_set_and_architecture(digits, capsys):
 
     supports = {"distilled": random_real(digits, 1, seed=0), "random": random_real(digits, 1, seed=1)}
     settings = ProtocolSettings(n_models=1, steps=2, warmup=1, width=8, test_limit=20, settings=("aug",))
-    score_grid(supports, ("conv", "conv_bn"), settings, digits.x_test, digits.y_test, flip=False, progress=True)
+    score_grid(supports, ("conv", "conv_bn"), settings, digits.test_images(), digits.y_test, flip=False, progress=True)
     names = [line.split(": ")[0].split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
     assert names == ["evaluate set (conv)", "evaluate set (conv_bn)", "evaluate random real (conv)",
                      "evaluate random real (conv_bn)"]

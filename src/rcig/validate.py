@@ -188,9 +188,9 @@ def set_fits_dataset(images: torch.Tensor, labels: torch.Tensor, meta: dict, pre
         raise RcigError(f"{where} has labels for {labels.shape[1]} classes, {meta['dataset']} has {ds.num_classes}")
     if list(ds.class_names) != list(meta.get("class_names") or ds.class_names):
         raise RcigError(f"{where} was made for other classes than {meta['dataset']} has now")
-    if tuple(images.shape[1:]) != tuple(prepared.x_test.shape[1:]):
+    if tuple(images.shape[1:]) != tuple(prepared.x_train.shape[1:]):
         raise RcigError(f"{where} holds {tuple(images.shape[1:])} images, {meta['dataset']} has "
-                        f"{tuple(prepared.x_test.shape[1:])}")
+                        f"{tuple(prepared.x_train.shape[1:])}")
     now = prepared.preprocessor.state()[0]
     stored = meta["preprocess"]
     if stored["kind"] != now["kind"] or any(abs(a - b) > 1e-4 for a, b in zip(stored["mean"], now["mean"])):

@@ -8,7 +8,9 @@ depth 3 on 28 or 32 px, 3.9 MB at depth 4 on 64 px, 16 MB at depth 5 on 128 px):
 
     total  = process + data + pool + step
     process = BASE + 4 P                              Python and torch (CPU only), the template network
-    data   = (N_train + N_test) d (4 + 1)             CPU: the images as uint8 and in model space (float32)
+    data   = N_train d 4  +  N_test d                 CPU: the training images in model space (float32), the
+                                                      test images as loaded (uint8: in float32 only while an
+                                                      evaluation scores, between steps)
            = N_train d 4                              CUDA: the training images the step draws from
     pool   = pool_size 3 P 4                          each member's weights and two Adam moments, once trained
     step   = max(graphs, parameters) + rows           its peak is at one of two moments
@@ -189,14 +191,15 @@ def estimate(cfg: Config, shape: DataShape, ipc: int, chunk_rows: int | None, de
              pool_members: int | None = None, fit: Fit = FIT) -> MemoryEstimate:
     """The module docstring's estimate of a run of ``cfg`` on data of ``shape`` at ``ipc``, its
     step in chunks of ``chunk_rows`` (None: one graph), on a ``device`` of kind "cpu" or "cuda"
-    (a GPU holds the training images, the pool and the step; the CPU everything). The pool is
+    (a GPU holds the training images, the pool and the step; the CPU also the test images as
+    uint8 and the Python process: :class:`rcig.data.Prepared`). The pool is
     counted with ``pool_members`` trained members (None: all, as after its first steps)."""
     net = network_size(cfg, shape.channels, shape.image_size, shape.num_classes)
     rows = step_rows(cfg, ipc, shape.num_classes)
     pixels = shape.channels * shape.image_size ** 2
     on_cpu = device == "cpu"
     process = (BASE_GB if on_cpu else 0.0) + 4 * net.params / GB
-    held = (shape.train_images + shape.test_images) * 5 if on_cpu else shape.train_images * 4  # bytes per pixel
+    held = shape.train_images * 4 + (shape.test_images if on_cpu else 0)  # bytes per pixel: float32, uint8
     data = held * pixels / GB
     members = cfg.pool_size if pool_members is None else pool_members
     pool = members * 3 * 4 * net.params / GB

@@ -11,7 +11,8 @@ Specs::
     npz:PATH             keys x_train, y_train, x_test, y_test (+ class_names)
     hf:NAME              a Hugging Face dataset (needs `pip install rcig[hf]`)
 
-``prepare(spec)`` adds the paper's preprocessing and returns model-space tensors.
+``prepare(spec)`` adds the paper's preprocessing: the training images in model space, the
+test images put there when an evaluation asks (:meth:`Prepared.test_images`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +28,19 @@ import torch
 from rcig.data import sources
 from rcig.data.preprocess import Preprocessor, fit_preprocessor
 from rcig.errors import RcigError
+
+
+class DatasetInfo(NamedTuple):
+    """What a dataset is apart from its images (what a :class:`Prepared` keeps of the loaded one)."""
+
+    spec: str
+    class_names: tuple[str, ...]
+    channels: int
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,10 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo(self.spec, self.class_names, self.channels, self.image_size)
 
 
 def _validate(spec: str, arrays: dict) -> Dataset:
@@ -100,16 +119,24 @@ def describe_specs(data_dir: str | os.PathLike | None = None) -> list[dict]:
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
-    """A dataset in model space: what the engine and the evaluation consume."""
+    """A dataset in model space: what the engine and the evaluation consume. The training
+    images are held in model space; the test images as loaded (uint8), put in model space by
+    :meth:`test_images` when an evaluation asks, so that a run holds them in float32 only while
+    it scores. The loaded training images are not kept."""
 
-    dataset: Dataset
+    dataset: DatasetInfo
     preprocessor: Preprocessor
     x_train: torch.Tensor  # (N, C, H, W) float32
     y_train: torch.Tensor  # (N,) int64
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    test_pixels: np.ndarray  # (M, H, W, C) uint8
+    y_test: torch.Tensor  # (M,) int64
+
+    def test_images(self) -> torch.Tensor:
+        """The test images in model space, (M, C, H, W) float32: made at each call (the
+        preprocessing of :func:`prepare`'s training images), held only by the caller."""
+        return self.preprocessor.to_model(self.test_pixels)
 
 
 def prepare(spec_or_dataset: str | Dataset = "digits", data_dir: str | os.PathLike | None = None, *,
@@ -118,8 +145,10 @@ def prepare(spec_or_dataset: str | Dataset = "digits", data_dir: str | os.PathLi
     dataset = spec_or_dataset if isinstance(spec_or_dataset, Dataset) else load(spec_or_dataset, data_dir,
                                                                                 download=download)
     pre = fit_preprocessor(dataset, cache_dir)
-    return Prepared(dataset, pre, pre.to_model(dataset.x_train), torch.from_numpy(dataset.y_train),
-                    pre.to_model(dataset.x_test), torch.from_numpy(dataset.y_test))
+    # its own buffer: a view would keep the source's whole array (the training images too) alive
+    test = dataset.x_test if dataset.x_test.base is None else dataset.x_test.copy()
+    return Prepared(dataset.info, pre, pre.to_model(dataset.x_train), torch.from_numpy(dataset.y_train),
+                    test, torch.from_numpy(dataset.y_test))
 
 
-__all__ = ["Dataset", "Prepared", "Preprocessor", "describe_specs", "fit_preprocessor", "load", "prepare"]
+__all__ = ["Dataset", "DatasetInfo", "Prepared", "Preprocessor", "describe_specs", "fit_preprocessor", "load", "prepare"]

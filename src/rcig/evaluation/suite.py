@@ -161,7 +161,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     for name in baselines:
         supports[name] = baseline_support(prepared, name, len(ds.images) // k, base.seed)
     started = time.perf_counter()
-    grid = score_grid(supports, archs, base, prepared.x_test, prepared.y_test, flip=bool(meta.get("flip")),
+    grid = score_grid(supports, archs, base, prepared.test_images(), prepared.y_test, flip=bool(meta.get("flip")),
                       progress=progress, team=team)
     seconds = time.perf_counter() - started
     if all(scores["diverged"] and len(scores["diverged"]) == len(scores["accs"])

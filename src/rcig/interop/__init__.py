@@ -191,7 +191,7 @@ def to_distilled_set(imported: Imported, fmt: str, source: str | Path, *, datase
     from rcig.data import prepare
 
     prepared = prepare(dataset, data_dir)
-    want = tuple(prepared.x_test.shape[1:])
+    want = tuple(prepared.x_train.shape[1:])
     if tuple(imported.images.shape[1:]) != want:
         raise RcigError(f"{source} holds {tuple(imported.images.shape[1:])} images (C, H, W); {dataset} has {want}")
     k = prepared.dataset.num_classes

@@ -221,7 +221,7 @@ def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team, resumed: bool = F
     that fits at no chunk size is refused here, before any work; a set chunk size that does
     not fit gets a warning."""
     ds = prepared.dataset
-    shape = DataShape(ds.channels, ds.image_size, ds.num_classes, len(prepared.x_train), len(prepared.x_test))
+    shape = DataShape(ds.channels, ds.image_size, ds.num_classes, len(prepared.y_train), len(prepared.y_test))
 
     def choose() -> list:
         available = parallel.memory_available(team.device)
@@ -383,8 +383,9 @@ def distilled_set(state: RunState, distiller: Distiller, run: Run) -> DistilledS
 
 
 def periodic_evaluation(run: Run, settings, team: Team) -> Callable[[dict], dict]:
-    """The scores of a support (``{"x", "y", ...}``) on the run's test set; ``settings`` default
-    to one network with augmentation only: a cheap trend line, not the full protocol."""
+    """The scores of a support (``{"x", "y", ...}``) on the run's test set, put in model space
+    for each evaluation and let go after it; ``settings`` default to one network with
+    augmentation only: a cheap trend line, not the full protocol."""
     from rcig.evaluation import ProtocolSettings, evaluate_support
 
     cfg = run.cfg
@@ -392,7 +393,7 @@ def periodic_evaluation(run: Run, settings, team: Team) -> Callable[[dict], dict
                                             augmentations=tuple(cfg.test_augmentations))
 
     def evaluate(support: dict) -> dict:
-        return evaluate_support(support["x"], support["y"], run.prepared.x_test, run.prepared.y_test, settings,
+        return evaluate_support(support["x"], support["y"], run.prepared.test_images(), run.prepared.y_test, settings,
                                 flip=cfg.flip, progress=False, team=team)
 
     return evaluate
