@@ -37,13 +37,13 @@ else the rows left over), where subsampling leaves any.
 
 The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were fitted
 to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray and 32 px
-RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 9.1,
-R_t = 7.0, U = 0.71 (units of ``a``) and C_p = 17.9 (parameter copies) are :func:`fit`'s least
+RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 8.9,
+R_t = 7.2, U = 0.71 (units of ``a``) and C_p = 18.3 (parameter copies) are :func:`fit`'s least
 squares on the step's own memory (peak RSS minus the RSS just before the step) of the rows of
 ``benchmarks/memory.json``: one outer step on a 2-core CPU, width 128, depth 3 (28 px gray, 32
 px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million parameters), 10 to 200 support rows,
 256 to 1,024 target rows (448 of them in forwards without a graph in three runs), one graph
-and chunks of 16 to 64 rows. The whole estimate is within -8% to +9% of every peak there (0.6
+and chunks of 16 to 64 rows. The whole estimate is within -8% to +10% of every peak there (0.6
 to 4.8 GB). C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted
 (G = 4 is within 10% of the no-grad forwards measured there). Larger images, larger supports
 and datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the data: an
@@ -76,11 +76,11 @@ class Fit(NamedTuple):
     S: float = 12.2  # per support row with gradients, one graph
     Q: float = 5.2e-3  # per squared support row, one graph
     T: float = 4.1  # per target row with gradients, one graph
-    R_s: float = 9.1  # per row of a support chunk being recomputed (beyond R_t)
-    R_t: float = 7.0  # per row of a target chunk being recomputed
+    R_s: float = 8.9  # per row of a support chunk being recomputed (beyond R_t)
+    R_t: float = 7.2  # per row of a target chunk being recomputed
     U: float = 0.71  # per support row with gradients, in chunks
     C: float = 1.0  # copies of the parameters beside the graphs (theta0; counted, not fitted)
-    C_p: float = 17.9  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
+    C_p: float = 18.3  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
 
 
 FIT = Fit()
