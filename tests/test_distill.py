@@ -59,6 +59,12 @@ def test_refuses_to_overwrite_or_resume_a_different_run(tmp_path):
         distill(out=tmp_path / "empty", resume=True, progress=False)
 
 
+def test_test_width_is_the_width_the_set_is_scored_on(tmp_path):
+    narrow = distill("digits", 1, steps=1, overrides={**TINY, "test_width": 16}, progress=False)
+    assert narrow.meta["protocol"]["width"] == 16 and narrow.meta["config"]["width"] == TINY["width"]
+    assert distill("digits", 1, steps=1, overrides=TINY, progress=False).meta["protocol"]["width"] == TINY["width"]
+
+
 def test_log_records_cpu_seconds_of_each_step_and_of_the_tuning(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
