@@ -12,7 +12,7 @@ import torch
 
 from rcig.data import describe_specs, load, prepare
 from rcig.data.formats import read_idx
-from rcig.data.preprocess import Preprocessor, fit, fit_preprocessor
+from rcig.data.preprocess import Preprocessor, channel_moments, fit, fit_preprocessor, row_moments
 from rcig.errors import RcigError
 
 
@@ -248,6 +248,80 @@ def test_zca_round_trip_and_whitening(tmp_path):
     meta, arrays = pre.state()
     again = Preprocessor.from_state(meta, arrays)
     torch.testing.assert_close(again.to_model(x), z)
+
+
+def test_channel_moments_are_numpys_whole_array_statistics_bit_for_bit():
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, (301, 5, 7, 3), dtype=np.uint8)
+    whole = x.astype(np.float32) / 255.0
+    for batch in (1, 13, 300, 301, 1000):
+        mean, std = channel_moments(x, batch)
+        assert mean.dtype == std.dtype == np.float32
+        np.testing.assert_array_equal(mean, whole.mean(axis=(0, 1, 2)))
+        np.testing.assert_array_equal(std, whole.std(axis=(0, 1, 2)))
+
+
+def test_row_moments_in_chunks_equal_the_whole_array_ones_in_float64():
+    """Two passes over chunks (the mean, then the centred products) against the textbook
+    formulas on the whole (N, d) array in float64: equal to float64 rounding."""
+    rng = np.random.default_rng(9)
+    rows = torch.from_numpy(rng.normal(size=(257, 6)) * [1, 2, 3, 50, 1e-3, 7] + 100).float()
+    whole = rows.double()
+    centred = whole - whole.mean(0)
+    for size in (1, 10, 256, 257, 400):
+        moments = row_moments(lambda: rows.split(size))
+        assert moments.count == 257
+        torch.testing.assert_close(moments.mean, whole.mean(0), rtol=1e-14, atol=0)
+        torch.testing.assert_close(moments.cov, centred.T @ centred / 257, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(moments.cov, torch.cov(whole.T, correction=0), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("size, channels", [(8, 3), (96, 3), (8, 1)])
+def test_to_model_in_chunks_gives_the_one_pass_values(size, channels):
+    """The chunks written into one output: the values of standardising and whitening each chunk
+    and joining them (bit for bit), at any chunk size; the block ZCA (96 px) too."""
+    rng = np.random.default_rng(10)
+    x = rng.integers(0, 256, (70, size, size, channels), dtype=np.uint8)
+    pre = fit(x)
+    assert pre.kind == ("zca" if channels == 3 else "standardize") and pre.block == (32 if size > 64 else None)
+    mean = torch.from_numpy(pre.mean).view(1, -1, 1, 1)
+    std = torch.from_numpy(pre.std).view(1, -1, 1, 1)
+    for batch in (1, 16, 70, 8192):
+        joined = []
+        for i in range(0, 70, batch):
+            chunk = (torch.from_numpy(x[i:i + batch]).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            joined.append(chunk if pre.whiten is None else pre._apply(chunk, pre.whiten))
+        out = pre.to_model(x, batch)
+        assert out.dtype == torch.float32 and out.is_contiguous() and torch.equal(out, torch.cat(joined))
+
+
+PEAK_SCRIPT = """
+import resource, sys
+import numpy as np
+from rcig.data.preprocess import fit
+x = np.random.default_rng(0).integers(0, 256, (80000, 16, 16, 3), dtype=np.uint8)
+pre = fit(x[:300], 256)  # libraries loaded before the baseline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = fit(x, 1024) if sys.argv[1] == "fit" else pre.to_model(x, 1024)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("part, bound", [("fit", 0.5), ("to_model", 1.5)])
+def test_preprocessing_peak_is_bounded_by_the_float32_images(part, bound):
+    """Peak RSS growth of the fit (one chunk and the d x d matrices, not a copy of the images)
+    and of to_model (its float32 output and one chunk), in a fresh process: 80,000 images of
+    d = 768, 246 MB as float32. Holding the images in float32 (or float64) whole breaks it."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src = os.path.join(os.path.dirname(__file__), "..", "src")
+    env["PYTHONPATH"] = os.path.abspath(src) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, part], capture_output=True, text=True, check=True,
+                          env=env, timeout=120)
+    float32_images = 80000 * 768 * 4
+    assert int(done.stdout.split()[-1]) < bound * float32_images
 
 
 def test_preprocessor_cache_hit(tmp_path):

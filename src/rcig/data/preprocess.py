@@ -10,6 +10,11 @@ r"""The paper's preprocessing and its exact inverse.
 
 Fitted statistics are cached under ``~/.cache/rcig/preprocess`` (``$RCIG_CACHE_DIR``),
 keyed by the spec and a hash of the training images.
+
+Memory: the fit reads the uint8 images ``CHUNK`` at a time and holds, besides them, one chunk
+and the ``d x d`` float64 matrices (:func:`zca_peak_bytes`); :meth:`Preprocessor.to_model`
+writes its chunks into the one float32 output. Preparing a dataset thus peaks at its uint8
+images, one float32 copy of them and a chunk, or at the fit's matrices, whichever is larger.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +35,7 @@ from rcig.errors import RcigError
 
 ZCA_REG = 0.1
 BLOCK = 32  # patch size of the block ZCA for large images
+CHUNK = 8192  # images converted at a time by the fit and by to_model
 
 
 class Preprocessor:
@@ -49,18 +57,25 @@ class Preprocessor:
         patches = patches @ m.T
         return patches.reshape(n, h // b, w // b, c, b, b).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
 
-    def to_model(self, x: np.ndarray, batch: int = 8192) -> torch.Tensor:
-        """uint8 (N, H, W, C) -> float32 (N, C, H, W)."""
-        out = []
+    def standardized(self, x: np.ndarray, batch: int = CHUNK) -> Iterator[torch.Tensor]:
+        """uint8 (N, H, W, C) -> float32 (b, C, H, W) chunks of ``batch`` images, in order:
+        ``(x/255 - mean_c) / std_c``, not whitened."""
         mean = torch.from_numpy(self.mean).view(1, -1, 1, 1)
         std = torch.from_numpy(self.std).view(1, -1, 1, 1)
         for i in range(0, len(x), batch):
             chunk = torch.from_numpy(np.array(x[i:i + batch])).permute(0, 3, 1, 2).float() / 255.0
-            chunk = (chunk - mean) / std
-            if self.whiten is not None:
-                chunk = self._apply(chunk, self.whiten)
-            out.append(chunk.contiguous())
-        return torch.cat(out) if out else torch.empty(0)
+            yield (chunk - mean) / std
+
+    def to_model(self, x: np.ndarray, batch: int = CHUNK) -> torch.Tensor:
+        """uint8 (N, H, W, C) -> float32 (N, C, H, W), ``batch`` images at a time written into
+        the output (no second copy of it)."""
+        if len(x) == 0:
+            return torch.empty(0)
+        n, h, w, c = x.shape
+        out = torch.empty((n, c, h, w), dtype=torch.float32)
+        for i, chunk in zip(range(0, n, batch), self.standardized(x, batch)):
+            out[i:i + len(chunk)] = chunk if self.whiten is None else self._apply(chunk, self.whiten)
+        return out
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """float (N, C, H, W) in model space -> float32 (N, C, H, W) pixels x/255 (the exact
@@ -89,35 +104,105 @@ class Preprocessor:
                    arrays.get("unwhiten"), meta.get("block"))
 
 
-def zca_matrices(x: torch.Tensor, reg: float = ZCA_REG) -> tuple[np.ndarray, np.ndarray]:
-    """(W, W^-1) for rows ``x`` (N, d), in float64: W = U (L + reg)^-1/2 U^T."""
-    x = x.double()
-    x = x - x.mean(0, keepdim=True)
-    cov = x.T @ x / x.shape[0]
+class RowMoments(NamedTuple):
+    """Float64 moments of rows ``r_i`` in R^d, i = 1..N: ``mean = sum_i r_i / N`` (d,) and the
+    (biased) covariance ``cov = sum_i (r_i - mean)(r_i - mean)^T / N`` (d, d)."""
+
+    mean: torch.Tensor
+    cov: torch.Tensor
+    count: int
+
+
+def row_moments(chunks: Callable[[], Iterable[torch.Tensor]]) -> RowMoments:
+    """The moments of the rows of every (b, d) chunk that ``chunks()`` yields, in two passes,
+    each in float64 over one chunk at a time: the mean, then the centred products
+    ``sum_chunks (R - mean)^T (R - mean)``. The same sums as on the whole (N, d) array in
+    float64 up to the order of summation (chunk by chunk, not in one product), so equal to it
+    to float64 rounding; no (N, d) array is made."""
+    total, count = None, 0
+    for rows in chunks():
+        part = rows.double().sum(0)
+        total, count = (part if total is None else total + part), count + len(rows)
+    if not count:
+        raise RcigError("ZCA whitening needs at least one training image")
+    mean = total / count
+    cov = torch.zeros(len(mean), len(mean), dtype=torch.float64)
+    for rows in chunks():
+        centred = rows.double().sub_(mean)
+        cov.addmm_(centred.T, centred)
+        del rows, centred
+    return RowMoments(mean, cov.div_(count), count)
+
+
+def zca_matrices(cov: torch.Tensor, reg: float = ZCA_REG) -> tuple[np.ndarray, np.ndarray]:
+    """(W, W^-1), float32 (d, d), from a float64 covariance ``cov`` (d, d) = U diag(L) U^T:
+    ``W = U (L + r)^-1/2 U^T``, ``W^-1 = U (L + r)^1/2 U^T`` with ``r = reg * trace(cov) / d``
+    (negative eigenvalues of rounding clamped to 0). ``cov`` is used up (it is let go as soon
+    as it is decomposed: about 4 d^2 float64 at once, :func:`zca_peak_bytes`)."""
+    shift = reg * torch.trace(cov) / cov.shape[0]
     eigenvalues, u = torch.linalg.eigh(cov)
-    eigenvalues = eigenvalues.clamp(min=0) + reg * torch.trace(cov) / cov.shape[0]
-    whiten = (u * eigenvalues.rsqrt()) @ u.T
-    unwhiten = (u * eigenvalues.sqrt()) @ u.T
-    return whiten.float().numpy(), unwhiten.float().numpy()
+    del cov
+    eigenvalues = eigenvalues.clamp(min=0) + shift
+    whiten = ((u * eigenvalues.rsqrt()) @ u.T).float().numpy()
+    unwhiten = ((u * eigenvalues.sqrt()) @ u.T).float().numpy()
+    return whiten, unwhiten
 
 
-def fit(x_train: np.ndarray) -> Preprocessor:
-    """Fit the paper's preprocessing on uint8 (N, H, W, C) training images."""
-    x = x_train.astype(np.float32) / 255.0
+def zca_peak_bytes(d: int) -> int:
+    """Bytes the fit holds at once besides the images and a chunk, for a whitening of
+    dimension ``d``: the float64 covariance and LAPACK's eigendecomposition of it (its
+    eigenvectors and a workspace of about 2 d^2), about 4 d^2 float64 (d = 12,288: 4.8 GB)."""
+    return 4 * 8 * d * d
+
+
+def channel_moments(x: np.ndarray, batch: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation, float32 (C,), of ``x/255`` over uint8
+    (N, H, W, C) images, ``batch`` images at a time: numpy's ``mean``/``std`` over axes
+    (0, 1, 2) of the whole float32 array, the same sums in the same order (float32 running
+    sums over the pixels in order, divided in float64 by the count), so bit-identical to
+    them, with no float32 copy of the images."""
+    c = x.shape[-1]
+    count = x.size // c
+
+    def pixels() -> Iterator[np.ndarray]:
+        for i in range(0, len(x), batch):
+            yield x[i:i + batch].reshape(-1, c).astype(np.float32) / np.float32(255.0)
+
+    def running_sum(parts: Iterable[np.ndarray]) -> np.ndarray:
+        total = np.zeros(c, np.float32)
+        for part in parts:  # the carried sum first, then the rows: one sequential reduction
+            total = np.add.reduce(np.concatenate([total[None], part]), axis=0)
+        return total
+
+    mean = (running_sum(pixels()) / np.float64(count)).astype(np.float32)
+    variance = (running_sum(np.square(p - mean) for p in pixels()) / np.float64(count)).astype(np.float32)
+    return mean, np.sqrt(variance)
+
+
+def fit(x_train: np.ndarray, batch: int = CHUNK) -> Preprocessor:
+    """Fit the paper's preprocessing on uint8 (N, H, W, C) training images, ``batch`` images
+    at a time for RGB (the module docstring's memory)."""
     if x_train.shape[-1] == 1:
+        x = x_train.astype(np.float32) / 255.0
         return Preprocessor("standardize", [x.mean()], [x.std()])
-    mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+    mean, std = channel_moments(x_train, batch)
     pre = Preprocessor("standardize", mean, std)
-    z = pre.to_model(x_train)
-    n, c, h, w = z.shape
+    _, h, w, c = x_train.shape
     block = BLOCK if h > 64 else None
-    if block is None:
-        rows = z.reshape(n, -1)
-    else:
-        if h % block or w % block:
-            raise RcigError(f"block ZCA needs a size divisible by {block}, got {h}x{w}")
-        rows = z.reshape(n, c, h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * block * block)
-    whiten, unwhiten = zca_matrices(rows)
+    if block is not None and (h % block or w % block):
+        raise RcigError(f"block ZCA needs a size divisible by {block}, got {h}x{w}")
+
+    def rows() -> Iterator[torch.Tensor]:
+        """The whitening's rows: (b, C H W) per image, or (b H W / BLOCK^2, C BLOCK^2) per patch."""
+        for z in pre.standardized(x_train, batch):
+            n = len(z)
+            if block is None:
+                yield z.reshape(n, -1)
+            else:
+                yield z.reshape(n, c, h // block, block, w // block, block).permute(0, 2, 4, 1, 3, 5).reshape(
+                    -1, c * block * block)
+
+    whiten, unwhiten = zca_matrices(row_moments(rows).cov)
     return Preprocessor("zca", mean, std, whiten, unwhiten, block)
 
 
