@@ -51,6 +51,28 @@ def test_data_and_pool_are_counted_where_the_device_holds_them():
     assert on_cpu.step_gb == pytest.approx(on_gpu.step_gb)
 
 
+def test_the_preparation_is_counted_on_the_cpu_by_its_larger_phase():
+    """Before the run, on the CPU: the loaded uint8 images and the larger of the fit (gray: two
+    float32 copies; RGB: the covariance's eigendecomposition, 4 d^2 float64) and the conversion
+    (the float32 training images and a chunk of 8,192 images, 16 bytes a value)."""
+    tiny = DataShape(3, 64, 200, 100_000, 10_000)
+    cfg = preset("depth_4_big", 3, 64)
+    d = 3 * 64 * 64
+    conversion = BASE_GB + (110_000 * d + 4 * 100_000 * d + 16 * 8192 * d) / 1e9
+    assert estimate(cfg, tiny, 10, 1, "cpu").prepare_gb == pytest.approx(conversion)  # 8.1 GB
+    assert estimate(cfg, tiny, 10, 1, "cpu").gb > conversion  # below the run's least
+    few = DataShape(3, 64, 10, 100, 10)
+    assert estimate(cfg, few, 1, 1, "cpu").prepare_gb == pytest.approx(BASE_GB + (110 * d + 4 * 8 * d * d) / 1e9)
+    imagenette = DataShape(3, 128, 10, 20, 5)  # the block ZCA: d_w = 3 x 32 x 32
+    d_big = 3 * 128 * 128
+    assert estimate(preset("depth_5", 3, 128), imagenette, 1, 1, "cpu").prepare_gb == pytest.approx(
+        BASE_GB + (25 * d_big + max(8 * 3072 ** 2 + 16 * 20 * d_big, 32 * 3072 ** 2)) / 1e9)
+    gray = DataShape(1, 28, 10, 60_000, 10_000)
+    assert estimate(preset("depth_3_no_flip", 1, 28), gray, 1, 1, "cpu").prepare_gb == pytest.approx(
+        BASE_GB + (70_000 * 784 + 8 * 60_000 * 784) / 1e9)
+    assert estimate(cfg, tiny, 10, 1, "cuda").prepare_gb == 0.0  # the GPU takes no part
+
+
 def test_chunks_bound_the_step_and_the_subsampling_knobs_the_rows():
     cfg = preset("depth_3", 3, 32)
     whole = estimate(cfg, CIFAR100, 10, None)

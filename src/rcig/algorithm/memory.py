@@ -14,6 +14,10 @@ depth 3 on 28 or 32 px, 3.9 MB at depth 4 on 64 px, 16 MB at depth 5 on 128 px):
            = N_train d 4                              CUDA: the training images the step draws from
     pool   = pool_size 3 P 4                          each member's weights and two Adam moments, once trained
     step   = max(graphs, parameters) + rows           its peak is at one of two moments
+    prepare = BASE + (N_train + N_test) d             CPU, before the run (rcig.data.prepare, the fit not
+              + max(fit, convert)                     cached): the loaded uint8 images and the ZCA fit's
+                                                      d x d matrices or the conversion's float32 output
+                                                      (rcig.data.preprocess.preparation_peak_bytes)
 
     graphs, one graph (chunk_rows null, or no fewer than a part's rows):
            = a (S n + Q n^2 + T t)                            + 4 P C + no-grad
@@ -50,6 +54,13 @@ and datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the da
 extrapolation until ``benchmarks/memory.py`` measures them and :func:`fit`
 (``benchmarks/memory_model.py fit``) refits.
 
+A run's peak on a CPU is the larger of ``total`` and ``prepare``; the chunk size sets only
+``total`` and is chosen after the data is prepared, so from ``total`` alone. ``prepare`` is
+below ``total`` for the paper's settings (Tiny-ImageNet: 8.1 GB, the loaded images, the
+float32 training images and a chunk, against 10.3 GB or more for the run; the fit's
+eigendecomposition of the 12,288 x 12,288 covariance 4.8 GB) but not for every dataset (a few
+large RGB images and a small network: the fit's d x d matrices set the peak).
+
 :func:`choose_chunk_rows` turns the estimate into the run's chunk size: with ``chunk_rows``
 "auto", none (one graph, the faster step) when the whole step fits in :data:`USABLE` of the
 memory available, else the largest power of two whose estimate fits; a set value is kept.
@@ -62,6 +73,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from rcig.config import AUTO, Config
+from rcig.data.preprocess import preparation_peak_bytes
 
 GB = 1e9
 BASE_GB = 0.25  # a CPU process with Python, torch and rcig imported (the RSS before a step, less data and pool)
@@ -125,6 +137,7 @@ class MemoryEstimate(NamedTuple):
     step_gb: float
     rows: Rows
     chunk_rows: int | None
+    prepare_gb: float  # the data's preparation before the run (CPU; 0 on a GPU, which it does not use)
 
 
 def network_size(cfg: Config, channels: int, image_size: int, num_classes: int) -> NetworkSize:
@@ -205,7 +218,9 @@ def estimate(cfg: Config, shape: DataShape, ipc: int, chunk_rows: int | None, de
     pool = members * 3 * 4 * net.params / GB
     parts = step_parts(net, rows, chunk_rows, fit)
     step = max(parts.graphs, parts.parameters) + parts.rows
-    return MemoryEstimate(process + data + pool + step, process, data, pool, step, rows, chunk_rows)
+    prepare = BASE_GB + preparation_peak_bytes(shape.train_images, shape.test_images, shape.channels,
+                                               shape.image_size) / GB if on_cpu else 0.0
+    return MemoryEstimate(process + data + pool + step, process, data, pool, step, rows, chunk_rows, prepare)
 
 
 def chunkable(cfg: Config) -> bool:

@@ -155,6 +155,33 @@ def zca_peak_bytes(d: int) -> int:
     return 4 * 8 * d * d
 
 
+def preparation_peak_bytes(train_images: int, test_images: int, channels: int, image_size: int) -> int:
+    """Bytes :func:`rcig.data.prepare` holds at its peak besides the process, on the CPU, when
+    the fit is not cached: the loaded uint8 images and the larger of the fit and the
+    conversion of the training images, with ``d = channels x H x W``, ``B = CHUNK``::
+
+        peak    = (N_train + N_test) d  +  max(fit, convert)
+        fit     = 8 N_train d                                gray: the float32 images and numpy's
+                                                             centred copy of them for the std
+                = max(8 d_w^2 + 16 B d, zca_peak_bytes(d_w))  RGB: the covariance and a chunk,
+                                                             then the eigendecomposition
+        convert = 4 N_train d + 16 B d                       to_model's output and a chunk
+
+    A chunk holds at most four of its float32 arrays at once (counted from the code: the
+    standardisation's input, difference and quotient, or the block ZCA's patches, their
+    product and its layout back, or a float32 chunk and its float64 rows): ``16 B d``.
+
+    with ``d_w = d``, or ``channels x BLOCK^2`` for the block ZCA (above 64 px)."""
+    d = channels * image_size ** 2
+    chunk = 16 * min(CHUNK, train_images) * d
+    if channels == 1:
+        fit_bytes = 8 * train_images * d
+    else:
+        d_w = d if image_size <= 64 else channels * BLOCK ** 2
+        fit_bytes = max(8 * d_w * d_w + chunk, zca_peak_bytes(d_w))
+    return (train_images + test_images) * d + max(fit_bytes, 4 * train_images * d + chunk)
+
+
 def channel_moments(x: np.ndarray, batch: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation, float32 (C,), of ``x/255`` over uint8
     (N, H, W, C) images, ``batch`` images at a time: numpy's ``mean``/``std`` over axes
