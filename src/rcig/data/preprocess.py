@@ -167,11 +167,10 @@ def preparation_peak_bytes(train_images: int, test_images: int, channels: int, i
                                                              then the eigendecomposition
         convert = 4 N_train d + 16 B d                       to_model's output and a chunk
 
-    A chunk holds at most four of its float32 arrays at once (counted from the code: the
-    standardisation's input, difference and quotient, or the block ZCA's patches, their
-    product and its layout back, or a float32 chunk and its float64 rows): ``16 B d``.
-
-    with ``d_w = d``, or ``channels x BLOCK^2`` for the block ZCA (above 64 px)."""
+    with ``d_w = d``, or ``channels x BLOCK^2`` for the block ZCA (above 64 px). A chunk holds
+    at most four of its float32 arrays at once (counted from the code: the standardisation's
+    input, difference and quotient, or the block ZCA's patches, their product and its layout
+    back, or a float32 chunk and its float64 rows): ``16 B d``."""
     d = channels * image_size ** 2
     chunk = 16 * min(CHUNK, train_images) * d
     if channels == 1:
@@ -235,7 +234,7 @@ def fit(x_train: np.ndarray, batch: int = CHUNK) -> Preprocessor:
 
 def _cache_path(spec: str, x_train: np.ndarray, cache_dir: str | os.PathLike | None) -> Path:
     root = Path(cache_dir) if cache_dir else cache_root() / "preprocess"
-    digest = hashlib.sha256(x_train.tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(np.ascontiguousarray(x_train).data).hexdigest()[:16]  # the bytes, not a copy
     safe = "".join(ch if ch.isalnum() else "_" for ch in spec)[-60:]
     return root / f"{safe}-{digest}.npz"
 
