@@ -54,12 +54,12 @@ def test_data_and_pool_are_counted_where_the_device_holds_them():
 def test_the_preparation_is_counted_on_the_cpu_by_its_larger_phase():
     """Before the run, on the CPU: the loaded uint8 images and the larger of the fit (gray: two
     float32 copies; RGB: the covariance's eigendecomposition, 4 d^2 float64) and the conversion
-    (the float32 training images and a chunk of 8,192 images, 16 bytes a value)."""
+    (the float32 training images and a chunk, 2,048 images of 64 px, 16 bytes a value)."""
     tiny = DataShape(3, 64, 200, 100_000, 10_000)
     cfg = preset("depth_4_big", 3, 64)
     d = 3 * 64 * 64
-    conversion = BASE_GB + (110_000 * d + 4 * 100_000 * d + 16 * 8192 * d) / 1e9
-    assert estimate(cfg, tiny, 10, 1, "cpu").prepare_gb == pytest.approx(conversion)  # 8.1 GB
+    conversion = BASE_GB + (110_000 * d + 4 * 100_000 * d + 16 * 2048 * d) / 1e9
+    assert estimate(cfg, tiny, 10, 1, "cpu").prepare_gb == pytest.approx(conversion)  # 6.9 GB
     assert estimate(cfg, tiny, 10, 1, "cpu").gb > conversion  # below the run's least
     few = DataShape(3, 64, 10, 100, 10)
     assert estimate(cfg, few, 1, 1, "cpu").prepare_gb == pytest.approx(BASE_GB + (110 * d + 4 * 8 * d * d) / 1e9)

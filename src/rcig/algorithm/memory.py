@@ -56,7 +56,7 @@ extrapolation until ``benchmarks/memory.py`` measures them and :func:`fit`
 
 A run's peak on a CPU is the larger of ``total`` and ``prepare``; the chunk size sets only
 ``total`` and is chosen after the data is prepared, so from ``total`` alone. ``prepare`` is
-below ``total`` for the paper's settings (Tiny-ImageNet: 8.1 GB, the loaded images, the
+below ``total`` for the paper's settings (Tiny-ImageNet: 6.9 GB, the loaded images, the
 float32 training images and a chunk, against 10.3 GB or more for the run; the fit's
 eigendecomposition of the 12,288 x 12,288 covariance 4.8 GB) but not for every dataset (a few
 large RGB images and a small network: the fit's d x d matrices set the peak).

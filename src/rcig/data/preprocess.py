@@ -11,7 +11,7 @@ r"""The paper's preprocessing and its exact inverse.
 Fitted statistics are cached under ``~/.cache/rcig/preprocess`` (``$RCIG_CACHE_DIR``),
 keyed by the spec and a hash of the training images.
 
-Memory: the fit reads the uint8 images ``CHUNK`` at a time and holds, besides them, one chunk
+Memory: the fit reads the uint8 images a chunk at a time (:func:`chunk_images`) and holds, besides them, one chunk
 and the ``d x d`` float64 matrices (:func:`zca_peak_bytes`); :meth:`Preprocessor.to_model`
 writes its chunks into the one float32 output. Preparing a dataset thus peaks at its uint8
 images, one float32 copy of them and a chunk, or at the fit's matrices, whichever is larger.
@@ -35,7 +35,14 @@ from rcig.errors import RcigError
 
 ZCA_REG = 0.1
 BLOCK = 32  # patch size of the block ZCA for large images
-CHUNK = 8192  # images converted at a time by the fit and by to_model
+CHUNK = 8192  # images converted at a time by the fit and by to_model, at most ...
+CHUNK_VALUES = 8192 * 3 * 32 * 32  # ... and at most this many values (fewer images above 32 px RGB)
+
+
+def chunk_images(d: int) -> int:
+    """Images of ``d`` values each converted at a time: ``min(CHUNK, CHUNK_VALUES // d)``, at
+    least 1 (8,192 up to 32 px RGB, 2,048 at 64 px, 512 at 128 px: 100 MB of float32)."""
+    return max(1, min(CHUNK, CHUNK_VALUES // d))
 
 
 class Preprocessor:
@@ -57,7 +64,7 @@ class Preprocessor:
         patches = patches @ m.T
         return patches.reshape(n, h // b, w // b, c, b, b).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
 
-    def standardized(self, x: np.ndarray, batch: int = CHUNK) -> Iterator[torch.Tensor]:
+    def standardized(self, x: np.ndarray, batch: int) -> Iterator[torch.Tensor]:
         """uint8 (N, H, W, C) -> float32 (b, C, H, W) chunks of ``batch`` images, in order:
         ``(x/255 - mean_c) / std_c``, not whitened."""
         mean = torch.from_numpy(self.mean).view(1, -1, 1, 1)
@@ -66,12 +73,13 @@ class Preprocessor:
             chunk = torch.from_numpy(np.array(x[i:i + batch])).permute(0, 3, 1, 2).float() / 255.0
             yield (chunk - mean) / std
 
-    def to_model(self, x: np.ndarray, batch: int = CHUNK) -> torch.Tensor:
-        """uint8 (N, H, W, C) -> float32 (N, C, H, W), ``batch`` images at a time written into
-        the output (no second copy of it)."""
+    def to_model(self, x: np.ndarray, batch: int | None = None) -> torch.Tensor:
+        """uint8 (N, H, W, C) -> float32 (N, C, H, W), ``batch`` images at a time (None:
+        :func:`chunk_images`) written into the output (no second copy of it)."""
         if len(x) == 0:
             return torch.empty(0)
         n, h, w, c = x.shape
+        batch = batch or chunk_images(h * w * c)
         out = torch.empty((n, c, h, w), dtype=torch.float32)
         for i, chunk in zip(range(0, n, batch), self.standardized(x, batch)):
             out[i:i + len(chunk)] = chunk if self.whiten is None else self._apply(chunk, self.whiten)
@@ -158,7 +166,8 @@ def zca_peak_bytes(d: int) -> int:
 def preparation_peak_bytes(train_images: int, test_images: int, channels: int, image_size: int) -> int:
     """Bytes :func:`rcig.data.prepare` holds at its peak besides the process, on the CPU, when
     the fit is not cached: the loaded uint8 images and the larger of the fit and the
-    conversion of the training images, with ``d = channels x H x W``, ``B = CHUNK``::
+    conversion of the training images, with ``d = channels x H x W``, ``B`` images a chunk
+    (:func:`chunk_images`, at most N_train)::
 
         peak    = (N_train + N_test) d  +  max(fit, convert)
         fit     = 8 N_train d                                gray: the float32 images and numpy's
@@ -172,7 +181,7 @@ def preparation_peak_bytes(train_images: int, test_images: int, channels: int, i
     input, difference and quotient, or the block ZCA's patches, their product and its layout
     back, or a float32 chunk and its float64 rows): ``16 B d``."""
     d = channels * image_size ** 2
-    chunk = 16 * min(CHUNK, train_images) * d
+    chunk = 16 * min(chunk_images(d), train_images) * d
     if channels == 1:
         fit_bytes = 8 * train_images * d
     else:
@@ -181,7 +190,7 @@ def preparation_peak_bytes(train_images: int, test_images: int, channels: int, i
     return (train_images + test_images) * d + max(fit_bytes, 4 * train_images * d + chunk)
 
 
-def channel_moments(x: np.ndarray, batch: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def channel_moments(x: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and standard deviation, float32 (C,), of ``x/255`` over uint8
     (N, H, W, C) images, ``batch`` images at a time: numpy's ``mean``/``std`` over axes
     (0, 1, 2) of the whole float32 array, the same sums in the same order (float32 running
@@ -205,15 +214,16 @@ def channel_moments(x: np.ndarray, batch: int = CHUNK) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(variance)
 
 
-def fit(x_train: np.ndarray, batch: int = CHUNK) -> Preprocessor:
+def fit(x_train: np.ndarray, batch: int | None = None) -> Preprocessor:
     """Fit the paper's preprocessing on uint8 (N, H, W, C) training images, ``batch`` images
-    at a time for RGB (the module docstring's memory)."""
+    at a time for RGB (None: :func:`chunk_images`; the module docstring's memory)."""
     if x_train.shape[-1] == 1:
         x = x_train.astype(np.float32) / 255.0
         return Preprocessor("standardize", [x.mean()], [x.std()])
+    _, h, w, c = x_train.shape
+    batch = batch or chunk_images(h * w * c)
     mean, std = channel_moments(x_train, batch)
     pre = Preprocessor("standardize", mean, std)
-    _, h, w, c = x_train.shape
     block = BLOCK if h > 64 else None
     if block is not None and (h % block or w % block):
         raise RcigError(f"block ZCA needs a size divisible by {block}, got {h}x{w}")
