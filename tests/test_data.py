@@ -372,3 +372,13 @@ def test_a_prepared_dataset_lets_the_loaded_images_go_and_holds_the_test_images_
     made = prepared.test_images()
     assert made.dtype == torch.float32 and torch.equal(made, expected_test)
     assert made is not prepared.test_images()  # made at each call, held by the caller
+
+
+def test_gray_model_space_images_keep_the_channels_last_strides_of_their_chunks():
+    from rcig.data.preprocess import fit
+
+    x = np.random.default_rng(0).integers(0, 256, size=(7, 5, 5, 1), dtype=np.uint8)
+    pre = fit(x)
+    out = pre.to_model(x, batch=3)
+    assert out.stride() == (25, 1, 5, 1)  # what torch's convolutions take as channels-last
+    assert torch.equal(out, torch.cat(list(pre.standardized(x, 3))))

@@ -80,7 +80,11 @@ class Preprocessor:
             return torch.empty(0)
         n, h, w, c = x.shape
         batch = batch or chunk_images(h * w * c)
-        out = torch.empty((n, c, h, w), dtype=torch.float32)
+        # one channel: the strides of a permuted (N, H, W, 1) array, (HW, 1, W, 1), as the chunks
+        # have them; torch's CPU convolutions take such a tensor as channels-last, which is faster
+        # here and decides the float summation order of every gray run
+        out = (torch.empty((n, h, w, 1)).permute(0, 3, 1, 2) if c == 1
+               else torch.empty((n, c, h, w), dtype=torch.float32))
         for i, chunk in zip(range(0, n, batch), self.standardized(x, batch)):
             out[i:i + len(chunk)] = chunk if self.whiten is None else self._apply(chunk, self.whiten)
         return out
