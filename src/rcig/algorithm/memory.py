@@ -23,7 +23,7 @@ depth 3 on 28 or 32 px, 3.9 MB at depth 4 on 64 px, 16 MB at depth 5 on 128 px):
            = a (S n + Q n^2 + T t)                            + 4 P C + no-grad
     graphs, chunks of k rows (a part of at most k rows runs whole, as without chunks):
            = a (S n + Q n^2) [n <= k]  +  a T t [t <= k]
-             + a R_s k [n > k]  +  a R_t k [t > k]  +  a U n [n > k]  + 4 P C + no-grad
+             + a R_s k [n > k]  +  a R_t k [t > k]  +  4 P C_k [n > k or t > k]  + 4 P C + no-grad
     no-grad    = 4 G L min(f, k)                          a forward without a graph, f rows at a time,
                                                           at most k in chunks
     parameters = 4 P C_p                                  the solvers' updates: theta0, delta, v, g_t,
@@ -41,15 +41,18 @@ else the rows left over), where subsampling leaves any.
 
 The constants (:class:`Fit`): S = 12.2, Q = 5.2e-3 / row, T = 4.1 (units of ``a``) were fitted
 to the whole-graph peaks of ``benchmarks/speed.py`` (depth 3, width 128, 28 px gray and 32 px
-RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 8.9,
-R_t = 7.2, U = 0.71 (units of ``a``) and C_p = 18.3 (parameter copies) are :func:`fit`'s least
+RGB, 10 to 1,000 support rows, 1,024 target rows, 4.4 to 20.4 GB; within 4% each). R_s = 7.55,
+R_t = 3.89 (units of ``a``), C_k = 13.6 and C_p = 18.6 (parameter copies) are :func:`fit`'s least
 squares on the step's own memory (peak RSS minus the RSS just before the step) of the rows of
 ``benchmarks/memory.json``: one outer step on a 2-core CPU, width 128, depth 3 (28 px gray, 32
-px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million parameters), 10 to 200 support rows,
+px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million parameters), 10 to 2,000 support rows,
 256 to 1,024 target rows (448 of them in forwards without a graph in three runs), one graph
-and chunks of 16 to 64 rows. The whole estimate is within -8% to +10% of every peak there (0.6
-to 4.8 GB). C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted
-(G = 4 is within 10% of the no-grad forwards measured there). Larger images, larger supports
+and chunks of 16 to 512 rows. The whole estimate is within -16% to +9% of every peak there (0.6
+to 7.5 GB). In chunks a step keeps nothing of an activation's size per support row, but
+parameter-sized sums (the gradients its chunks add into): a per-row term fitted to supports of
+at most 200 rows instead put CIFAR-100 at 10 ipc (2,000 rows) 49% over its measured peak. C = 1 (theta0 beside the graphs), F, K and
+G are counted from the code, not fitted (G = 4 is within 10% of the no-grad forwards measured
+there). Larger images, larger supports
 and datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the data: an
 extrapolation until ``benchmarks/memory.py`` measures them and :func:`fit`
 (``benchmarks/memory_model.py fit``) refits.
@@ -83,16 +86,16 @@ F, K, G = 4, 3, 4  # counted from the code (module docstring)
 
 class Fit(NamedTuple):
     """The fitted constants of the step (module docstring): the activations' in units of ``a``,
-    C in copies of the network's parameters."""
+    C, C_k and C_p in copies of the network's parameters."""
 
     S: float = 12.2  # per support row with gradients, one graph
     Q: float = 5.2e-3  # per squared support row, one graph
     T: float = 4.1  # per target row with gradients, one graph
-    R_s: float = 8.9  # per row of a support chunk being recomputed (beyond R_t)
-    R_t: float = 7.2  # per row of a target chunk being recomputed
-    U: float = 0.71  # per support row with gradients, in chunks
+    R_s: float = 7.55  # per row of a support chunk being recomputed (beyond R_t)
+    R_t: float = 3.89  # per row of a target chunk being recomputed
+    C_k: float = 13.6  # copies of the parameters a step in chunks adds (the sums its chunks add into)
     C: float = 1.0  # copies of the parameters beside the graphs (theta0; counted, not fitted)
-    C_p: float = 18.3  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
+    C_p: float = 18.6  # copies of the parameters at the step's parameter-heavy moments (the solvers' updates)
 
 
 FIT = Fit()
@@ -179,7 +182,8 @@ def fitted_terms(net: NetworkSize, rows: Rows, chunk_rows: int | None) -> Fit:
     target_whole = k is None or t <= k
     return Fit(S=a * n * support_whole, Q=a * n * n * support_whole, T=a * t * target_whole,
                R_s=0.0 if support_whole else a * k, R_t=0.0 if target_whole else a * k,
-               U=0.0 if support_whole else a * n, C=4 * net.params / GB, C_p=4 * net.params / GB)
+               C_k=0.0 if support_whole and target_whole else 4 * net.params / GB, C=4 * net.params / GB,
+               C_p=4 * net.params / GB)
 
 
 class StepParts(NamedTuple):
@@ -312,14 +316,16 @@ def shortfall_warning(choice: ChunkChoice, available_gb: float) -> str:
             f"{USABLE * available_gb:.1f} GB; if the system stops the run, set chunk_rows=auto or a smaller size")
 
 
-def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C_p"), rounds: int = 5) -> Fit:
+def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "C_k", "C_p"), rounds: int = 5) -> Fit:
     """Least-squares :class:`Fit` of the step's own memory (``peak_rss_mb - rss_before_step_mb``)
     over ``benchmarks/memory.json`` rows, less the parts counted from the code (per-row
     tensors, no-grad forwards) and the constants not ``free`` (:data:`FIT`'s, kept). A row's
     peak is one of the two moments of :class:`StepParts`: each round assigns every row to the
-    larger under the constants so far and refits each moment's constants on its rows. By
-    default the chunked step's constants and C_p; ``free=Fit._fields`` refits the whole
-    graph's too (``Q`` needs supports of many hundreds of rows in one graph to show)."""
+    larger under the constants so far and refits each moment's constants on its rows; of the
+    constants the rounds visit (a row near the border of the two moments can make them
+    alternate), the one with the least squared error. By default the chunked step's constants
+    and C_p; ``free=Fit._fields`` refits the whole graph's too (``Q`` needs supports of many
+    hundreds of rows in one graph to show)."""
     from rcig.config import load_preset
 
     cases = []
@@ -331,7 +337,12 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C_p"), 
         own = (row["peak_rss_mb"] - row["rss_before_step_mb"]) * 2 ** 20 / GB
         cases.append((net, counts, row["chunk_rows"], own))
     moments = {"graphs": [n for n in free if n != "C_p"], "parameters": [n for n in free if n == "C_p"]}
+    def error(constants: Fit) -> float:
+        return sum((max(p.graphs, p.parameters) + p.rows - own) ** 2
+                   for p, own in ((step_parts(net, counts, k, constants), own) for net, counts, k, own in cases))
+
     current = FIT
+    visited = [current]
     for _ in range(rounds):
         solution = {}
         for moment, names in moments.items():
@@ -347,7 +358,8 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "U", "C_p"), 
                 x, y = torch.tensor(design, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
                 solution.update(zip(names, torch.linalg.lstsq(x, y[:, None]).solution[:, 0].tolist()))
         current = current._replace(**solution)
-    return current
+        visited.append(current)
+    return min(visited[1:], key=error)
 
 
 __all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate",
