@@ -16,9 +16,11 @@ embeds the training set first) and any ``--set`` overrides.
     python benchmarks/memory.py --shape cifar100 --ipc 10 --chunk-rows none auto 256 --out benchmarks/memory.json
 
 ``--chunk-rows``: ``none`` is the one-graph step, ``auto`` the size a run would choose from
-this machine's available memory (``rcig.algorithm.memory.choose_chunk_rows``; where it fits
-at no size, the run fails with rcig's refusal), a number sets it. Each row records the estimate (``rcig.algorithm.memory.estimate``, of the same data,
-pool and chunk size) beside the measured peak. With ``--out``, rows are appended to the
+this machine's available memory, at most ``--memory-gb`` (``--memory-gb 16 --chunk-rows auto``:
+the step a 16 GB device would run; ``rcig.algorithm.memory.choose_chunk_rows``; where it fits
+at no size, the run fails with rcig's refusal), a number sets it. Each row records the
+estimate (``rcig.algorithm.memory.estimate``, of the same data, pool and chunk size) beside
+the measured peak. With ``--out``, rows are appended to the
 JSON file (created if missing) as each run ends.
 """
 
@@ -61,14 +63,14 @@ def fill_pool(pool, members: int) -> None:
 
 
 def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, overrides: dict, train_images: int,
-             test_images: int, pool_members: int | None) -> dict:
+             test_images: int, pool_members: int | None, memory_gb: float | None = None) -> dict:
     """Build a run of ``shape`` at ``ipc`` and time one outer step (inside the child process)."""
     from rcig.algorithm.memory import NEVER, DataShape, choose_chunk_rows, estimate, refusal
     from rcig.algorithm.meta import support_row_count
     from rcig.algorithm.outer import Distiller
     from rcig.config import AUTO, default_preset_name, load_preset
     from rcig.models import distillation_network
-    from rcig.parallel import memory_available
+    from rcig.parallel import memory_available, within_budget
 
     classes, channels, size = SHAPES[shape][:3]
     preset = preset or default_preset_name(size, channels)
@@ -77,7 +79,7 @@ def one_step(shape: str, ipc: int, preset: str | None, chunk_rows: str, override
     n_train = max(train_images, cfg.target_batch_size, 2 * classes * ipc)
     held = held_data(shape, n_train, test_images, g)
     data = DataShape(channels, size, classes, n_train, test_images)
-    available = memory_available(torch.device("cpu"))
+    available = within_budget(memory_available(torch.device("cpu")), memory_gb)
     asked = AUTO if chunk_rows == AUTO else None if chunk_rows == "none" else int(chunk_rows)
     choice = choose_chunk_rows(cfg.replace(chunk_rows=asked), data, ipc, available.gb)
     if asked == AUTO and choice.verdict == NEVER:  # what rcig distill would refuse
@@ -117,6 +119,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pool-members", type=int, default=None,
                         help="pool members holding weights and moments (default: all, a run's steady state)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    parser.add_argument("--memory-gb", type=float, default=None,
+                        help="what 'auto' may count on (as rcig distill --memory-gb), e.g. 16 for a 16 GB claim")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="append the rows to this JSON file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -136,7 +140,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
         with subnormals_flushed():
             print(json.dumps(one_step(args.shape, args.ipc, args.preset, args.chunk_rows[0], overrides, train_images,
-                                      test_images, args.pool_members)))
+                                      test_images, args.pool_members, args.memory_gb)))
         return
 
     rows = json.load(open(args.out)) if args.out and os.path.exists(args.out) else []
@@ -145,6 +149,7 @@ def main(argv=None) -> None:
                    "--chunk-rows", chunk, "--threads", str(args.threads), "--train-images", str(train_images),
                    "--test-images", str(test_images)]
         command += ["--pool-members", str(args.pool_members)] if args.pool_members is not None else []
+        command += ["--memory-gb", str(args.memory_gb)] if args.memory_gb is not None else []
         command += (["--preset", args.preset] if args.preset else []) + [a for s in args.set for a in ("--set", s)]
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run(command, capture_output=True, text=True, env=env)

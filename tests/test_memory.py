@@ -13,6 +13,7 @@ from rcig.algorithm.memory import (
 )
 from rcig.algorithm.meta import expand_support, support_row_count
 from rcig.config import load_preset
+from rcig.errors import RcigError
 from rcig.parallel import MemoryAvailable
 from rcig.run.driver import distill
 
@@ -170,6 +171,25 @@ def test_a_tight_run_takes_chunks_records_them_and_resumes_with_them(monkeypatch
     straight = distill("digits", 1, steps=2, overrides={**TINY, "chunk_rows": 2}, progress=False)
     assert resumed.meta["config"]["chunk_rows"] == 2
     assert torch.equal(resumed.images, straight.images) and torch.equal(resumed.labels, straight.labels)
+
+
+def test_a_memory_budget_sets_the_chunks_of_a_run_on_a_larger_device(monkeypatch, capsys, tmp_path):
+    with_memory(monkeypatch, 1000.0)
+    budget = (digits_estimate(2) + digits_estimate(4)) / 2 / USABLE  # 2 fits it, 4 does not (nor one graph)
+    argv = ["distill", "--dataset", "digits", "--ipc", "1", "--steps", "1", "--no-eval", "--out", tmp_path / "run",
+            "--memory-gb", str(budget)] + [a for k, v in TINY.items() for a in ("--set", f"{k}={v}")]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    assert "chunk_rows=2: the whole step would need" in err and f"--memory-gb {budget:g}; test" in err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["chunk_rows"] == 2
+    with_memory(monkeypatch, budget)  # the device has less than the budget: its memory counts
+    result = distill("digits", 1, steps=1, overrides=TINY, memory_gb=1000.0)
+    assert result.meta["config"]["chunk_rows"] == 2
+    assert "less than --memory-gb 1000" in capsys.readouterr().err
+    code, _, err = run(["distill", "--memory-gb", "0"], capsys)
+    one_line_error(code, err, "argument --memory-gb: expected a number of GB > 0, got '0'")
+    with pytest.raises(RcigError, match="--memory-gb must be a number of GB > 0"):
+        distill("digits", 1, steps=1, memory_gb=float("nan"))
 
 
 def test_a_set_chunk_size_is_honoured(monkeypatch, capsys):

@@ -44,14 +44,22 @@ def seed_int(text: str) -> int:
     return value
 
 
-def positive_minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes > 0, got '{text}'")
-    return value
+def positive_number(unit: str):
+    """An argparse type: a finite number > 0 of ``unit``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit} > 0, got '{text}'")
+        return value
+
+    return parse
+
+
+positive_minutes = positive_number("minutes")
+positive_gb = positive_number("GB")
 
 
 class Parser(argparse.ArgumentParser):
@@ -124,7 +132,7 @@ def cmd_distill(args) -> None:
                      resume=args.resume, overrides=parse_overrides(args.set), data_dir=args.data_dir,
                      checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                      max_minutes=args.max_minutes, progress=not args.quiet, keep_checkpoint=args.keep_checkpoint,
-                     team=team)
+                     team=team, memory_gb=args.memory_gb)
     minutes = (time.perf_counter() - started) / 60
     say = print if team.leader else (lambda *a, **k: None)
     say(f"rcig: distilled {result.meta['dataset']} to {len(result.images)} images in {minutes:.1f} min: "
@@ -348,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=positive_minutes, metavar="MIN",
                    help="wall-clock budget, data loading and tuning included: no step starts that would end past "
                    "it (at least one runs; continue with --resume); without --steps the budget alone ends a new run")
+    p.add_argument("--memory-gb", type=positive_gb, metavar="GB",
+                   help="the memory the run may take (default: what its device has available), e.g. 16 for the "
+                   "GPU a run is meant for or a share of a shared machine: chunk_rows=auto fits the step to it")
     p.add_argument("--eval", dest="eval", action="store_true", default=None,
                    help="score the set when done (default: on digits only, the others take longer)")
     p.add_argument("--no-eval", dest="eval", action="store_false", help="don't score the set when done")

@@ -51,6 +51,13 @@ def minutes(value: float | None) -> float | None:
     return value
 
 
+def memory_gb(value: float | None) -> float | None:
+    """A memory budget: None (the device's available memory) or a finite number of GB > 0."""
+    if value is not None and (not is_number(value) or value <= 0):
+        raise RcigError(f"--memory-gb must be a number of GB > 0, got {value!r}")
+    return value
+
+
 # ------------------------------------------------------------------------ output paths
 
 def _first_existing(path: Path) -> Path:

@@ -32,11 +32,11 @@ share of a batch), :mod:`~rcig.parallel.collectives` (the messages), and
 from rcig.parallel.collectives import (Control, broadcast_bytes, broadcast_state, checksum, from_leader, gather_sum,
                                        leader_first, step_control, weighted_sum)
 from rcig.parallel.devices import (DEVICES, MemoryAvailable, flushing_subnormals, memory_available, resolve_device,
-                                   subnormals_flushed, to_device, with_subnormals_flushed)
+                                   subnormals_flushed, to_device, with_subnormals_flushed, within_budget)
 from rcig.parallel.launcher import launch
 from rcig.parallel.team import TIMEOUT, Team, TeamError, join, launched, leave, rank_in_env, share, share_rows, solo
 
 __all__ = ["Control", "DEVICES", "MemoryAvailable", "TIMEOUT", "Team", "TeamError", "broadcast_bytes", "broadcast_state", "checksum",
            "flushing_subnormals", "from_leader", "gather_sum", "join", "launch", "launched", "leader_first", "leave", "memory_available",
            "rank_in_env", "resolve_device", "share", "share_rows", "solo", "step_control", "subnormals_flushed",
-           "to_device", "weighted_sum", "with_subnormals_flushed"]
+           "to_device", "weighted_sum", "with_subnormals_flushed", "within_budget"]

@@ -86,6 +86,15 @@ def memory_available(device: torch.device, meminfo: str | Path = "/proc/meminfo"
     return MemoryAvailable(None, f"not measured on {device.type}")
 
 
+def within_budget(available: MemoryAvailable, budget_gb: float | None) -> MemoryAvailable:
+    """``available`` capped at ``budget_gb`` (None: no cap), saying which of the two counts."""
+    if budget_gb is None:
+        return available
+    if available.gb is not None and available.gb < budget_gb:
+        return MemoryAvailable(available.gb, f"{available.where}; less than --memory-gb {budget_gb:g}")
+    return MemoryAvailable(budget_gb, f"--memory-gb {budget_gb:g}; {available.where}")
+
+
 def to_device(obj: Any, device: torch.device) -> Any:
     """``obj`` (nested dicts/lists of tensors) with every floating tensor moved to ``device``.
 

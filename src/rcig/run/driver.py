@@ -98,7 +98,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
             resume: bool = False, overrides: dict[str, Any] | None = None, data_dir: str | None = None,
             checkpoint_every: int = 10, eval_every: int | None = None, eval_settings=None,
             max_minutes: float | None = None, progress: bool = True, keep_checkpoint: bool = False,
-            grace: float = GRACE_SECONDS, device: str = "auto", team: Team | None = None) -> DistilledSet:
+            grace: float = GRACE_SECONDS, device: str = "auto", team: Team | None = None,
+            memory_gb: float | None = None) -> DistilledSet:
     """Distil ``dataset`` into ``ipc`` images per class with RCIG; returns a DistilledSet.
 
     What is distilled: ``dataset`` (default the embedded ``digits``), ``ipc`` (default 1),
@@ -106,7 +107,8 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     ``steps`` (default :func:`resolve_config`'s), ``data_dir`` (where the dataset's files are).
 
     How: ``device``: ``auto`` (a CUDA GPU if torch sees one, else the CPU), ``cpu``, ``cuda``,
-    ``cuda:K``, ``mps``. Under torchrun the process joins its team (``team``: one given
+    ``cuda:K``, ``mps``; ``memory_gb``: the memory the run may take on it (None: what the
+    device has available), which sets ``chunk_rows`` "auto" (:func:`fit_to_memory`). Under torchrun the process joins its team (``team``: one given
     explicitly) and each outer step's target batch is split across the ranks
     (:mod:`rcig.parallel`); the leader alone reads and writes ``out``.
 
@@ -142,12 +144,14 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
     team = team or parallel.join(device)
     out_dir = validate.output_dir(out, "--out") if out is not None else None
     validate.minutes(max_minutes)
+    validate.memory_gb(memory_gb)
     if resume and out_dir is None:
         raise RcigError("--resume needs --out DIR, the directory of the run to continue")
     folder = RunFolder(out_dir) if out_dir is not None and team.leader else NoFolder()
     try:
         stored = parallel.from_leader(lambda: folder.open(resume), team)
-        run = resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored, max_minutes, team)
+        run = resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored, max_minutes, team,
+                          memory_gb)
         ds = run.prepared.dataset
         distiller = Distiller(run.prepared.x_train, run.prepared.y_train, ds.num_classes, run.ipc, run.cfg, run.seed,
                               distillation_network(run.cfg, in_channels=ds.channels, num_classes=ds.num_classes,
@@ -172,7 +176,7 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
 
 def resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored: dict | None,
-                max_minutes: float | None, team: Team) -> Run:
+                max_minutes: float | None, team: Team, memory_gb: float | None = None) -> Run:
     """The run's data and config: the arguments, else the stored run's (when resuming), else
     the defaults; a resumed run's config is its stored one with ``overrides`` and ``steps``."""
     from rcig import validate
@@ -191,7 +195,7 @@ def resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored: 
     else:
         cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
-    cfg, memory = fit_to_memory(cfg, prepared, ipc, team, resumed=bool(stored))
+    cfg, memory = fit_to_memory(cfg, prepared, ipc, team, resumed=bool(stored), budget_gb=memory_gb)
     identity = {"dataset": ds.spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict(),
                 "environment": run_environment(team.device)}
     return Run(prepared, cfg, ipc, seed, identity, memory)
@@ -214,17 +218,18 @@ def run_environment(device) -> dict[str, Any]:
             "python": platform.python_version(), "threads": torch.get_num_threads()}
 
 
-def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team, resumed: bool = False) -> tuple[Config, MemoryNote]:
+def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team, resumed: bool = False,
+                  budget_gb: float | None = None) -> tuple[Config, MemoryNote]:
     """``cfg`` with ``chunk_rows`` "auto" resolved from the memory available on the run's
-    device (:func:`rcig.algorithm.memory.choose_chunk_rows`; the leader's reading, taken on
-    every rank), and what to say of it (``resumed``: a set value is the run's own). A run
+    device, at most ``budget_gb`` (:func:`rcig.algorithm.memory.choose_chunk_rows`; the
+    leader's reading, taken on every rank), and what to say of it (``resumed``: a set value is the run's own). A run
     that fits at no chunk size is refused here, before any work; a set chunk size that does
     not fit gets a warning."""
     ds = prepared.dataset
     shape = DataShape(ds.channels, ds.image_size, ds.num_classes, len(prepared.y_train), len(prepared.y_test))
 
     def choose() -> list:
-        available = parallel.memory_available(team.device)
+        available = parallel.within_budget(parallel.memory_available(team.device), budget_gb)
         choice = choose_chunk_rows(cfg, shape, ipc, available.gb, team.device.type)
         if resumed and cfg.chunk_rows != AUTO:
             choice = choice._replace(why="the run's, from its run.json")
