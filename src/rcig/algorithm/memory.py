@@ -284,14 +284,19 @@ def chunk_text(chunk_rows: int | None) -> str:
     return "null (one graph)" if chunk_rows is None else str(chunk_rows)
 
 
+def size_text(gb: float) -> str:
+    """``gb`` for a reader: "1.4 GB", "350 MB"."""
+    return f"{gb:.1f} GB" if gb >= 1 else f"{gb * 1000:.0f} MB"
+
+
 def parts_text(est: MemoryEstimate) -> str:
-    return f"data {est.data_gb:.1f}, model pool {est.pool_gb:.1f}, step {est.step_gb:.1f}"
+    return f"data {size_text(est.data_gb)}, model pool {size_text(est.pool_gb)}, step {size_text(est.step_gb)}"
 
 
 def report_line(choice: ChunkChoice, available_gb: float | None, where: str) -> str:
     """The one line a run prints before it starts: the estimate, the chunk size and why, the memory."""
-    memory = f"{available_gb:.1f} GB available" if available_gb is not None else "the memory available unknown"
-    return (f"rcig: memory: a run needs about {choice.estimate.gb:.1f} GB at its peak ({parts_text(choice.estimate)}); "
+    memory = f"{size_text(available_gb)} available" if available_gb is not None else "the memory available unknown"
+    return (f"rcig: memory: a run needs about {size_text(choice.estimate.gb)} at its peak ({parts_text(choice.estimate)}); "
             f"chunk_rows={chunk_text(choice.chunk_rows)}: {choice.why}; {memory} ({where})")
 
 
@@ -303,17 +308,17 @@ SMALLER = ("--ipc, target_batch_size, pool_size, max_forward_batch_size (where c
 
 def refusal(choice: ChunkChoice, available_gb: float) -> str:
     """The one-line reason a run that fits at no chunk size is refused (an RcigError's text)."""
-    return (f"this run fits in memory at no chunk size: a step needs about {choice.estimate.gb:.1f} GB "
+    return (f"this run fits in memory at no chunk size: a step needs about {size_text(choice.estimate.gb)} "
             f"({parts_text(choice.estimate)}) with chunk_rows={chunk_text(choice.chunk_rows)} ({choice.why}) and "
-            f"{USABLE:.0%} of the {available_gb:.1f} GB available is {USABLE * available_gb:.1f} GB; lower "
+            f"{USABLE:.0%} of the {size_text(available_gb)} available is {size_text(USABLE * available_gb)}; lower "
             f"{SMALLER}, or use a device with more memory")
 
 
 def shortfall_warning(choice: ChunkChoice, available_gb: float) -> str:
     """A one-line warning for a set chunk size whose estimate does not fit where a smaller one would."""
-    return (f"rcig: warning: a step may need about {choice.estimate.gb:.1f} GB with chunk_rows="
-            f"{chunk_text(choice.chunk_rows)} and {USABLE:.0%} of the {available_gb:.1f} GB available is "
-            f"{USABLE * available_gb:.1f} GB; if the system stops the run, set chunk_rows=auto or a smaller size")
+    return (f"rcig: warning: a step may need about {size_text(choice.estimate.gb)} with chunk_rows="
+            f"{chunk_text(choice.chunk_rows)} and {USABLE:.0%} of the {size_text(available_gb)} available is "
+            f"{size_text(USABLE * available_gb)}; if the system stops the run, set chunk_rows=auto or a smaller size")
 
 
 def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "C_k", "C_p"), rounds: int = 5) -> Fit:
@@ -364,5 +369,5 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "C_k", "C_p")
 
 __all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate",
            "NetworkSize", "Rows", "StepParts", "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit",
-           "fitted_terms", "network_size", "parts_text", "refusal", "report_line", "shortfall_warning", "step_parts",
+           "fitted_terms", "network_size", "parts_text", "size_text", "refusal", "report_line", "shortfall_warning", "step_parts",
            "step_rows"]

@@ -74,8 +74,9 @@ class Run(NamedTuple):
 
 
 class MemoryNote(NamedTuple):
-    """What the leader says of a run's memory before its first step."""
+    """A run's chunk size, and what the leader says of its memory before the first step."""
 
+    chunk_rows: int | None  # what the run takes (None: one graph)
     line: str  # the estimate, chunk_rows and why, the memory available (progress output)
     warning: str | None  # a set chunk_rows whose estimate does not fit (shown even when quiet)
 
@@ -108,9 +109,10 @@ def distill(dataset: str | None = None, ipc: int | None = None, *, preset: str |
 
     How: ``device``: ``auto`` (a CUDA GPU if torch sees one, else the CPU), ``cpu``, ``cuda``,
     ``cuda:K``, ``mps``; ``memory_gb``: the memory the run may take on it (None: what the
-    device has available), which sets ``chunk_rows`` "auto" (:func:`fit_to_memory`). Under torchrun the process joins its team (``team``: one given
-    explicitly) and each outer step's target batch is split across the ranks
-    (:mod:`rcig.parallel`); the leader alone reads and writes ``out``.
+    device has available), which sets ``chunk_rows`` "auto" (:func:`fit_to_memory`). Under
+    torchrun the process joins its team (``team``: one given explicitly) and each outer step's
+    target batch is split across the ranks (:mod:`rcig.parallel`); the leader alone reads and
+    writes ``out``.
 
     With ``out`` set, writes the run folder (:mod:`rcig.run.folder`), holding its lock for the
     whole call (a second process on the same folder is refused), with a checkpoint every
@@ -195,7 +197,8 @@ def resolve_run(dataset, ipc, seed, preset, steps, overrides, data_dir, stored: 
     else:
         cfg = resolve_config(ds, preset, overrides, steps, budgeted=max_minutes is not None)
     validate.network_fits("conv", ds.channels, ds.image_size, cfg.depth, ds.spec)
-    cfg, memory = fit_to_memory(cfg, prepared, ipc, team, resumed=bool(stored), budget_gb=memory_gb)
+    memory = fit_to_memory(cfg, prepared, ipc, team, resumed=bool(stored), budget_gb=memory_gb)
+    cfg = cfg.replace(chunk_rows=memory.chunk_rows)
     identity = {"dataset": ds.spec, "ipc": ipc, "seed": seed, "config": cfg.to_dict(),
                 "environment": run_environment(team.device)}
     return Run(prepared, cfg, ipc, seed, identity, memory)
@@ -219,11 +222,11 @@ def run_environment(device) -> dict[str, Any]:
 
 
 def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team, resumed: bool = False,
-                  budget_gb: float | None = None) -> tuple[Config, MemoryNote]:
-    """``cfg`` with ``chunk_rows`` "auto" resolved from the memory available on the run's
-    device, at most ``budget_gb`` (:func:`rcig.algorithm.memory.choose_chunk_rows`; the
-    leader's reading, taken on every rank), and what to say of it (``resumed``: a set value is the run's own). A run
-    that fits at no chunk size is refused here, before any work; a set chunk size that does
+                  budget_gb: float | None = None) -> MemoryNote:
+    """The run's ``chunk_rows``: ``cfg``'s, or where it is "auto", the size that fits the memory
+    available on the run's device, at most ``budget_gb`` (:func:`rcig.algorithm.memory.choose_chunk_rows`;
+    the leader's reading, taken on every rank); and what to say of it (``resumed``: a set
+    value is the run's own). A run that fits at no chunk size is refused here, before any work; a set chunk size that does
     not fit gets a warning."""
     ds = prepared.dataset
     shape = DataShape(ds.channels, ds.image_size, ds.num_classes, len(prepared.y_train), len(prepared.y_test))
@@ -238,8 +241,7 @@ def fit_to_memory(cfg: Config, prepared, ipc: int, team: Team, resumed: bool = F
         warning = shortfall_warning(choice, available.gb) if choice.verdict == OVER else None
         return [choice.chunk_rows, report_line(choice, available.gb, available.where), warning]
 
-    chunk_rows, line, warning = parallel.from_leader(choose, team)
-    return cfg.replace(chunk_rows=chunk_rows) if cfg.chunk_rows == AUTO else cfg, MemoryNote(line, warning)
+    return MemoryNote(*parallel.from_leader(choose, team))
 
 
 def start_state(distiller: Distiller, run: Run, folder: RunFolder, stored: dict | None, stopper: Stopper,
