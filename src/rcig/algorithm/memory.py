@@ -50,10 +50,10 @@ px RGB) and depths 4 and 5 (32 px RGB, 6.2 and 25 million parameters), 10 to 2,0
 and chunks of 16 to 512 rows. The whole estimate is within -16% to +9% of every peak there (0.6
 to 7.5 GB). In chunks a step keeps nothing of an activation's size per support row, but
 parameter-sized sums (the gradients its chunks add into): a per-row term fitted to supports of
-at most 200 rows instead put CIFAR-100 at 10 ipc (2,000 rows) 49% over its measured peak. C = 1 (theta0 beside the graphs), F, K and
-G are counted from the code, not fitted (G = 4 is within 10% of the no-grad forwards measured
-there). Larger images, larger supports
-and datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the data: an
+at most 200 rows instead put CIFAR-100 at 10 ipc (2,000 rows) 49% over its measured peak.
+C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted (G = 4 is
+within 10% of the no-grad forwards measured there). Larger images, larger supports and
+datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the data: an
 extrapolation until ``benchmarks/memory.py`` measures them and :func:`fit`
 (``benchmarks/memory_model.py fit``) refits.
 
@@ -342,6 +342,7 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "C_k", "C_p")
         own = (row["peak_rss_mb"] - row["rss_before_step_mb"]) * 2 ** 20 / GB
         cases.append((net, counts, row["chunk_rows"], own))
     moments = {"graphs": [n for n in free if n != "C_p"], "parameters": [n for n in free if n == "C_p"]}
+
     def error(constants: Fit) -> float:
         return sum((max(p.graphs, p.parameters) + p.rows - own) ** 2
                    for p, own in ((step_parts(net, counts, k, constants), own) for net, counts, k, own in cases))
@@ -369,5 +370,5 @@ def fit(rows: Sequence[dict], free: Sequence[str] = ("R_s", "R_t", "C_k", "C_p")
 
 __all__ = ["BASE_GB", "FIT", "FITS", "NEVER", "OVER", "USABLE", "ChunkChoice", "DataShape", "Fit", "MemoryEstimate",
            "NetworkSize", "Rows", "StepParts", "choose_chunk_rows", "chunk_text", "chunkable", "estimate", "fit",
-           "fitted_terms", "network_size", "parts_text", "size_text", "refusal", "report_line", "shortfall_warning", "step_parts",
-           "step_rows"]
+           "fitted_terms", "network_size", "parts_text", "refusal", "report_line", "shortfall_warning", "size_text",
+           "step_parts", "step_rows"]
