@@ -190,6 +190,19 @@ def test_to_device_leaves_generator_states_alone():
     assert moved["g"].dtype == torch.uint8 and moved["count"] == 3 and torch.equal(moved["x"][0], torch.ones(2))
 
 
+def test_workers_threads_from_the_environment_and_the_oversubscription_warning(monkeypatch):
+    from rcig.parallel.launcher import oversubscribed_warning, worker_threads
+
+    for text, threads in (("2", 2), ("1", 1), ("0", None), ("x", None), ("", None)):
+        monkeypatch.setenv("OMP_NUM_THREADS", text)
+        assert worker_threads(2) == threads, text
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert worker_threads(2) is None
+    assert oversubscribed_warning(2, 2, 2) == ("rcig: warning: 2 workers x OMP_NUM_THREADS=2 = 4 threads on 2 cores: "
+                                               "oversubscribed ranks can run several times slower; unset "
+                                               "OMP_NUM_THREADS to give each 1")
+
+
 def test_without_workers():
     from rcig.cli import without_workers
 

@@ -290,7 +290,8 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
 def add_scale_options(p: argparse.ArgumentParser, what: str) -> None:
     add_device_option(p)
     p.add_argument("--workers", type=positive_int, metavar="N",
-                   help=f"{what} on this machine (torchrun --standalone; each gets cores/N threads)")
+                   help=f"{what} on this machine (torchrun --standalone; each gets cores/N threads unless "
+                   "OMP_NUM_THREADS is set)")
 
 
 DEFAULT_IPC = 1  # images per class of distill and baseline when none is given

@@ -6,18 +6,34 @@ import os
 import sys
 
 
+def worker_threads(workers: int) -> int | None:
+    """The threads each rank would take from the environment's ``OMP_NUM_THREADS`` (None: unset
+    or not a positive integer)."""
+    text = os.environ.get("OMP_NUM_THREADS", "")
+    return int(text) if text.strip().isdigit() and int(text) > 0 else None
+
+
+def oversubscribed_warning(workers: int, threads: int, cores: int) -> str:
+    return (f"rcig: warning: {workers} workers x OMP_NUM_THREADS={threads} = {workers * threads} threads on "
+            f"{cores} cores: oversubscribed ranks can run several times slower; unset OMP_NUM_THREADS to give "
+            f"each {max(1, cores // workers)}")
+
+
 def launch(argv: list[str], workers: int) -> int:
     """``torchrun --standalone --nproc-per-node=workers -m rcig argv``, in this process, via
     torch.distributed.run; each rank gets ``OMP_NUM_THREADS = cores // workers`` unless it
-    is set. Returns the exit status (the highest of the ranks' own)."""
+    is set (a warning when what is set oversubscribes the cores). Returns the exit status (the highest of the ranks' own)."""
     import logging
 
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    if "OMP_NUM_THREADS" not in os.environ:
+    threads = worker_threads(workers)
+    if threads is None:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    elif threads * workers > (os.cpu_count() or 1):
+        print(oversubscribed_warning(workers, threads, os.cpu_count() or 1), file=sys.stderr)
     for name in list(logging.root.manager.loggerDict):  # what matters is said below, in one line
         if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
