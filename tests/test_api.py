@@ -99,6 +99,9 @@ def test_evaluate_from_python_scores_a_set_or_its_file_alike(tmp_path):
     written = json.loads((tmp_path / "scores.json").read_text())
     assert written["no_aug"] == from_file["no_aug"] and (tmp_path / written["file"]).resolve() == DIGITS.resolve()
     assert written["iteration"] == ds.meta["iteration"] > 0  # the outer step of the set it scored
+    # what it trained: the network's width (the set's protocol unless --width) and the first seed
+    assert (written["width"], written["seed"]) == (ds.meta["protocol"]["width"], 0)
+    assert rcig.evaluate(DIGITS, width=16, seed=3, **options)["width"] == 16
     # a set made in Python meets the checks of a file before any training
     ds.labels = ds.labels[:, :1]
     with pytest.raises(rcig.RcigError, match="at least 2"):

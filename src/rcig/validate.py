@@ -44,18 +44,21 @@ def ipc(value: int) -> int:
     return value
 
 
+def positive(value: float | None, option: str, unit: str) -> float | None:
+    """A budget: None (no limit) or a finite number > 0 of ``unit``; else one line naming ``option``."""
+    if value is not None and (not is_number(value) or value <= 0):
+        raise RcigError(f"{option} must be a number of {unit} > 0, got {value!r}")
+    return value
+
+
 def minutes(value: float | None) -> float | None:
     """A time budget: None (no limit) or a finite number of minutes > 0."""
-    if value is not None and (not is_number(value) or value <= 0):
-        raise RcigError(f"--max-minutes must be a number of minutes > 0, got {value!r}")
-    return value
+    return positive(value, "--max-minutes", "minutes")
 
 
 def memory_gb(value: float | None) -> float | None:
     """A memory budget: None (the device's available memory) or a finite number of GB > 0."""
-    if value is not None and (not is_number(value) or value <= 0):
-        raise RcigError(f"--memory-gb must be a number of GB > 0, got {value!r}")
-    return value
+    return positive(value, "--memory-gb", "GB")
 
 
 # ------------------------------------------------------------------------ output paths

@@ -175,11 +175,12 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     single = len(archs) == 1
     report = {**(grid["distilled"][archs[0]] if single else {}), "dataset": meta["dataset"], "ipc": meta.get("ipc"),
               "method": meta.get("method"), "iteration": meta.get("iteration"), "models": base.n_models, "arch": ",".join(archs),
-              "steps": steps or "default", "init": base.init, "test_limit": test_limit, "seconds": round(seconds, 1)}
+              "width": base.width, "seed": base.seed, "steps": steps or "default", "init": base.init,
+              "test_limit": test_limit, "seconds": round(seconds, 1)}
     if not single:
         report["archs"] = grid["distilled"]
     if baselines:
-        report.update(compare={b: grid[b] for b in baselines}, ranking=ranking, seed=base.seed)
+        report.update(compare={b: grid[b] for b in baselines}, ranking=ranking)
     if json_out and team.leader:
         write_scores(report, json_out, path)
     return report
