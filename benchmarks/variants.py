@@ -8,6 +8,8 @@ until each budget of ``--points`` CPU minutes, where its EMA set is copied and s
     OMP_NUM_THREADS=1 nohup python benchmarks/variants.py --points 5,10,20,40 &   # the sweep
     python benchmarks/variants.py --variants faithful,cg5 --points 5              # a subset
     python benchmarks/variants.py --only report                                   # outputs from the cache
+    python benchmarks/variants.py --section levers --work W2 --variants fast_herding_lr3x,fast_w64 \
+        --points 20 --models 2 --settings no_aug --baselines none                 # another screen, own section
 
 The variants (``B`` = ``--boost-steps``, ``A`` = ``--anneal-step``):
 
@@ -69,8 +71,10 @@ The sweep goes budget by budget (every variant to 5 minutes, then every variant 
 so the comparison is complete at each budget as early as possible; variants run in the
 order of ``ORDER``; then ``--baselines`` (random real and herding sets of the same size and
 seed, ``rcig baseline``) are made and scored once each. ``--only report`` writes
-``benchmarks/variants.json``, ``benchmarks/variants.png`` and the table between the
-``<!-- variants -->`` markers of BENCHMARKS.md, the baselines as rows and dashed lines.
+``benchmarks/SECTION.json``, ``benchmarks/SECTION.png`` and the table between the
+``<!-- SECTION -->`` markers of BENCHMARKS.md (``--section``, default ``variants``), the
+baselines as rows and dashed lines; each row's "change" is the variant as the preset it starts
+from (faithful, tb256_cg5, or fast = ``--preset fast`` at 1 ipc) plus the fields it sets on top.
 """
 
 from __future__ import annotations
@@ -96,11 +100,11 @@ SETTINGS = ("no_aug", "aug")
 AUG = ["crop", "rotate", "translate", "cutout"]
 BASELINES = ("random", "herding")  # rcig baseline --method, same size and seed, same protocol
 BASELINE_NAMES = {"random": "random real", "herding": "herding"}
-MARKERS = ("<!-- variants -->", "<!-- /variants -->")
-SECTION = "## Where the accuracy goes (1 ipc variants)"
+SECTION = "variants"  # the report's default section of BENCHMARKS.md and name of its JSON and figure
 # the order variants run in (and are reported in): the most telling first
 FAST = SPEED_VARIANTS["fast"]  # tb256 + cg5
 FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300}  # --preset fast at 1 ipc
+BASES = {"faithful": {}, "tb256_cg5": FAST, "fast": FAST_1IPC}  # what the report's "change" column starts from
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
          "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_tb128", "fast_pool4",
@@ -187,6 +191,12 @@ def parse_baselines(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown baseline {', '.join(unknown) or repr(text)}; "
                                          f"known: {', '.join(BASELINES)}, or none")
     return [n for n in BASELINES if n in names]
+
+
+def section_name(text: str) -> str:
+    if not text.replace("_", "").isalnum():
+        raise argparse.ArgumentTypeError(f"a section is a name of letters, digits and _, got {text!r}")
+    return text
 
 
 def positive_int(text: str) -> int:
@@ -348,13 +358,13 @@ class Sweep:
         pieces = {path.stem: json.loads(path.read_text()) for path in paths if path.exists()}
         baselines = {m: json.loads(p.read_text()) for m in BASELINES if (p := self.work / f"baseline_{m}.json").exists()}
         results = {"dataset": self.args.dataset, "ipc": self.args.ipc, "preset": PRESET, "seed": SEED,
-                   "threads": self.args.threads, "models": self.args.models, "variants": pieces,
+                   "threads": self.args.threads, "models": networks(pieces), "variants": pieces,
                    "baselines": baselines}
         write_json(results, self.args.json)
         plot(results, Path(self.args.png))
         table = markdown_table(results)
         print(table)
-        write_section(table, Path(self.args.markdown))
+        write_section(table, Path(self.args.markdown), self.args.section)
         print(f"wrote {self.args.json}, {self.args.png} and {self.args.markdown}")
         return results
 
@@ -374,6 +384,21 @@ def copy_atomic(source: Path, target: Path) -> None:
 
 
 # ------------------------------------------------------------------------- the report
+
+def networks(pieces: dict) -> str:
+    """The protocol networks behind each scored cell: "2", or "1-2" when cells differ."""
+    counts = {len(point[s]["accs"]) for piece in pieces.values() for point in piece["points"].values()
+              for s in SETTINGS if s in point}
+    return "-".join(str(n) for n in sorted({min(counts), max(counts)})) if counts else "-"
+
+
+def change(overrides: dict) -> str:
+    """A variant's overrides as the largest of ``BASES`` it contains plus the fields it changes
+    on top ("fast + width=64"): with ``rcig distill --preset fast`` at 1 ipc, its command."""
+    name, base = max(((n, b) for n, b in BASES.items() if b.items() <= overrides.items()), key=lambda nb: len(nb[1]))
+    extra = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items() if k not in base)
+    return f"{name} + {extra}" if extra else name
+
 
 def budgets(results: dict) -> list[float]:
     return sorted({p["budget_minutes"] for piece in results["variants"].values() for p in piece["points"].values()})
@@ -398,20 +423,21 @@ def cell(point: dict | None) -> str:
 
 def markdown_table(results: dict) -> str:
     points = budgets(results)
-    head = ["variant", *(f"{b:g} CPU min" for b in points), "s/step (CPU)", "tuning, init (CPU s)"]
+    head = ["variant", "change", *(f"{b:g} CPU min" for b in points), "s/step (CPU)", "tuning, init (CPU s)"]
     lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
     for name, piece in results["variants"].items():
         by_budget = {p["budget_minutes"]: p for p in piece["points"].values()}
         rate = cpu_per_step(piece)
         tuning = next((p["tuning_cpu_seconds"] for p in by_budget.values()), None)
-        row = [f"**{name}**" if name == "faithful" else name, *(cell(by_budget.get(b)) for b in points),
+        row = [f"**{name}**" if name == "faithful" else name, change(piece.get("overrides", {})),
+               *(cell(by_budget.get(b)) for b in points),
                f"{rate:.1f}" if rate is not None else "-", f"{tuning:.0f}" if tuning is not None else "-"]
         if "error" in piece:
             row[-2] = f"failed: {piece['error']}"
         lines.append("| " + " | ".join(row) + " |")
     for method, piece in results.get("baselines", {}).items():
         acc = " / ".join(f"{100 * piece[s]['mean']:.1f}" if s in piece else "-" for s in SETTINGS)
-        lines.append("| " + " | ".join([f"*{BASELINE_NAMES[method]}* (baseline)", *[acc] * len(points), "-", "-"])
+        lines.append("| " + " | ".join([f"*{BASELINE_NAMES[method]}* (baseline)", "-", *[acc] * len(points), "-", "-"])
                      + " |")
     lines += ["", f"{results['dataset']}, {results['ipc']} ipc, preset {results['preset']} with each variant's changes "
                   "(benchmarks/variants.py), "
@@ -421,26 +447,38 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(table: str, path: Path) -> None:
-    """Put ``table`` between the markers of ``path``, adding the section if it is missing."""
+def markers(section: str) -> tuple[str, str]:
+    return f"<!-- {section} -->", f"<!-- /{section} -->"
+
+
+def write_section(table: str, path: Path, section: str = SECTION) -> None:
+    """Put ``table`` between the markers of ``section`` in ``path``, adding them (under a
+    heading of that name) if they are missing."""
+    start, end = markers(section)
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARKERS[0] not in text:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
-    head, rest = text.split(MARKERS[0], 1)
-    _, tail = rest.split(MARKERS[1], 1)
-    path.write_text(f"{head}{MARKERS[0]}\n{table}\n{MARKERS[1]}{tail}")
+    if start not in text:
+        text = text.rstrip("\n") + f"\n\n## {section}\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def plot(results: dict, path: Path) -> None:
-    """Two panels (no aug, aug): accuracy against CPU minutes, one line per variant."""
+    """A panel per setting scored (no aug, aug): accuracy against CPU minutes, one line per variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=110, sharey=True)
+    scored = [s for s in SETTINGS if any(s in p for piece in results["variants"].values()
+                                          for p in piece["points"].values())] or list(SETTINGS)
+    fig, axes = plt.subplots(1, len(scored), figsize=(5.5 * len(scored) + 0.5, 4.5), dpi=110, sharey=True,
+                             squeeze=False)
+    axes = axes[0]
     colours = plt.get_cmap("tab20").colors
-    for ax, setting, title in zip(axes, SETTINGS, ("without augmentation", "with augmentation")):
+    titles = {"no_aug": "without augmentation", "aug": "with augmentation"}
+    for ax, setting in zip(axes, scored):
+        title = titles[setting]
         for i, (name, piece) in enumerate(results["variants"].items()):
             points = sorted({(p["cpu_seconds"] / 60, 100 * p[setting]["mean"])  # a set: shared points once
                              for p in piece["points"].values() if setting in p})
@@ -456,7 +494,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("CPU minutes (tuning or herding start + outer steps)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(fontsize=8, ncol=2)
+    axes[-1].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -485,11 +523,16 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra config override for every variant (quick checks), repeatable")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "variants"))
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "variants.json"))
-    parser.add_argument("--png", default=str(ROOT / "benchmarks" / "variants.png"))
+    parser.add_argument("--section", default=SECTION, type=section_name,
+                        help="the report's section of --markdown (between <!-- NAME --> markers) and the default "
+                        f"name of its JSON and figure in benchmarks/ (default {SECTION})")
+    parser.add_argument("--json", help="the report's JSON (default benchmarks/SECTION.json)")
+    parser.add_argument("--png", help="the report's figure (default benchmarks/SECTION.png)")
     parser.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"))
     parser.add_argument("--only", choices=("run", "report"), help="only run the points, or only write the report")
     args = parser.parse_args(argv)
+    args.json = args.json or str(ROOT / "benchmarks" / f"{args.section}.json")
+    args.png = args.png or str(ROOT / "benchmarks" / f"{args.section}.png")
     if args.anneal_step <= FAST_1IPC["proto_lr_boost_steps"]:
         parser.error(f"--anneal-step must be above fast's {FAST_1IPC['proto_lr_boost_steps']} boosted steps "
                      f"(the anneal follows the boost), got {args.anneal_step}")

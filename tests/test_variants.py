@@ -170,19 +170,42 @@ def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "v.json").read_text()) == results
     assert (tmp_path / "v.png").stat().st_size > 10_000
     text = (tmp_path / "B.md").read_text()
-    assert text.startswith("# Benchmarks\n\nintro\n") and variants.SECTION in text
-    rows = text.split(variants.MARKERS[0])[1].split(variants.MARKERS[1])[0].strip().splitlines()
-    assert rows[0] == "| variant | 0.5 CPU min | 1 CPU min | s/step (CPU) | tuning, init (CPU s) |"
-    assert rows[2] == "| **faithful** | 63.0 / 63.0 (13) | 78.0 / 78.0 (28) | 2.0 | 5 |"
-    assert rows[4].startswith("| lr10x | - | - | failed: rcig: error: diverged")
+    start, end = variants.markers("variants")
+    assert text.startswith("# Benchmarks\n\nintro\n\n## variants\n\n" + start)
+    rows = text.split(start)[1].split(end)[0].strip().splitlines()
+    assert rows[0] == "| variant | change | 0.5 CPU min | 1 CPU min | s/step (CPU) | tuning, init (CPU s) |"
+    assert rows[2] == "| **faithful** | faithful | 63.0 / 63.0 (13) | 78.0 / 78.0 (28) | 2.0 | 5 |"
+    assert rows[3].startswith("| lr3x | faithful + proto_lr_boost=3, proto_lr_boost_steps=100 | ")
+    assert rows[4].startswith("| lr10x | faithful | - | - | failed: rcig: error: diverged")
     variants.main(argv(tmp_path, "--only", "report"))  # rewritten in place, not appended
     assert (tmp_path / "B.md").read_text() == text
     # the baselines: made once with the sweep's dataset, ipc and seed, rows under the variants
-    assert rows[5] == "| *random real* (baseline) | 50.0 / 50.0 | 50.0 / 50.0 | - | - |"
+    assert rows[5] == "| *random real* (baseline) | - | 50.0 / 50.0 | 50.0 / 50.0 | - | - |"
     assert rows[6].startswith("| *herding* (baseline) |")
     assert results["baselines"]["herding"]["aug"]["mean"] == 0.5
     made = [c for c in FakeRcig.last.calls if c[0] == "baseline"]
     assert [value(c, "--method") for c in made] == ["random", "herding"] and value(made[0], "--ipc") == "1"
+    assert "(1 protocol network(s) each)" in text
+
+
+def test_a_second_screen_reports_in_its_own_section(variants, tmp_path, monkeypatch):
+    """``--section``: another sweep (other variants, networks, settings) beside the first, each
+    row saying what it changes on top of the preset it starts from."""
+    monkeypatch.setattr(variants, "rcig", FakeRcig())
+    (tmp_path / "B.md").write_text("# Benchmarks\n\n<!-- variants -->\nfirst\n<!-- /variants -->\n")
+    variants.main(argv(tmp_path, "--variants", "fast_herding_lr3x,fast_w64", "--points", "0.5", "--models", "2",
+                       "--settings", "no_aug", "--baselines", "none", "--section", "levers", "--anneal-step", "450"))
+    piece = json.loads((tmp_path / "work" / "fast_w64.json").read_text())
+    piece["points"]["0.5"]["no_aug"]["accs"] *= 2  # the fake eval scores one network; the report counts them
+    (tmp_path / "work" / "fast_w64.json").write_text(json.dumps(piece))
+    results = variants.main(argv(tmp_path, "--section", "levers", "--only", "report"))
+    text = (tmp_path / "B.md").read_text()
+    assert text.startswith("# Benchmarks\n\n<!-- variants -->\nfirst\n<!-- /variants -->\n\n## levers\n")
+    rows = text.split("<!-- levers -->")[1].split("<!-- /levers -->")[0].strip().splitlines()
+    assert [r.split(" | ")[:2] for r in rows[2:4]] == [["| fast_herding_lr3x", "fast"], ["| fast_w64", "fast + width=64"]]
+    assert rows[2].split(" | ")[2].endswith("/ - (15)") and results["models"] == "1-2"
+    with pytest.raises(SystemExit):
+        variants.main(argv(tmp_path, "--section", "no such", "--only", "report"))
 
 
 def test_a_real_tiny_distillation_hits_its_budget(variants, tmp_path, monkeypatch):
