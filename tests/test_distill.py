@@ -209,12 +209,13 @@ def test_variants_run_and_are_reproducible(extra):
 
 def test_row_sampled_inner_problem_is_the_subset_problem():
     from rcig.algorithm.inner import inner_problem
-    from rcig.algorithm.meta import RowSampledInner
+    from rcig.algorithm.meta import RowSampledInner, row_draw
 
     f, body0 = tiny_network()
     x_s, y_s = torch.randn(6, 1, 8, 8), torch.eye(3).repeat(2, 1) - 1 / 3
     delta = {k: 1e-2 * torch.randn_like(v) for k, v in body0.items()}
-    sampled = RowSampledInner(f, body0, x_s, y_s, 0.1, True, 4, torch.Generator().manual_seed(5))
+    sampled = RowSampledInner(body0, lambda x, y: inner_problem(f, body0, x, y, 0.1, True, one_shot=True),
+                              row_draw(x_s, y_s, 4, None, torch.Generator().manual_seed(5)))
     rows = torch.randperm(6, generator=torch.Generator().manual_seed(5))[:4]
     subset = inner_problem(f, body0, x_s[rows], y_s[rows], 0.1, True)
     loss, grad = sampled.loss_and_grad(delta)

@@ -238,25 +238,23 @@ def partial_features(f: Network, body0: Params, x: Tensor, delta: Params, rows: 
 
 
 class RowSampledInner:
-    """An inner problem whose every gradient and H v uses a fresh draw of the support:
-    ``k`` random rows (None: all) and, with ``augment``, a fresh transform of each.
+    """An inner problem whose every gradient and H v uses a fresh draw of the support.
 
     For supports too large to differentiate whole (the presets' ``inner_train_batch_size``
-    and ``hinv_batch_size``) and for augmentation during distillation: each call builds the
-    ridge problem of the drawn rows (same l2) and returns its gradient or H v, so the
-    solvers see unbiased-in-spirit, cheaper (for k rows), noisier estimates.
+    and ``hinv_batch_size``) and for augmentation during distillation: at each call ``draw()``
+    gives the support's rows for it (:func:`row_draw`: ``k`` random rows, freshly augmented
+    where asked) and ``problem_of(x, y)`` the ridge problem of those rows (same network and
+    l2), whose gradient or H v is returned, so the solvers see unbiased-in-spirit, cheaper
+    (for k rows), noisier estimates. ``body0``: the base body, where the solves start.
     """
 
-    def __init__(self, f: Network, body0: Params, x_s: Tensor, y_s: Tensor, l2: float, linearize: bool,
-                 k: int | None, generator: torch.Generator | None, augment: Augment | None = None,
-                 chunk_rows: int | None = None):
-        self.args, self.draw = (f, body0, x_s, y_s, l2, linearize), row_draw(x_s, y_s, k, augment, generator)
-        self.chunk_rows = chunk_rows  # see LinearizedInner
-        self.body0 = {k: v.detach() for k, v in body0.items()}  # the solvers start from zeros like it
+    def __init__(self, body0: Params, problem_of: Callable[[Tensor, Tensor], InnerProblem],
+                 draw: Callable[[], tuple[Tensor, Tensor]]):
+        self.body0 = {k: v.detach() for k, v in body0.items()}
+        self.problem_of, self.draw = problem_of, draw
 
     def _subset(self) -> InnerProblem:
-        f, body0, x_s, y_s, l2, linearize = self.args
-        return inner_problem(f, body0, *self.draw(), l2, linearize, one_shot=True, chunk_rows=self.chunk_rows)
+        return self.problem_of(*self.draw())
 
     def loss_and_grad(self, delta: Params) -> tuple[float, Params]:
         return self._subset().loss_and_grad(delta)
@@ -449,14 +447,18 @@ def new_pass(base: BaseNetwork, support: dict[str, Tensor], cfg: Config, generat
     settings = grad_settings(cfg, support["x"].shape[0])
     augment = pass_augmentation(cfg, generator, augmented_pass)
     x_s, y_s = augmented_rows(*expand_support(support["x"].detach(), support["y"].detach(), cfg.flip), augment.rows)
-    args = (*base, x_s, y_s, settings.l2, cfg.linearize)
-    whole = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else inner_problem(
-        *args, chunk_rows=settings.chunk_rows)
+
+    def problem_of(x: Tensor, y: Tensor, one_shot: bool = False) -> InnerProblem:
+        return inner_problem(*base, x, y, settings.l2, cfg.linearize, one_shot=one_shot,
+                             chunk_rows=settings.chunk_rows)
+
+    whole = None if cfg.inner_train_batch_size and cfg.hinv_batch_size else problem_of(x_s, y_s)
 
     def problem(k: int | None, fresh: Augment | None) -> InnerProblem:
         if (k is not None and k < len(x_s)) or fresh is not None:
-            return RowSampledInner(*args, k, generator, fresh, settings.chunk_rows)
-        return whole if whole is not None else inner_problem(*args, chunk_rows=settings.chunk_rows)
+            return RowSampledInner(base.body0, lambda x, y: problem_of(x, y, one_shot=True),
+                                   row_draw(x_s, y_s, k, fresh, generator))
+        return whole if whole is not None else problem_of(x_s, y_s)
 
     subsets = RowSubsets(*cfg.direct_batch_sizes, cfg.implicit_batch_size, generator)
     return Pass(base, support, len(x_s), problem(cfg.inner_train_batch_size, augment.inner),
