@@ -75,11 +75,13 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
         load_preset(variants.PRESET).replace(**overrides)  # raises on a bad field or value
     assert list(variants.variant_overrides(7)) == list(variants.ORDER)
     assert variants.variant_overrides(7)["lr10x"] == {"proto_lr_boost": 10, "proto_lr_boost_steps": 7}
-    # the variant the README quotes for --preset fast at 1 ipc is that preset there
+    # --preset fast at 1 ipc is fast_w64 scored at the paper's width; fast_herding_lr3x is it at width 128
     fast = load_preset("fast", 28, 1).to_dict()
+    w64 = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)["fast_w64"]).to_dict()
+    assert {k for k in fast if fast[k] != w64[k]} == {"description", "init", "test_width"}
+    assert (fast["init"], w64["init"], fast["test_width"]) == ("auto", "herding", 128)  # auto = herding at 1 ipc
     variant = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)["fast_herding_lr3x"]).to_dict()
-    assert {k for k in fast if fast[k] != variant[k]} == {"description", "init"}
-    assert (fast["init"], variant["init"]) == ("auto", "herding")  # auto = herding at 1 ipc
+    assert {k for k in w64 if w64[k] != variant[k]} == {"width"}
     for name, field, value in (("fast_boost900", "proto_lr_boost_steps", 900), ("fast_lr10x", "proto_lr_boost", 10)):
         changed = load_preset(variants.PRESET).replace(**variants.variant_overrides(7)[name]).to_dict()
         assert {k for k in changed if changed[k] != variant[k]} == {field} and changed[field] == value
@@ -202,7 +204,8 @@ def test_a_second_screen_reports_in_its_own_section(variants, tmp_path, monkeypa
     text = (tmp_path / "B.md").read_text()
     assert text.startswith("# Benchmarks\n\n<!-- variants -->\nfirst\n<!-- /variants -->\n\n## levers\n")
     rows = text.split("<!-- levers -->")[1].split("<!-- /levers -->")[0].strip().splitlines()
-    assert [r.split(" | ")[:2] for r in rows[2:4]] == [["| fast_herding_lr3x", "fast"], ["| fast_w64", "fast + width=64"]]
+    assert [r.split(" | ")[:2] for r in rows[2:4]] == [["| fast_herding_lr3x", "fast_herding_lr3x"],
+                                                        ["| fast_w64", "fast_herding_lr3x + width=64"]]
     assert rows[2].split(" | ")[2].endswith("/ - (15)") and results["models"] == "1-2"
     with pytest.raises(SystemExit):
         variants.main(argv(tmp_path, "--section", "no such", "--only", "report"))

@@ -16,8 +16,9 @@ depth_4_200        Tiny-ImageNet 1 ipc: 64 px, ReLU, 400 target rows
 depth_4_big        Tiny-ImageNet 10 ipc: 64 px, subsampling 500/256
 depth_5            ImageNette/ImageWoof: 128 px, l2_rate 0.05
 fast               not the paper's: its preset for the data's shape ("extends": "paper")
-                   with 256 target images and 5 CG iterations per solve, for CPUs;
-                   support rate 3x decaying over 300 steps; init auto (herding at 1 ipc)
+                   distilled at width 64 and scored at 128, with 256 target images and
+                   5 CG iterations per solve, for CPUs; support rate 3x decaying over
+                   300 steps; init auto (herding at 1 ipc)
 =================  ==========================================================
 
 Two groups of knobs are off in every preset (the paper does not use them):
