@@ -375,15 +375,16 @@ def ship_sets(bench: Bench, results: dict) -> None:
 
 def preset_differences(config: dict, preset: str, ipc: int) -> list[str]:
     """The fields where a run's config (``run.json``'s) differs from ``preset``'s for Fashion-MNIST,
-    as "field: run's value vs preset's"; the description, the step count and the checkpoint steps
-    do not change what a step does and are not compared, and ``init`` is compared resolved
-    ("auto" is herding at 1 ipc)."""
+    as "field: run's value vs preset's"; the description, the step count, the checkpoint steps
+    and ``chunk_rows`` (the memory a step takes, recorded as the run took it: the same
+    gradients up to float summation order) do not change what a step does and are not
+    compared, and ``init`` is compared resolved ("auto" is herding at 1 ipc)."""
     from rcig.algorithm.outer import start_images
     from rcig.config import load_preset
 
     expected = load_preset(preset, image_size=28, channels=1).to_dict()
     out = []
-    for field in sorted(set(expected) - {"description", "steps", "checkpoint_iters"}):
+    for field in sorted(set(expected) - {"description", "steps", "checkpoint_iters", "chunk_rows"}):
         ours, theirs = expected[field], config.get(field)
         if field == "init":
             ours, theirs = start_images(ours, ipc), start_images(theirs, ipc)

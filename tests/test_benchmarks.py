@@ -226,7 +226,8 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
     run = tmp_path / "run"
     run.mkdir()
     config = {**load_preset("fast", image_size=28, channels=1).to_dict(), "init": "herding", "steps": 5000,
-              "description": "a variant's run"}  # auto is herding at 1 ipc; the step count does not matter
+              "description": "a variant's run", "chunk_rows": None}  # auto is herding at 1 ipc; the step count
+    # and the chunks the run took (chunk_rows "auto" recorded as taken) do not matter
     (run / "run.json").write_text(json.dumps({"dataset": "fashion_mnist", "ipc": 1, "seed": 0, "config": config}))
     (run / "log.jsonl").write_text('{"iter": 0, "init": {"method": "herding", "seconds": 180.0, "cpu_seconds": 170.0}}\n'
                                    '{"iter": 1, "outer_loss": 1.0, "seconds": 10.0, "cpu_seconds": 9.0}\n'
