@@ -35,8 +35,9 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
 * ``solvers``: ``benchmarks/solvers.py`` (how close the reference's Adam solves and the
   conjugate-gradient option get to the exact delta* and H^-1 g, and to the exact meta-gradient).
 * ``report``: ``benchmarks/results.json``, ``benchmarks/accuracy_vs_step.png`` and the
-  tables of ``BENCHMARKS.md`` (between its ``<!-- results -->`` markers); the distilled
-  sets and their scores are copied to ``distilled/``.
+  tables of ``BENCHMARKS.md`` and the results table of ``README.md`` (each between its
+  ``<!-- results -->`` markers); the distilled sets and their scores are copied to
+  ``distilled/``.
 
 Every piece this script measures or adopts is stamped with when, where and at which commit
 it was recorded (``"recorded": {"date", "machine", "commit"}``); the report marks each figure
@@ -66,7 +67,8 @@ DATASET = "fashion_mnist"
 PRESET = "fast"  # the CPU recipe (docs/algorithm.md); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "dm", "distilled")  # evaluation order: baselines need no distillation
 RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve", "recorded")  # a distill_<ipc> piece's, in a report row
-MARKERS = ("<!-- results -->", "<!-- /results -->")
+MARKERS = ("<!-- results -->", "<!-- /results -->")  # the tables' place in BENCHMARKS.md and README.md
+PAPER = {1: 79.8, 10: 88.5}  # RCIG on Fashion-MNIST in the paper (ConvNet, GPU), the README's last column
 
 
 def rcig(*args: str) -> None:
@@ -277,6 +279,7 @@ class Bench:
         plot_curves(results, ROOT / "benchmarks" / "accuracy_vs_step.png")
         ship_sets(self, results)
         write_markdown(results, ROOT / "BENCHMARKS.md", self.args)
+        write_readme(results, ROOT / "README.md")
         print(f"wrote {ROOT / 'benchmarks' / 'results.json'} and {ROOT / 'BENCHMARKS.md'}")
         return results
 
@@ -503,13 +506,59 @@ def write_markdown(results: dict, path: Path, args) -> None:
     lines += [f"* {line}" for line in sources.legend()] or ["* not recorded"]
     lines += ["", f"Report written {m['date']} on {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
                   f"Python {m['python']}."]
-    table = "\n".join(lines)
-    text = path.read_text() if path.exists() else f"# Benchmarks\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
+    replace_between_markers(path, "\n".join(lines), "# Benchmarks\n")
+
+
+def summary(score: dict | None) -> str:
+    """A set's scores as the README gives them: "no aug / aug (networks)", one decimal,
+    ± the spread over several networks; each setting's count when they differ."""
+    if not score or not any(s in score for s in ("no_aug", "aug")):
+        return "not scored"
+    parts, counts = [], []
+    for setting in ("no_aug", "aug"):
+        s = score.get(setting)
+        if s is None:
+            parts.append("not scored")
+            continue
+        n = len(s["accs"])
+        parts.append(f"{100 * s['mean']:.1f}" + (f" ± {100 * s['std']:.1f}" if n > 1 else ""))
+        counts.append(n)
+    if len(set(counts)) == 1:
+        return " / ".join(parts) + f" ({counts[0]})"
+    return " / ".join(p if p == "not scored" else f"{p} ({counts.pop(0)})" for p in parts)
+
+
+def write_readme(results: dict, path: Path) -> None:
+    """The README's results table (between its markers): each ipc's distilled set with the
+    baselines beside it, how it was made, and the paper's figure."""
+    rows = results[DATASET]
+    dm = any(row.get("dm") for row in rows.values())
+    head = ["Fashion-MNIST, images per class", "made with", "RCIG", "random real", "herding", *(["DM"] if dm else []),
+            "paper (GPU)"]
+    lines = ["| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
+    for ipc, row in rows.items():
+        if not row.get("distilled"):
+            continue
+        made = f"`{row.get('preset')}`, {row.get('steps')} steps"
+        if row.get("wall_s"):
+            made += f", {row['wall_s'] / 60:.0f} min"
+            if row.get("cpu_s") and math.isfinite(row["cpu_s"]):
+                made += f" ({row['cpu_s'] / 60:.0f} CPU min)"
+        cells = [ipc, made, summary(row["distilled"]), summary(row.get("random")), summary(row.get("herding")),
+                 *([summary(row.get("dm"))] if dm else []), f"{PAPER.get(int(ipc), '')}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    replace_between_markers(path, "\n".join(lines), "")
+
+
+def replace_between_markers(path: Path, body: str, empty: str) -> None:
+    """Put ``body`` between the ``MARKERS`` of ``path`` (a new file: ``empty`` and the markers;
+    a file without them: the markers added at its end)."""
+    text = path.read_text() if path.exists() else empty
     if MARKERS[0] not in text:
-        text += f"\n{MARKERS[0]}\n{MARKERS[1]}\n"
+        text = text.rstrip("\n") + f"\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
     head, rest = text.split(MARKERS[0], 1)
     _, tail = rest.split(MARKERS[1], 1)
-    path.write_text(f"{head}{MARKERS[0]}\n{table}\n{MARKERS[1]}{tail}")
+    path.write_text(f"{head}{MARKERS[0]}\n{body}\n{MARKERS[1]}{tail}")
 
 
 # --------------------------------------------------------------------------------- main

@@ -316,3 +316,29 @@ def test_each_figure_cites_the_date_machine_and_commit_of_its_piece(bench, tmp_p
     stamp = bench.Sources()  # one mark per stamp, however many figures share it
     assert [stamp.cite(res["fashion_mnist"]["1"]["random"]) for _ in range(2)] == [" [1]", " [1]"]
     assert stamp.cite(None) == "" and stamp.legend() == ["[1] 2026-01-02, cpu, 2 cores, commit abc1234"]
+
+
+def test_the_readme_table_is_written_from_the_results(bench, tmp_path):
+    """Each ipc with a scored set: how it was made, RCIG and the baselines as "no aug / aug
+    (networks)", the paper's figure; the text around the markers is kept."""
+    res = {"fashion_mnist": {
+        "1": {"distilled": {"no_aug": score(0.76, 0.78), "aug": score(0.74, 0.72)}, "random": {"aug": score(0.5)},
+              "herding": None, "preset": "fast", "steps": 871, "wall_s": 7536.8, "cpu_s": 7205.4},
+        "10": {"distilled": {"no_aug": score(0.87, 0.86, 0.88), "aug": score(0.85)}, "random": None,
+               "herding": None, "preset": "fast", "steps": 1767, "wall_s": 7140.0, "cpu_s": float("nan")},
+        "50": {"distilled": None}}}
+    path = tmp_path / "README.md"
+    path.write_text("# rcig\n\n<!-- results -->\nold\n<!-- /results -->\n\nafter\n")
+    bench.write_readme(res, path)
+    text = path.read_text()
+    assert text.startswith("# rcig\n\n<!-- results -->\n| Fashion-MNIST, images per class |") and \
+        text.endswith("<!-- /results -->\n\nafter\n") and "old" not in text
+    rows = text.split("<!-- results -->\n")[1].split("\n<!-- /results -->")[0].splitlines()
+    assert rows[2] == ("| 1 | `fast`, 871 steps, 126 min (120 CPU min) | 77.0 ± 1.0 / 73.0 ± 1.0 (2) | "
+                       "not scored / 50.0 (1) | not scored | 79.8 |")
+    assert rows[3] == "| 10 | `fast`, 1767 steps, 119 min | 87.0 ± 1.0 (3) / 85.0 (1) | not scored | not scored | 88.5 |"
+    assert len(rows) == 4  # no set scored at 50 ipc: no row
+    res["fashion_mnist"]["1"]["dm"] = {"no_aug": score(0.6), "aug": score(0.62)}
+    bench.write_readme(res, path)
+    assert "| random real | herding | DM | paper (GPU) |" in path.read_text() and "| 60.0 / 62.0 (1) | 79.8 |" in \
+        path.read_text()
