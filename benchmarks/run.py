@@ -59,7 +59,8 @@ import sys
 import time
 from pathlib import Path
 
-from runlog import read_curve, read_progress  # benchmarks/ is on sys.path when run as a script
+from sections import write_section  # benchmarks/ is on sys.path when run as a script
+from runlog import read_curve, read_progress
 from speed import DEFAULT_CASES, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ DATASET = "fashion_mnist"
 PRESET = "fast"  # the CPU recipe (docs/algorithm.md); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "dm", "distilled")  # evaluation order: baselines need no distillation
 RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve", "recorded")  # a distill_<ipc> piece's, in a report row
-MARKERS = ("<!-- results -->", "<!-- /results -->")  # the tables' place in BENCHMARKS.md and README.md
+SECTION = "results"  # the tables' markers in BENCHMARKS.md and README.md
 PAPER = {1: 79.8, 10: 88.5}  # RCIG on Fashion-MNIST in the paper (ConvNet, GPU), the README's last column
 
 
@@ -506,7 +507,7 @@ def write_markdown(results: dict, path: Path, args) -> None:
     lines += [f"* {line}" for line in sources.legend()] or ["* not recorded"]
     lines += ["", f"Report written {m['date']} on {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
                   f"Python {m['python']}."]
-    replace_between_markers(path, "\n".join(lines), "# Benchmarks\n")
+    write_section(path, "\n".join(lines), SECTION)
 
 
 def summary(score: dict | None) -> str:
@@ -547,18 +548,7 @@ def write_readme(results: dict, path: Path) -> None:
         cells = [ipc, made, summary(row["distilled"]), summary(row.get("random")), summary(row.get("herding")),
                  *([summary(row.get("dm"))] if dm else []), f"{PAPER.get(int(ipc), '')}"]
         lines.append("| " + " | ".join(cells) + " |")
-    replace_between_markers(path, "\n".join(lines), "")
-
-
-def replace_between_markers(path: Path, body: str, empty: str) -> None:
-    """Put ``body`` between the ``MARKERS`` of ``path`` (a new file: ``empty`` and the markers;
-    a file without them: the markers added at its end)."""
-    text = path.read_text() if path.exists() else empty
-    if MARKERS[0] not in text:
-        text = text.rstrip("\n") + f"\n\n{MARKERS[0]}\n{MARKERS[1]}\n"
-    head, rest = text.split(MARKERS[0], 1)
-    _, tail = rest.split(MARKERS[1], 1)
-    path.write_text(f"{head}{MARKERS[0]}\n{body}\n{MARKERS[1]}{tail}")
+    write_section(path, "\n".join(lines), SECTION)
 
 
 # --------------------------------------------------------------------------------- main

@@ -91,7 +91,8 @@ import sys
 import time
 from pathlib import Path
 
-from runlog import Progress, read_progress  # benchmarks/ is on sys.path when run as a script
+from sections import write_section  # benchmarks/ is on sys.path when run as a script
+from runlog import Progress, read_progress
 from speed import VARIANTS as SPEED_VARIANTS, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -367,7 +368,7 @@ class Sweep:
         plot(results, Path(self.args.png))
         table = markdown_table(results)
         print(table)
-        write_section(table, Path(self.args.markdown), self.args.section)
+        write_section(Path(self.args.markdown), table, self.args.section, heading=self.args.section)
         print(f"wrote {self.args.json}, {self.args.png} and {self.args.markdown}")
         return results
 
@@ -397,7 +398,7 @@ def networks(pieces: dict) -> str:
 
 def change(overrides: dict) -> str:
     """A variant's overrides as the largest of ``BASES`` it contains plus the fields it changes
-    on top ("fast + width=64"): with ``rcig distill --preset fast`` at 1 ipc, its command."""
+    on top ("fast_herding_lr3x + width=64"): with ``rcig distill ... --set``, its command."""
     name, base = max(((n, b) for n, b in BASES.items() if b.items() <= overrides.items()), key=lambda nb: len(nb[1]))
     extra = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items() if k not in base)
     return f"{name} + {extra}" if extra else name
@@ -448,22 +449,6 @@ def markdown_table(results: dict) -> str:
                   f"({results['models']} protocol network(s) each) and the outer steps done within the budget "
                   f"(CPU time of the tuning, the herding start and the steps, {results['threads']} thread(s))."]
     return "\n".join(lines)
-
-
-def markers(section: str) -> tuple[str, str]:
-    return f"<!-- {section} -->", f"<!-- /{section} -->"
-
-
-def write_section(table: str, path: Path, section: str = SECTION) -> None:
-    """Put ``table`` between the markers of ``section`` in ``path``, adding them (under a
-    heading of that name) if they are missing."""
-    start, end = markers(section)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if start not in text:
-        text = text.rstrip("\n") + f"\n\n## {section}\n\n{start}\n{end}\n"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
 
 
 def plot(results: dict, path: Path) -> None:

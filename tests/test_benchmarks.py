@@ -39,14 +39,14 @@ def results(aug_only_10: dict) -> dict:
 
 def test_report_replaces_only_the_marked_block(bench, tmp_path):
     path = tmp_path / "B.md"
-    path.write_text(f"# title\n\nintro\n\n{bench.MARKERS[0]}\nold table\n{bench.MARKERS[1]}\n\nnotes stay\n")
+    path.write_text("# title\n\nintro\n\n<!-- results -->\nold table\n<!-- /results -->\n\nnotes stay\n")
     res = results({"aug": score(0.8)})
     res["fashion_mnist"]["1"]["dm"] = {"no_aug": score(0.65), "made": {"iterations": 120, "max_minutes": 60.0,
                                                                        "seconds": 3590.0, "cpu_seconds": 7000.0}}
     bench.write_markdown(res, path, None)
     text = path.read_text()
     assert text.startswith("# title\n\nintro\n") and text.endswith("\nnotes stay\n")
-    assert "old table" not in text and text.count(bench.MARKERS[0]) == 1
+    assert "old table" not in text and text.count("<!-- results -->") == 1
     rows = [line for line in text.splitlines() if line.startswith("| 1 |") or line.startswith("| 10 |")]
     assert rows[0].startswith("| 1 | no aug | 71.00 ± 1.00 (2) | not run | not run | 65.00 (1) | fast | 226 | 91 min |")
     assert rows[1].startswith("| 1 | aug | 59.00 ± 1.00 (2) | not run | not run | not run | fast |")

@@ -172,7 +172,7 @@ def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "v.json").read_text()) == results
     assert (tmp_path / "v.png").stat().st_size > 10_000
     text = (tmp_path / "B.md").read_text()
-    start, end = variants.markers("variants")
+    start, end = "<!-- variants -->", "<!-- /variants -->"
     assert text.startswith("# Benchmarks\n\nintro\n\n## variants\n\n" + start)
     rows = text.split(start)[1].split(end)[0].strip().splitlines()
     assert rows[0] == "| variant | change | 0.5 CPU min | 1 CPU min | s/step (CPU) | tuning, init (CPU s) |"
