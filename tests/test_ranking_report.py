@@ -82,7 +82,8 @@ def test_single_arch_json_keeps_its_shape_and_bad_lists_are_one_line(random_file
     assert run(["eval", random_file, "--arch", "conv_bn", "--settings", "aug", *TINY_EVAL, "--json", out_json],
                capsys)[0] == 0
     report = json.loads(out_json.read_text())
-    assert set(report) == {"aug", "dataset", "ipc", "method", "iteration", "models", "arch", "steps", "init", "test_limit", "seconds",
+    assert set(report) == {"aug", "dataset", "ipc", "method", "iteration", "models", "arch", "width", "seed", "steps", "init",
+                           "test_limit", "seconds",
                            "file"}
     assert report["arch"] == "conv_bn"
     for argv, message in ((["--arch", "conv,lenet"], "unknown architecture 'lenet'"),
