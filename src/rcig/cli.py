@@ -465,9 +465,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    """The ``rcig`` command: its exit status (0, 2 for a refused input, 70 for a bug, 128 + N
+    for signal N). A rank that torchrun launched leaves the process here and now, once its
+    output is flushed: the collective library's threads can abort an ordinary interpreter
+    exit ("terminate called without an active exception") after the work is done."""
+    status = _run(sys.argv[1:] if argv is None else list(argv))
+    if parallel.launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
+
+
+def _run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     if getattr(args, "workers", None) and args.workers > 1 and not parallel.launched():
         return parallel.launch(without_workers(argv), args.workers)
     try:
