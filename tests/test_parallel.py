@@ -145,6 +145,26 @@ def test_parallel_eval_scores_each_network_as_the_serial_run(tmp_path):
         assert two[name]["accs"] == serial[name]["accs"]  # network by network, same seeds
         assert two[name]["mean"] == serial[name]["mean"]
     assert len(set(serial["no_aug"]["accs"] + serial["aug"]["accs"])) > 1  # the networks differ
+    assert not list(tmp_path.glob("two.json.partial*"))
+
+
+def test_a_parallel_eval_takes_networks_scored_before_once(tmp_path):
+    """A network the record holds (here with a made-up score) is not trained again, counted
+    once (not once per rank), and the ranks share out the rest as one plan."""
+    from rcig.evaluation.baselines import baseline_set
+    from rcig.evaluation.protocol import Scored
+    from rcig.evaluation.suite import ScoreBook, arch_settings, protocol_settings
+    from rcig.io import load, save
+
+    save(baseline_set("digits", 2, method="random", seed=0), tmp_path / "set.safetensors")
+    ds = load(tmp_path / "set.safetensors")
+    settings = arch_settings(protocol_settings(ds.meta, models=3, steps=20, test_limit=200), "conv")
+    ScoreBook(tmp_path / "two.json").memo(ds.images, ds.labels, settings, False).put("aug", 1, Scored(0.125, False))
+    done = run_cli("eval", str(tmp_path / "set.safetensors"), "--models", "3", "--steps", "20", "--test-limit", "200",
+                   "--json", str(tmp_path / "two.json"), "--workers", "2", "--device", "cpu", "--settings", "aug")
+    assert done.returncode == 0, done.stderr
+    accs = json.loads((tmp_path / "two.json").read_text())["aug"]["accs"]
+    assert accs[1] == 0.125 and accs[0] != 0.125 and accs[2] != 0.125, accs
 
 
 def test_jobs_are_shared_longest_first():

@@ -415,7 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the networks' initialisation: the reference release's (flax lecun-normal) or torch's")
     p.add_argument("--width", type=positive_int, metavar="W", help="the networks' channels per layer (default: the "
                    "file's, the distillation network's; 128 is the paper's)")
-    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON here")
+    p.add_argument("--json", metavar="FILE", help="also write the scores as JSON here; each network's score is "
+                   "recorded in FILE.partial as it finishes, so the same command run again after a kill trains only "
+                   "the networks still missing")
     add_force_option(p)
     add_common_options(p)
     add_scale_options(p, "train the networks on N processes")

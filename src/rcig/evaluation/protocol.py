@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -182,9 +182,25 @@ def assign_jobs(costs: list[float], world: int) -> list[int]:
     return owner
 
 
+class Scored(NamedTuple):
+    """One trained network's result."""
+
+    accuracy: float  # on the test images, a fraction
+    diverged: bool
+
+
+class ScoreMemo(Protocol):
+    """Where :func:`evaluate_support` finds networks already scored and records each one it
+    scores, keyed by setting and seed (a memo serves one support under one protocol)."""
+
+    def get(self, setting: str, seed: int) -> Scored | None: ...
+
+    def put(self, setting: str, seed: int, scored: Scored) -> None: ...
+
+
 def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                      settings: ProtocolSettings, *, flip: bool = False, progress: bool = True, label: str = "set",
-                     team=None) -> dict:
+                     team=None, memo: ScoreMemo | None = None) -> dict:
     """Score a support set: {"no_aug": {"mean", "std", "accs", "diverged"}, "aug": {...}}
     (fractions; :func:`summarise`). ``label`` names the set in the progress (``evaluate LABEL``).
 
@@ -192,6 +208,10 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     (setting, seed) networks are shared out over its ranks (:func:`assign_jobs`) and their
     accuracies summed into every rank's result, so each network scores what it would
     serially (same seed, same batches). Each rank trains on ``team.device``.
+
+    ``memo``: networks it holds are not trained again (each network depends on its seed
+    alone, so the others score as they would have), and each network trained is put in it
+    as soon as it is tested. Every rank must see the same memo contents at the start.
     """
     from rcig.parallel import gather_sum, solo
     from rcig.progress import Progress
@@ -209,21 +229,28 @@ def evaluate_support(images: torch.Tensor, labels: torch.Tensor, test_x: torch.T
     plan = {"no_aug": (False, max(steps, int(round(steps * settings.no_aug_extension)))), "aug": (True, steps)}
     plan = {k: v for k, v in plan.items() if k in settings.settings}
     jobs = [(name, seed) for name in plan for seed in seeds]
-    owner = assign_jobs([plan[name][1] for name, _ in jobs], team.world)
-    mine = [j for j in range(len(jobs)) if owner[j] == team.rank]
+    known = {j: memo.get(*jobs[j]) for j in range(len(jobs))} if memo is not None else {}
+    known = {j: scored for j, scored in known.items() if scored is not None}
+    todo = [j for j in range(len(jobs)) if j not in known]
+    owner = assign_jobs([plan[jobs[j][0]][1] for j in todo], team.world)
+    mine = [j for j, rank in zip(todo, owner) if rank == team.rank]
     accs = torch.zeros(len(jobs), dtype=torch.float64)  # this rank's networks; zeros elsewhere
     diverged = torch.zeros(len(jobs), dtype=torch.float64)  # 1 for a network that diverged
+    if team.leader:  # the memo's networks, counted once
+        for j, scored in known.items():
+            accs[j], diverged[j] = scored.accuracy, float(scored.diverged)
+    warm = replace(settings, warmup=min(settings.warmup, max(1, steps // 2)))
     with Progress(sum(plan[jobs[j][0]][1] for j in mine), f"evaluate {label}", "step",
                   enabled=progress and team.leader) as bar:
-        for name, (augment, total_steps) in plan.items():
-            chosen = [j for j in mine if jobs[j][0] == name]
-            if not chosen:
-                continue
-            warm = replace(settings, warmup=min(settings.warmup, max(1, steps // 2)))
+        for j in mine:
+            name, seed = jobs[j]
+            augment, total_steps = plan[name]
             trained = train_models(images, labels, warm, augment=augment, total_steps=total_steps,
-                                   decay_steps=steps, seeds=[jobs[j][1] for j in chosen], progress=bar)
-            accs[chosen] = torch.tensor(accuracy(trained.models, test_x, test_y), dtype=torch.float64)
-            diverged[chosen] = torch.tensor(trained.diverged, dtype=torch.float64)
+                                   decay_steps=steps, seeds=[seed], progress=bar)
+            scored = Scored(accuracy(trained.models, test_x, test_y)[0], trained.diverged[0])
+            accs[j], diverged[j] = scored.accuracy, float(scored.diverged)
+            if memo is not None:
+                memo.put(name, seed, scored)
     accs = gather_sum(accs, team).tolist()
     diverged = (gather_sum(diverged, team) > 0).tolist()
     return {name: summarise([accs[j] for j in range(len(jobs)) if jobs[j][0] == name],

@@ -11,15 +11,17 @@ and ``resnet18`` / ``vgg11`` / ``alexnet`` swap the network and keep every other
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rcig.errors import RcigError
-from rcig.evaluation.protocol import ProtocolSettings, evaluate_support
+from rcig.evaluation.protocol import ProtocolSettings, Scored, evaluate_support
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
@@ -54,16 +56,98 @@ SUPPORT_LABELS = {"distilled": "set", "random": "random real", "herding": "herdi
 
 
 def score_grid(supports: dict, archs: tuple[str, ...], base: ProtocolSettings, test_x, test_y, *, flip: bool,
-               progress: bool, team=None) -> dict:
+               progress: bool, team=None, book: ScoreBook | None = None) -> dict:
     """``{support name: {arch: {"no_aug": {...}, "aug": {...}}}}``: every support under every
     architecture's protocol, with the same seeds (each protocol's networks shared over ``team``);
-    the progress names the support (and the architecture, when there are several)."""
+    the progress names the support (and the architecture, when there are several). ``book``:
+    networks scored before are taken from it, and each new one recorded in it."""
     def label(name: str, arch: str) -> str:
         return SUPPORT_LABELS.get(name, name) + (f" ({arch})" if len(archs) > 1 else "")
 
-    return {name: {arch: evaluate_support(images, labels, test_x, test_y, arch_settings(base, arch), flip=flip,
-                                          progress=progress, label=label(name, arch), team=team) for arch in archs}
+    def score(images, labels, arch: str, name: str) -> dict:
+        settings = arch_settings(base, arch)
+        memo = book.memo(images, labels, settings, flip) if book is not None else None
+        return evaluate_support(images, labels, test_x, test_y, settings, flip=flip, progress=progress,
+                                label=label(name, arch), team=team, memo=memo)
+
+    return {name: {arch: score(images, labels, arch, name) for arch in archs}
             for name, (images, labels) in supports.items()}
+
+
+class ScoreBook:
+    """The networks an evaluation has scored so far, kept beside its JSON so that a killed
+    ``rcig eval --json FILE`` run again goes on where it stopped.
+
+    Each rank keeps its own file (``FILE.partial``, and ``FILE.partial.rankR`` for rank R > 0):
+    every network its book read when it was made (from all such files) and each one it has
+    scored since, rewritten atomically after each network. A network is keyed by what decides its score: a
+    digest of its support's images and labels, of the protocol (less the network count, the
+    first seed and the settings, which only choose which networks run), the flip trick, its
+    setting and its seed. So a run with more networks or another first seed reuses the ones
+    it shares, and a changed set or protocol reuses nothing. :meth:`close` removes the files
+    once the scores are written.
+    """
+
+    def __init__(self, json_out: str | os.PathLike, rank: int = 0):
+        self.base = Path(str(json_out) + ".partial")
+        self.path = self.base if rank == 0 else self.base.with_name(f"{self.base.name}.rank{rank}")
+        self.entries: dict[str, dict] = {}
+        for path in sorted(self.base.parent.glob(glob.escape(self.base.name) + "*")):
+            try:
+                self.entries.update(json.loads(path.read_text())["networks"])
+            except (OSError, ValueError, KeyError, TypeError):  # torn or foreign: score those networks again
+                continue
+        self.unwritable: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def memo(self, images, labels, settings: ProtocolSettings, flip: bool) -> "_Memo":
+        """The memo of one support under one protocol (:class:`rcig.evaluation.protocol.ScoreMemo`)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for tensor in (images, labels):
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        protocol = {k: v for k, v in vars(settings).items() if k not in ("n_models", "seed", "settings")}
+        digest.update(json.dumps({"protocol": protocol, "flip": flip}, sort_keys=True, default=list).encode())
+        return _Memo(self, digest.hexdigest()[:32])
+
+    def get(self, key: str) -> Scored | None:
+        entry = self.entries.get(key)
+        return Scored(float(entry["accuracy"]), bool(entry["diverged"])) if entry else None
+
+    def put(self, key: str, scored: Scored) -> None:
+        from rcig.atomic import WriteError, atomic_write_text
+
+        self.entries[key] = {"accuracy": scored.accuracy, "diverged": scored.diverged}
+        if self.unwritable:
+            return
+        try:
+            atomic_write_text(self.path, json.dumps({"networks": self.entries}, indent=1) + "\n")
+        except (OSError, WriteError) as exc:  # progress not recorded: the evaluation itself goes on
+            self.unwritable = str(exc) if isinstance(exc, WriteError) else f"cannot write {self.path}: {exc}"
+            print(f"rcig: warning: the networks scored so far are not recorded ({self.unwritable}); going on, "
+                  "but a killed run would start over", file=sys.stderr)
+
+    def close(self) -> None:
+        """Remove every rank's file (the leader, after the scores are written)."""
+        for path in self.base.parent.glob(glob.escape(self.base.name) + "*"):
+            try:
+                path.unlink()
+            except OSError:  # gone, or not a file of ours
+                pass
+
+
+class _Memo(NamedTuple):
+    book: ScoreBook
+    scope: str  # the digest of a support and its protocol
+
+    def get(self, setting: str, seed: int) -> Scored | None:
+        return self.book.get(f"{self.scope}/{setting}/{seed}")
+
+    def put(self, setting: str, seed: int, scored: Scored) -> None:
+        self.book.put(f"{self.scope}/{setting}/{seed}", scored)
 
 
 def _cell(scores: dict, setting: str) -> str:
@@ -134,6 +218,10 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     team = team or parallel.solo()
     if json_out:
         validate.output_file(json_out, (".json",), "--json")
+    book = ScoreBook(json_out, team.rank) if json_out else None  # read before any rank records (leader_first)
+    if book and progress and team.leader and len(book):
+        print(f"rcig: going on from {book.base}: of the {len(book)} network(s) it records, those of this set and "
+              "protocol are not trained again", file=sys.stderr)
     path = None if isinstance(distilled, DistilledSet) else Path(distilled)
     ds = load(path) if path is not None else distilled
     where = str(path) if path is not None else "the set"
@@ -162,7 +250,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
         supports[name] = baseline_support(prepared, name, len(ds.images) // k, base.seed)
     started = time.perf_counter()
     grid = score_grid(supports, archs, base, prepared.test_images(), prepared.y_test, flip=bool(meta.get("flip")),
-                      progress=progress, team=team)
+                      progress=progress, team=team, book=book)
     seconds = time.perf_counter() - started
     if all(scores["diverged"] and len(scores["diverged"]) == len(scores["accs"])
            for scores in _settings_of(grid["distilled"])):
@@ -183,6 +271,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
         report.update(compare={b: grid[b] for b in baselines}, ranking=ranking)
     if json_out and team.leader:
         write_scores(report, json_out, path)
+        book.close()
     return report
 
 
