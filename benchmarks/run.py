@@ -34,7 +34,9 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   CPU's conv ceiling and the step's fraction of it).
 * ``solvers``: ``benchmarks/solvers.py`` (how close the reference's Adam solves and the
   conjugate-gradient option get to the exact delta* and H^-1 g, and to the exact meta-gradient).
-* ``report``: ``benchmarks/results.json``, ``benchmarks/accuracy_vs_step.png`` and the
+* ``report``: ``benchmarks/results.json``, the figures ``benchmarks/methods.png`` (every
+  method's scores side by side) and ``benchmarks/accuracy_vs_step.png`` (for runs scored
+  along the way, ``--eval-every``) and the
   tables of ``BENCHMARKS.md`` and the results table of ``README.md`` (each between its
   ``<!-- results -->`` markers); the distilled sets and their scores are copied to
   ``distilled/``.
@@ -277,9 +279,14 @@ class Bench:
     def report(self) -> dict:
         results = self.results()
         (ROOT / "benchmarks" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        plot_curves(results, ROOT / "benchmarks" / "accuracy_vs_step.png")
+        figures = []
+        for name, alt, plot in FIGURES:
+            if plot(results, ROOT / "benchmarks" / name):
+                figures.append((name, alt))
+            else:  # nothing to draw: no figure left behind from an older report
+                (ROOT / "benchmarks" / name).unlink(missing_ok=True)
         ship_sets(self, results)
-        write_markdown(results, ROOT / "BENCHMARKS.md", self.args)
+        write_markdown(results, ROOT / "BENCHMARKS.md", self.args, figures)
         write_readme(results, ROOT / "README.md")
         print(f"wrote {ROOT / 'benchmarks' / 'results.json'} and {ROOT / 'BENCHMARKS.md'}")
         return results
@@ -331,13 +338,63 @@ def machine() -> dict:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
 
 
-def plot_curves(results: dict, path: Path) -> None:
-    """Accuracy with augmentation against outer steps, one line per ipc: the run's periodic
-    one-network scores, then the final set's (mean over the eval's networks)."""
-    rows = {ipc: row for ipc, row in results[DATASET].items()
-            if row.get("curve") or (row.get("distilled") or {}).get("aug")}
+# Each method's name in figures and its colour.
+METHOD_STYLE = {"random": ("random real", "#9e9e9e"), "herding": ("herding", "#8d6e63"),
+                "dm": ("DM", "#5c6bc0"), "distilled": ("RCIG", "#e53935")}
+
+
+def plot_methods(results: dict, path: Path) -> bool:
+    """Every method's score side by side, one panel per setting (without / with augmentation):
+    per ipc a bar per method that was scored (mean over its networks, the spread as an error
+    bar, the mean above it and the network count at its foot). Returns whether there was anything to draw."""
+    rows = results[DATASET]
+    scored = [m for m in METHODS if any((row.get(m) or {}).get(s) for row in rows.values() for s in ("no_aug", "aug"))]
+    if not scored:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ipcs = list(rows)
+    width = 0.8 / len(scored)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), dpi=120, sharey=True)
+    for ax, (setting, title) in zip(axes, (("no_aug", "trained without augmentation"),
+                                           ("aug", "trained with augmentation"))):
+        for k, method in enumerate(scored):
+            name, colour = METHOD_STYLE[method]
+            for i, ipc in enumerate(ipcs):
+                s = (rows[ipc].get(method) or {}).get(setting)
+                if not s:
+                    continue
+                x = i + (k - (len(scored) - 1) / 2) * width
+                ax.bar(x, 100 * s["mean"], width, yerr=100 * s["std"] if len(s["accs"]) > 1 else None,
+                       color=colour, label=name if i == next(j for j, q in enumerate(ipcs)
+                                                             if (rows[q].get(method) or {}).get(setting)) else None)
+                ax.text(x, 1, f"{len(s['accs'])}", ha="center", va="bottom", fontsize=7, color="white")
+                ax.text(x, 100 * (s["mean"] + s["std"]) + 1, f"{100 * s['mean']:.1f}", ha="center", va="bottom",
+                        fontsize=7)
+        ax.set_xticks(range(len(ipcs)), [f"{ipc} ipc" for ipc in ipcs])
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylim(0, 100)
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle("Fashion-MNIST: each method's set, scored by the same protocol (networks on the bars)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def plot_curves(results: dict, path: Path) -> bool:
+    """Accuracy with augmentation against outer steps, one line per ipc whose run was scored
+    along the way (its periodic one-network scores, then the final set's mean over the eval's
+    networks). Returns whether any run had such a curve."""
+    rows = {ipc: row for ipc, row in results[DATASET].items() if row.get("curve")}
     if not rows:
-        return
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,6 +420,12 @@ def plot_curves(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return True
+
+
+# The report's figures: file in benchmarks/, its alt text, the function that draws it.
+FIGURES = [("methods.png", "every method's score at each ipc, without and with augmentation", plot_methods),
+           ("accuracy_vs_step.png", "accuracy with augmentation against outer steps", plot_curves)]
 
 
 def ship_sets(bench: Bench, results: dict) -> None:
@@ -434,7 +497,10 @@ def fmt(score: dict | None, setting: str) -> str:
     return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} ({len(s['accs'])})"
 
 
-def write_markdown(results: dict, path: Path, args) -> None:
+def write_markdown(results: dict, path: Path, args, figures: list[tuple[str, str]] = ()) -> None:
+    """The results section of BENCHMARKS.md: the scores table, how each set was made, the
+    full training set, speed and solvers, the sources, then ``figures`` ((file in
+    benchmarks/, alt text) each)."""
     sources = Sources()
 
     def cell(piece: dict | None, setting: str) -> str:
@@ -507,6 +573,7 @@ def write_markdown(results: dict, path: Path, args) -> None:
     lines += [f"* {line}" for line in sources.legend()] or ["* not recorded"]
     lines += ["", f"Report written {m['date']} on {m['cpu']}, {m['cores']} cores, torch {m['torch']}, "
                   f"Python {m['python']}."]
+    lines += [line for name, alt in figures for line in ("", f"![{alt}](benchmarks/{name})")]
     write_section(path, "\n".join(lines), SECTION)
 
 

@@ -342,3 +342,18 @@ def test_the_readme_table_is_written_from_the_results(bench, tmp_path):
     bench.write_readme(res, path)
     assert "| random real | herding | DM | paper (GPU) |" in path.read_text() and "| 60.0 / 62.0 (1) | 79.8 |" in \
         path.read_text()
+
+
+def test_the_report_draws_each_methods_scores_and_a_curve_only_for_runs_scored_along_the_way(bench, tmp_path):
+    res = results({"aug": score(0.8)})
+    res["fashion_mnist"]["1"]["dm"] = {"no_aug": score(0.65)}
+    assert bench.plot_methods(res, tmp_path / "methods.png") and (tmp_path / "methods.png").stat().st_size > 0
+    assert not bench.plot_curves(res, tmp_path / "curves.png") and not (tmp_path / "curves.png").exists()
+    res["fashion_mnist"]["1"]["curve"] = [{"iter": 100, "aug": 0.5}]
+    assert bench.plot_curves(res, tmp_path / "curves.png")
+    nothing = {"fashion_mnist": {"1": {m: None for m in bench.METHODS}}}
+    assert not bench.plot_methods(nothing, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    path = tmp_path / "B.md"
+    path.write_text("<!-- results -->\n<!-- /results -->\n")
+    bench.write_markdown(res, path, None, [("methods.png", "scores")])
+    assert "![scores](benchmarks/methods.png)\n<!-- /results -->" in path.read_text()
