@@ -23,6 +23,23 @@ def test_plain_lines_in_a_file_one_per_update_without_carriage_returns():
     assert " left" in lines[1] and " left" not in lines[3]  # the time left, until the end
 
 
+def test_a_budget_says_its_time_left_where_it_ends_the_loop_first():
+    import time
+
+    def last_line(total, budget_seconds):
+        stream = io.StringIO()
+        with Progress(total, "rcig dm", "iter", interval=0, stream=stream,
+                      deadline=time.perf_counter() + budget_seconds) as bar:
+            time.sleep(0.05)
+            bar.update(1)
+        return stream.getvalue().splitlines()[-1]
+
+    assert "left in the budget" in last_line(None, 600)  # no count: the budget ends it
+    assert "left in the budget" in last_line(10 ** 6, 600)  # a count it will not reach
+    line = last_line(3, 10 ** 6)  # a count reached long before the budget's end
+    assert " left" in line and "budget" not in line
+
+
 def test_plain_lines_at_intervals_and_a_last_one():
     stream = io.StringIO()
     with Progress(1000, "evaluate", interval=3600, stream=stream) as bar:

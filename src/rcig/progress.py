@@ -7,6 +7,11 @@ end, with no carriage-return frames::
 
     12:03:04 rcig digits ipc=1: step 7/50 (14%)  loss 0.412  outer-batch acc 0.300  5.3 s/step  3m48s left  (37s)
 
+A loop under a wall-clock budget (``deadline``) says the budget's time left where the budget
+ends it before its count would, and where it has no count::
+
+    12:03:04 rcig fashion_mnist ipc=1: step 701  loss 0.703  1.8 s/step  1h37m left in the budget  (21m21s)
+
 Disabled (``enabled=False``, what ``--quiet`` and ``progress=False`` give), it shows nothing
 but still passes :meth:`Progress.write` lines on unless they are ``info`` (warnings always
 reach the user).
@@ -46,7 +51,8 @@ def format_count(n: float, unit: str) -> str:
 class Progress:
     """A running count of ``unit`` out of ``total`` (None: unknown) with named fields; options:
     ``initial`` (the count to start from), ``interval`` (seconds between plain lines),
-    ``stream`` (default stderr), ``transient`` (a bar that disappears when done).
+    ``stream`` (default stderr), ``transient`` (a bar that disappears when done), ``deadline``
+    (a ``time.perf_counter()`` at which a budget ends the loop; None: no budget).
 
     ``update(n, **fields)`` advances the count and sets fields shown beside it (a field set
     to None is dropped); ``write(line)`` prints a line without breaking the bar; ``close()``
@@ -55,8 +61,9 @@ class Progress:
 
     def __init__(self, total: int | None, desc: str, unit: str = "step", *, enabled: bool = True,
                  initial: int = 0, interval: float = PLAIN_INTERVAL, stream: TextIO | None = None,
-                 transient: bool = False):
+                 transient: bool = False, deadline: float | None = None):
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+        self.deadline = deadline
         self.n = self.first = initial
         self.interval = interval
         self.fields: dict[str, str] = {}
@@ -76,7 +83,9 @@ class Progress:
         self.n += n
         self.set_fields(fields)
         if self.bar is not None:
-            if fields:
+            if self.deadline is not None:
+                self.fields["budget left"] = format_duration(self.deadline - time.perf_counter())
+            if fields or self.deadline is not None:
                 self.bar.set_postfix(self.fields, refresh=False)
             self.bar.update(n)
         elif self.enabled:
@@ -112,8 +121,12 @@ class Progress:
         if done > 0 and self.unit != "B":
             per_unit = (now - self.started) / done
             words.append(format_rate(per_unit, self.unit))
-            if self.total and self.n < self.total:
-                words.append(f"{format_duration(per_unit * (self.total - self.n))} left")
+            counted = per_unit * (self.total - self.n) if self.total and self.n < self.total else None
+            budget = self.deadline - now if self.deadline is not None else None
+            if budget is not None and (counted is None or budget < counted):
+                words.append(f"{format_duration(budget)} left in the budget")
+            elif counted is not None:
+                words.append(f"{format_duration(counted)} left")
         words.append(f"({format_duration(now - self.started)})")
         return "  ".join(words)
 

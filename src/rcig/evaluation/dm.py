@@ -149,7 +149,8 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     state = DMState(images, torch.zeros_like(images), 0)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    bar = Progress(settings.iterations, f"rcig dm {prepared.dataset.spec} ipc={ipc}", "iter", enabled=progress)
+    bar = Progress(settings.iterations, f"rcig dm {prepared.dataset.spec} ipc={ipc}", "iter", enabled=progress,
+                   deadline=began + 60 * max_minutes if max_minutes is not None else None)
     loop_started = time.perf_counter()
     with bar:
         while state.iteration < settings.iterations:

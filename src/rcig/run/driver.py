@@ -308,8 +308,9 @@ def run_loop(distiller: Distiller, state: RunState, run: Run, folder: RunFolder,
                              False).interrupted:  # a signal during the setup: its checkpoint is on disk
         raise interrupted(stopper, folder, f"at iteration {state.iteration}, its checkpoint saved")
     total = None if cfg.steps == UNTIL_BUDGET else cfg.steps  # a budgeted run: a count, no percentage
+    deadline = loop.began + 60 * loop.max_minutes if loop.max_minutes is not None else None
     bar = Progress(total, f"rcig {run.identity['dataset']} ipc={run.ipc}", "step", enabled=loop.progress,
-                   initial=state.iteration, interval=0)  # a plain line per step: steps take seconds
+                   initial=state.iteration, interval=0, deadline=deadline)  # a plain line per step: steps take seconds
     with bar:
         while state.iteration < cfg.steps:
             before = state.to_dict()  # references, no copies: a step replaces the state's parts
