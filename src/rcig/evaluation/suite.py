@@ -80,12 +80,12 @@ class ScoreBook:
 
     Each rank keeps its own file (``FILE.partial``, and ``FILE.partial.rankR`` for rank R > 0):
     every network its book read when it was made (from all such files) and each one it has
-    scored since, rewritten atomically after each network. A network is keyed by what decides its score: a
-    digest of its support's images and labels, of the protocol (less the network count, the
-    first seed and the settings, which only choose which networks run), the flip trick, its
-    setting and its seed. So a run with more networks or another first seed reuses the ones
-    it shares, and a changed set or protocol reuses nothing. :meth:`close` removes the files
-    once the scores are written.
+    scored since, rewritten atomically after each network. A network is keyed by what decides
+    its score: a digest of its support's images and labels, of the protocol (less the network
+    count, the first seed and the settings, which only choose which networks run) and of the
+    flip trick, then its setting and its seed. So a run with more networks or another first
+    seed reuses the ones it shares, and a changed set or protocol reuses nothing. :meth:`close`
+    removes the files once the scores are written.
     """
 
     def __init__(self, json_out: str | os.PathLike, rank: int = 0):
@@ -114,8 +114,11 @@ class ScoreBook:
         return _Memo(self, digest.hexdigest()[:32])
 
     def get(self, key: str) -> Scored | None:
-        entry = self.entries.get(key)
-        return Scored(float(entry["accuracy"]), bool(entry["diverged"])) if entry else None
+        try:
+            entry = self.entries[key]
+            return Scored(float(entry["accuracy"]), bool(entry["diverged"]))
+        except (KeyError, TypeError, ValueError):  # not scored, or not an entry of ours: score it
+            return None
 
     def put(self, key: str, scored: Scored) -> None:
         from rcig.atomic import WriteError, atomic_write_text
