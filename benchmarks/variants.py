@@ -45,7 +45,8 @@ The variants (``B`` = ``--boost-steps``, ``A`` = ``--anneal-step``):
 * ``fast_lr10x``: the boost starts at 10x instead of 3x (still decaying over 300 steps).
 * ``fast_w64``, ``fast_w96``: a narrower distillation network (64 / 96 channels per layer, a
   convolution about 4x / 1.8x cheaper); scored, like every variant, on the protocol's width 128.
-  ``fast_w64`` is ``--preset fast`` at 1 ipc.
+  ``fast_w64`` is ``--preset fast`` at 1 ipc. ``fast_w32``, ``fast_w48``: narrower still (a
+  convolution about 16x / 7x cheaper than width 128; the step's other parts do not shrink).
 * ``fast_tb128``: 128 target images per meta-gradient instead of 256.
 * ``fast_pool4``: a used pool network trains 1-4 steps instead of 1-16 (``n_max_steps_pool``).
 * ``fast_cg3``: 3 conjugate-gradient iterations per solve instead of 5.
@@ -111,7 +112,7 @@ FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_ste
 BASES = {"faithful": {}, "tb256_cg5": FAST, "fast_herding_lr3x": FAST_1IPC}  # the report's "change" column starts here
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
-         "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_tb128", "fast_pool4",
+         "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_w32", "fast_w48", "fast_tb128", "fast_pool4",
          "fast_cg3", "fast_ema995", "fast_anneal")
 ANNEAL_STEP = 870  # fast_anneal's default end of the anneal: about 120 CPU minutes of fast at 1 ipc
 
@@ -142,6 +143,8 @@ def variant_overrides(boost_steps: int, anneal_step: int = ANNEAL_STEP) -> dict[
         "fast_lr10x": {**FAST_1IPC, "proto_lr_boost": 10},
         "fast_w64": {**FAST_1IPC, "width": 64},
         "fast_w96": {**FAST_1IPC, "width": 96},
+        "fast_w32": {**FAST_1IPC, "width": 32},
+        "fast_w48": {**FAST_1IPC, "width": 48},
         "fast_tb128": {**FAST_1IPC, "target_batch_size": 128},
         "fast_pool4": {**FAST_1IPC, "n_max_steps_pool": 4},
         "fast_cg3": {**FAST_1IPC, "n_inner_steps": 3, "n_hinv_steps": 3},
