@@ -1,6 +1,7 @@
 """Progress output: plain lines in a file or pipe, nothing but warnings when disabled."""
 
 import io
+import time
 
 from rcig.progress import Progress, format_duration, format_rate
 
@@ -24,8 +25,6 @@ def test_plain_lines_in_a_file_one_per_update_without_carriage_returns():
 
 
 def test_a_budget_says_its_time_left_where_it_ends_the_loop_first():
-    import time
-
     def last_line(total, budget_seconds):
         stream = io.StringIO()
         with Progress(total, "rcig dm", "iter", interval=0, stream=stream,
@@ -63,6 +62,10 @@ def test_a_terminal_gets_a_bar():
     with Progress(3, "evaluate", stream=stream) as bar:
         bar.update(3)
     assert "\r" in stream.getvalue() and "3/3" in stream.getvalue()
+    stream = Terminal()
+    with Progress(None, "rcig digits ipc=1", stream=stream, deadline=time.perf_counter() + 90) as bar:
+        bar.update(1, loss="0.5")
+    assert "budget left=1m" in stream.getvalue() and "loss=0.5" in stream.getvalue()
 
 
 def test_formats():
