@@ -19,6 +19,8 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   ``--models`` networks per setting, with and without augmentation. The DM set is made by
   ``rcig baseline --method dm`` with the distillation's wall-clock budget (``--minutes``, the
   same threads), its cost (iterations, wall and CPU seconds) kept in its piece as ``made``.
+  A killed DM run, or a killed eval, goes on from the progress it keeps beside its output
+  when the piece runs again.
   ``--more-networks`` adds ``--models`` networks to each cached eval (the next seeds) and
   pools the scores, so a slow eval can be grown a network at a time.
 * ``--adopt IPC=RUN_DIR``: ``distill_<ipc>`` taken from a run made outside this script

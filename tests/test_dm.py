@@ -163,6 +163,55 @@ def test_rcig_baseline_dm_records_method_iterations_and_cost(tmp_path, capsys):
     assert ds.meta["cost"]["cpu_seconds"] > 0 and ds.meta["cost"]["seconds"] > 0
 
 
+class Killed(Exception):
+    pass
+
+
+def test_a_run_gone_on_from_its_progress_is_the_run_never_stopped(digits):
+    settings = TINY_DM._replace(iterations=6)
+    whole = dm(digits, 1, 2, settings)
+    kept = []
+
+    def keep_then_die(progress):
+        kept.append(progress)
+        if progress.state.iteration == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        dm(digits, 1, 2, settings, keep=keep_then_die, keep_every=0)
+    assert [p.state.iteration for p in kept] == [1, 2, 3]
+    went_on = dm(digits, 1, 2, settings, start=kept[-1])
+    assert torch.equal(went_on.images, whole.images) and went_on.losses == whole.losses and went_on.iterations == 6
+
+
+def test_rcig_baseline_dm_goes_on_after_a_kill_and_refuses_another_runs_progress(tmp_path, capsys, monkeypatch):
+    import rcig.evaluation.dm as dm_module
+
+    straight = tmp_path / "straight.safetensors"
+    assert run(["baseline", "--method", "dm", "--steps", "4", "--out", straight], capsys)[0] == 0
+    out = tmp_path / "dm.safetensors"
+    real_step, calls = dm_module.dm_step, []
+
+    def dies_at_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a signal: the process ends, its progress file stays
+        return real_step(*args)
+
+    monkeypatch.setattr(dm_module, "KEEP_EVERY", 0.0)
+    monkeypatch.setattr(dm_module, "dm_step", dies_at_the_third)
+    assert run(["baseline", "--method", "dm", "--steps", "4", "--out", out], capsys)[0] != 0
+    partial = tmp_path / "dm.safetensors.partial.pt"
+    assert partial.exists() and not out.exists()
+    monkeypatch.setattr(dm_module, "dm_step", real_step)
+    code, _, err = run(["baseline", "--method", "dm", "--steps", "4", "--seed", "1", "--out", out], capsys)
+    assert code == 2 and "holds an unfinished DM run with another seed" in err and partial.exists()
+    code, said, err = run(["baseline", "--method", "dm", "--steps", "4", "--out", out], capsys)
+    assert code == 0 and "going on from" in err and "iteration 2" in err and "4 iterations" in said
+    assert torch.equal(load(out).images, load(straight).images) and not partial.exists()
+    assert load(out).meta["dm"]["iterations"] == 4
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "random", "--steps", "3"], "apply to --method dm"),
     (["--method", "herding", "--max-minutes", "1"], "apply to --method dm"),

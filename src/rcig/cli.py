@@ -158,19 +158,22 @@ def cmd_distill(args) -> None:
 
 def cmd_baseline(args) -> None:
     from rcig import validate
-    from rcig.evaluation.baselines import baseline_set
+    from rcig.evaluation.baselines import DMFile, baseline_set
     from rcig.io import save
 
     out = Path(args.out or f"{RUNS}/{slug(args.dataset)}_{args.method}_ipc{args.ipc}.safetensors")
     validate.output_file(out, SET_SUFFIXES, "--out")
     refuse_existing(out, args.force)
     team = parallel.join(args.device)  # under torchrun: every rank computes, the leader writes
+    dm = args.method == "dm"  # a long run: it keeps its progress beside the set, and goes on from there
     ds = baseline_set(args.dataset, args.ipc, method=args.method, seed=args.seed, data_dir=args.data_dir,
                       device=team.device, steps=args.steps, max_minutes=args.max_minutes,
-                      progress=team.leader and not args.quiet)
+                      progress=team.leader and not args.quiet, keep_beside=out if dm else None, keeps=team.leader)
     if not team.leader:
         return
     save(ds, out)
+    if dm:
+        DMFile.beside(out).unlink(missing_ok=True)
     cost = ds.meta["cost"]
     steps = ds.meta["dm"]["iterations"] if args.method == "dm" else 0
     done = f", {steps} iteration{'s' * (steps != 1)}" if args.method == "dm" else ""
@@ -386,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, metavar="N", help="dm: iterations (default: 20000, the paper's)")
     p.add_argument("--max-minutes", type=positive_minutes, metavar="MIN",
                    help="dm: wall-clock budget, data loading included: no iteration starts that would end past it "
-                   "(at least one runs)")
+                   "(at least one runs). dm keeps its progress in OUT.partial.pt about once a minute: the same "
+                   "command run again after a kill goes on from there, with the budget that is left")
     p.add_argument("--seed", type=seed_int, default=0, metavar="SEED", help="random seed")
     p.add_argument("--out", metavar="FILE", help=f"output file, .safetensors or .npz (default: "
                    f"{RUNS}/<dataset>_<method>_ipc<N>.safetensors)")

@@ -14,14 +14,17 @@
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from rcig.config import depth_for_image_size, paper_preset
 from rcig.data.sampling import centred_one_hot, herding_per_class, sample_per_class
-from rcig.evaluation.dm import DMResult, DMSettings, distribution_matching
+from rcig.evaluation.dm import DMProgress, DMResult, DMSettings, DMState, distribution_matching
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
@@ -49,12 +52,62 @@ def herding(prepared, ipc: int, seed: int, depth: int | None = None,
 
 
 def dm(prepared, ipc: int, seed: int, settings: DMSettings = DMSettings(), *, max_minutes: float | None = None,
-       began: float | None = None, progress: bool = False, device: torch.device = torch.device("cpu")) -> DMResult:
-    """Distribution Matching (:func:`rcig.evaluation.dm.distribution_matching`) from the random-real
-    images of ``seed`` and their centred one-hot labels, ``ipc`` per class, class-ordered."""
+       began: float | None = None, progress: bool = False, device: torch.device = torch.device("cpu"),
+       **going_on) -> DMResult:
+    """Distribution Matching (:func:`rcig.evaluation.dm.distribution_matching`, which takes
+    ``going_on``: start, keep, keep_every) from the random-real images of ``seed`` and their
+    centred one-hot labels, ``ipc`` per class, class-ordered."""
     images, labels = random_real(prepared, ipc, seed)
     return distribution_matching(prepared, images, labels, seed, settings, max_minutes=max_minutes, began=began,
-                                 progress=progress, device=device)
+                                 progress=progress, device=device, **going_on)
+
+
+class DMFile:
+    """The file in which ``rcig baseline --method dm`` keeps its progress (``OUT.partial.pt``),
+    so that the same command run again after a kill goes on where the file stands, with the
+    budget that is left; removed once the set is written. It holds the run's identity (dataset,
+    ipc, seed, DM's settings but the iteration count), a :class:`DMProgress` and the CPU
+    seconds spent, saved with ``torch.save`` and read back with ``weights_only=True``."""
+
+    def __init__(self, out: str | Path, identity: dict):
+        self.path = self.beside(out)
+        self.identity = json.dumps(identity, sort_keys=True)
+
+    @staticmethod
+    def beside(out: str | Path) -> Path:
+        """The progress file of the set ``out``."""
+        return Path(str(out) + ".partial.pt")
+
+    def load(self) -> tuple[DMProgress, float] | None:
+        """(the progress, the CPU seconds spent) kept by an earlier call of this run, or None."""
+        from rcig.errors import RcigError
+
+        if not self.path.exists():
+            return None
+        try:
+            saved = torch.load(self.path, weights_only=True, map_location="cpu")
+            kept = json.loads(saved["identity"])
+        except Exception as exc:  # noqa: BLE001 - torn, or not ours: say so, do not guess
+            raise RcigError(f"{self.path} is not a DM run's progress ({type(exc).__name__}); delete it to start "
+                            "over") from None
+        if saved["identity"] != self.identity:
+            wanted = json.loads(self.identity)
+            changed = sorted(k for k in set(kept) | set(wanted) if kept.get(k) != wanted.get(k))
+            raise RcigError(f"{self.path} holds an unfinished DM run with another {', '.join(changed)}; run that "
+                            "command again to finish it, or delete the file to start over")
+        state = DMState(saved["images"], saved["velocity"], int(saved["iteration"]))
+        progress = DMProgress(state, saved["generator"], saved["losses"].tolist(), float(saved["seconds"]))
+        return progress, float(saved["cpu_seconds"])
+
+    def save(self, progress: DMProgress, cpu_seconds: float) -> None:
+        from rcig.atomic import atomic_write
+
+        data = {"identity": self.identity, "images": progress.state.images.detach().cpu(),
+                "velocity": progress.state.velocity.detach().cpu(), "iteration": progress.state.iteration,
+                "generator": progress.generator, "losses": torch.tensor(progress.losses, dtype=torch.float64),
+                "seconds": progress.seconds, "cpu_seconds": cpu_seconds}
+        atomic_write(self.path, lambda fh: torch.save(data, fh))
+
 
 
 def baseline_support(prepared, method: str, ipc: int, seed: int,
@@ -74,12 +127,18 @@ def baseline_support(prepared, method: str, ipc: int, seed: int,
 
 def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str | None = None,
                  device: str = "cpu", steps: int | None = None, max_minutes: float | None = None,
-                 progress: bool = False) -> DistilledSet:
+                 progress: bool = False, keep_beside: str | Path | None = None,
+                 keeps: bool = True) -> DistilledSet:
     """A ``BASELINES`` set of ``ipc`` images per class of dataset ``spec``, with the protocol of
     the paper's preset for its shape, computed on ``device``; its meta records ``cost`` (wall
-    and CPU seconds of this call). DM (``method="dm"``) runs ``steps`` iterations (None: the
-    paper's) or until ``max_minutes`` of this call have passed, records them under ``dm`` and
-    embeds with the paper's ConvNet at the protocol's depth; the others take neither."""
+    and CPU seconds). DM (``method="dm"``) runs ``steps`` iterations (None: the paper's) or
+    until ``max_minutes`` have passed, records them under ``dm`` and embeds with the paper's
+    ConvNet at the protocol's depth; the others take neither.
+
+    ``keep_beside`` (DM only; the set's output path): go on from the :class:`DMFile` beside
+    it if an earlier call left one (its time and cost counted in, the budget too), and, when
+    ``keeps``, keep the progress there about once a minute (the caller removes it once the
+    set is written)."""
     from rcig import parallel, validate
     from rcig.data import prepare
     from rcig.errors import RcigError
@@ -101,13 +160,31 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
         settings = DMSettings(depth=protocol["depth"])
         settings = settings._replace(iterations=steps) if steps is not None else settings
         validate.network_fits("conv", channels, size, settings.depth, prepared.dataset.spec)
-        result = dm(prepared, ipc, seed, settings, max_minutes=max_minutes, began=began, progress=progress, device=on)
+        going_on, before = {}, {"seconds": 0.0, "cpu_seconds": 0.0}
+        if keep_beside is not None:
+            identity = {"dataset": prepared.dataset.spec, "ipc": ipc, "seed": seed,
+                        **{k: list(v) if isinstance(v, tuple) else v for k, v in settings._asdict().items()
+                           if k != "iterations"}}
+            kept = DMFile(keep_beside, identity)
+            loaded = kept.load()
+            if loaded is not None:
+                going_on["start"], before["cpu_seconds"] = loaded
+                before["seconds"] = going_on["start"].seconds
+                if progress:
+                    print(f"rcig: going on from {kept.path}: iteration {going_on['start'].state.iteration}, "
+                          f"{before['seconds'] / 60:.1f} min spent", file=sys.stderr)
+            if keeps:
+                going_on["keep"] = lambda p: kept.save(p, before["cpu_seconds"] + clock.total()["cpu_seconds"])
+        result = dm(prepared, ipc, seed, settings, max_minutes=max_minutes, began=began, progress=progress, device=on,
+                    **going_on)
         images, labels = result.images, result.labels
         # iterations done (and asked for), the budget, the last loss, the hyperparameters
         extra["dm"] = {**settings._asdict(), "iterations": result.iterations, "max_iterations": settings.iterations,
                        "max_minutes": max_minutes, "final_loss": result.losses[-1],
                        "augmentations": list(settings.augmentations)}
+        cost = {k: round(v + before[k], 3) for k, v in clock.total().items()}  # earlier calls' included
     else:
         images, labels = baseline_support(prepared, method, ipc, seed, device=on)
+        cost = clock.total()
     return make_set(prepared, images, labels, ipc=ipc, method=method, seed=seed, flip=False, protocol=protocol,
-                    cost=clock.total(), **extra)
+                    cost=cost, **extra)

@@ -46,6 +46,9 @@ from rcig.config import AUGMENTATIONS
 from rcig.models import build_model
 
 
+KEEP_EVERY = 60.0  # wall seconds between two hand-overs of a run's progress to be stored
+
+
 class DMSettings(NamedTuple):
     """DM's hyperparameters and its embedding network's shape, the paper's."""
 
@@ -70,6 +73,15 @@ class DMResult(NamedTuple):
     labels: torch.Tensor    # (C * ipc, C) centred one-hot
     iterations: int         # steps taken (the budget may stop before DMSettings.iterations)
     losses: list[float]     # L(S) before each step
+
+
+class DMProgress(NamedTuple):
+    """Where a DM run stands: enough to go on exactly as if it had not stopped."""
+
+    state: DMState
+    generator: torch.Tensor  # the draws' generator state
+    losses: list[float]      # L(S) before each step so far
+    seconds: float           # wall seconds the run has spent so far (a call going on counts them in its budget)
 
 
 def matching_loss(embed: Callable[[torch.Tensor], torch.Tensor], real: Sequence[torch.Tensor],
@@ -125,7 +137,9 @@ def dm_step(state: DMState, pools: Sequence[torch.Tensor], settings: DMSettings,
 def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, seed: int,
                           settings: DMSettings = DMSettings(), *, max_minutes: float | None = None,
                           began: float | None = None, progress: bool = False,
-                          device: torch.device = torch.device("cpu")) -> DMResult:
+                          device: torch.device = torch.device("cpu"), start: DMProgress | None = None,
+                          keep: Callable[[DMProgress], None] | None = None, keep_every: float | None = None,
+                          ) -> DMResult:
     """DM's synthetic set grown from ``images`` (C * ipc, ch, H, W), class-ordered, with hard
     ``labels`` (C * ipc, C), on the training images of ``prepared`` (a rcig.data.Prepared).
 
@@ -133,6 +147,11 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     counted from ``began`` (a ``time.perf_counter()``; None: this call's start): no step starts
     that would end past it, at the mean step time so far (:func:`rcig.timing.past_budget`);
     at least one runs. Seeded: every draw comes from one generator of ``seed``.
+
+    ``start``: go on from a run's :class:`DMProgress` (``images`` then only give the shapes),
+    its seconds counted against the budget; the result is the uninterrupted run's. ``keep``
+    receives the progress after a step at most every ``keep_every`` wall seconds (None:
+    ``KEEP_EVERY``; 0: after every step), for the caller to store.
     """
     from rcig.data.sampling import class_members
     from rcig.progress import Progress
@@ -149,18 +168,27 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     state = DMState(images, torch.zeros_like(images), 0)
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    if start is not None:
+        state = DMState(start.state.images.to(device), start.state.velocity.to(device), start.state.iteration)
+        generator.set_state(start.generator)
+        losses, began = list(start.losses), began - start.seconds  # the budget counts the time already spent
     bar = Progress(settings.iterations, f"rcig dm {prepared.dataset.spec} ipc={ipc}", "iter", enabled=progress,
-                   deadline=began + 60 * max_minutes if max_minutes is not None else None)
-    loop_started = time.perf_counter()
+                   initial=state.iteration, deadline=began + 60 * max_minutes if max_minutes is not None else None)
+    loop_started = last_kept = time.perf_counter()
+    first = state.iteration
     with bar:
         while state.iteration < settings.iterations:
             state, loss = dm_step(state, pools, settings, generator)
             losses.append(loss)
             bar.update(1, loss=f"{loss:.4g}")
-            if past_budget(max_minutes, began, loop_started, time.perf_counter(), state.iteration):
+            now = time.perf_counter()
+            if keep is not None and now - last_kept >= (KEEP_EVERY if keep_every is None else keep_every):
+                keep(DMProgress(state, generator.get_state(), losses, now - began))
+                last_kept = now
+            if past_budget(max_minutes, began, loop_started, now, state.iteration - first):
                 break
     return DMResult(state.images.detach(), labels.to(device), state.iteration, losses)
 
 
-__all__ = ["DMResult", "DMSettings", "DMState", "distribution_matching", "dm_step", "embedding_network",
+__all__ = ["DMProgress", "DMResult", "DMSettings", "DMState", "distribution_matching", "dm_step", "embedding_network",
            "matching_loss"]
