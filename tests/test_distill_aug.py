@@ -1,6 +1,7 @@
 """Augmentation during distillation (aug, aug_repeats) and the support's learning-rate schedule
 (the boost and the anneal)."""
 
+import json
 import math
 
 import pytest
@@ -240,10 +241,11 @@ def test_the_explicit_off_settings_are_the_defaults():
     ({"proto_lr_boost_steps": -1}, "proto_lr_boost_steps must be a non-negative integer"),
     ({"proto_lr_final": 0.0, "proto_lr_final_step": 10}, "proto_lr_final must be in \\(0, 1\\]"),
     ({"proto_lr_final": 1.5, "proto_lr_final_step": 10}, "proto_lr_final must be in \\(0, 1\\]"),
-    ({"proto_lr_final": 0.1}, "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps"),
     ({"proto_lr_final": 0.1, "proto_lr_boost": 3, "proto_lr_boost_steps": 300, "proto_lr_final_step": 300},
      "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps"),
     ({"proto_lr_final_step": -1}, "proto_lr_final_step must be a non-negative integer"),
+    ({"proto_lr_final": 0.1, "proto_lr_boost": 3, "proto_lr_boost_steps": 300, "proto_lr_final_step": 200},
+     "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps"),
 ])
 def test_bad_settings_are_one_line_errors(values, message):
     with pytest.raises(RcigError, match=message):
@@ -326,6 +328,36 @@ def test_an_annealed_run_extended_by_resume_is_the_run_given_all_its_steps(tmp_p
     distill("digits", 1, steps=2, seed=1, overrides=overrides, out=out, keep_checkpoint=True, progress=False)
     extended = distill(out=out, resume=True, steps=4, progress=False)
     assert torch.equal(whole.images, extended.images) and torch.equal(whole.labels, extended.labels)
+
+
+def test_an_anneal_left_to_the_run_ends_at_its_last_step(tmp_path):
+    """``proto_lr_final_step`` 0: a run of 12 steps anneals to f at step 12, bit for bit the run
+    told step 12; under a budget the end is projected after the first steps (here the budget
+    is ample, so the step count bounds it), fixed in the checkpoint, and the run is the same."""
+    boost = {**TINY, "proto_lr_boost": 2.0, "proto_lr_boost_steps": 10, "proto_lr_final": 0.25}
+    told = distill("digits", 1, steps=12, seed=1, overrides={**boost, "proto_lr_final_step": 12}, progress=False)
+    counted = distill("digits", 1, steps=12, seed=1, overrides={**boost, "proto_lr_final_step": 0}, progress=False)
+    out = tmp_path / "budgeted"
+    budgeted = distill("digits", 1, steps=12, seed=1, overrides={**boost, "proto_lr_final_step": 0}, out=out,
+                       max_minutes=60, keep_checkpoint=True, progress=False)
+    for run in (counted, budgeted):
+        assert torch.equal(told.images, run.images) and torch.equal(told.labels, run.labels)
+    assert torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["anneal_end"] == 12
+    rates = [r["proto_lr"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "proto_lr" in r]
+    assert rates[-1] == pytest.approx(0.25 * Config(**TINY).proto_lr) and rates[-2] > rates[-1]
+
+
+def test_a_budget_projects_the_anneals_end_from_the_mean_step():
+    from rcig.run.driver import UNTIL_BUDGET, budget_end
+    from rcig.timing import projected_last_step
+
+    assert projected_last_step(10, 10, 20.0, 600.0) == 310  # 2 s a step, 600 s left: 300 more
+    assert projected_last_step(10, 10, 20.0, 1.0) == 10 and projected_last_step(10, 10, 20.0, -5.0) == 10
+    cfg = Config(proto_lr_boost=3.0, proto_lr_boost_steps=300, proto_lr_final=0.1, steps=UNTIL_BUDGET)
+    assert budget_end(cfg, 10, 10, 20.0, 1200.0) == 610
+    assert budget_end(cfg, 10, 10, 20.0, 60.0) == 301  # a budget that ends in the boost: no anneal within it
+    assert budget_end(cfg.replace(steps=400), 10, 10, 20.0, 1200.0) == 400  # a step count bounds it
+    assert budget_end(cfg.replace(proto_lr_boost=1.0, proto_lr_boost_steps=0), 10, 10, 20.0, 0.0) == 11
 
 
 @pytest.mark.parametrize("schedule, factor", [({"proto_lr_boost": 3.0, "proto_lr_boost_steps": 10}, 3.0),

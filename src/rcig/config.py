@@ -45,7 +45,11 @@ Two groups of knobs are off in every preset (the paper does not use them):
   not ``steps``: the schedule is a function of the step alone, so a run stopped early
   (``--max-minutes``) has not finished annealing, and one extended with ``--resume --steps``
   goes on at ``proto_lr_final``, as a run given the larger ``steps`` from the start would.
-  ``log_temp`` keeps ``temp_lr`` throughout (a single scalar already at 10x the rate; its
+  ``proto_lr_final_step`` 0 leaves the end to the run: its last step, ``steps`` for a run of
+  a step count, and for a run under a time budget the step the budget is projected to end
+  at, fixed once from the mean time of its first steps (:func:`rcig.timing.projected_last_step`)
+  and kept in its checkpoint (a resume goes on with it; ``--resume --steps MORE`` does not
+  stretch it). ``log_temp`` keeps ``temp_lr`` throughout (a single scalar already at 10x the rate; its
   rate is not what moves the images).
 """
 
@@ -226,7 +230,7 @@ class Config:
     proto_lr_boost: float = knob(FLOAT, 1.0)  # > 1: start x/y's lr at this multiple of proto_lr ...
     proto_lr_boost_steps: int = knob(INT, 0)  # ... and decay it (cosine) to proto_lr over these outer steps
     proto_lr_final: float = knob(FLOAT, 1.0)  # < 1: then anneal x/y's lr (cosine) to this multiple of proto_lr ...
-    proto_lr_final_step: int = knob(INT, 0)  # ... reached at this outer step (from 1; not `steps`) and kept after it
+    proto_lr_final_step: int = knob(INT, 0)  # ... reached at this outer step (from 1) and kept after it; 0: the run's last
     temp_lr: float = knob(FLOAT, 0.03)  # AdaBelief lr for log_temp
     ema_decay: float = knob(FLOAT, 0.99)
 
@@ -418,9 +422,9 @@ def _validate(cfg: Config) -> None:
     need(cfg.proto_lr_boost == 1 or cfg.proto_lr_boost_steps > 0,
          "proto_lr_boost > 1 needs proto_lr_boost_steps > 0, the outer steps over which it decays")
     need(0 < cfg.proto_lr_final <= 1, f"proto_lr_final must be in (0, 1] (1 = off), got {cfg.proto_lr_final!r}")
-    need(cfg.proto_lr_final == 1 or cfg.proto_lr_final_step > cfg.proto_lr_boost_steps,
+    need(cfg.proto_lr_final == 1 or cfg.proto_lr_final_step == 0 or cfg.proto_lr_final_step > cfg.proto_lr_boost_steps,
          "proto_lr_final < 1 needs proto_lr_final_step > proto_lr_boost_steps, the outer step at which the anneal "
-         "after the boost ends")
+         "after the boost ends (or 0: the run's last step)")
 
 
 # ---------------------------------------------------------------------------- presets

@@ -3,12 +3,14 @@
 ``Stopwatch`` records named laps (wall seconds between successive ``lap`` calls) and the
 wall and CPU seconds since it started (``total``); CPU time is this process's, all its
 threads, the fair measure on a shared machine. ``timed()`` is a block's total as a dict.
-``past_budget`` says when a loop under a wall-clock budget should not start another step.
+``past_budget`` says when a loop under a wall-clock budget should not start another step, and
+``projected_last_step`` at which step such a loop will stop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Iterator
 
@@ -43,6 +45,13 @@ def past_budget(max_minutes: float | None, began: float, loop_started: float, no
     return now - began + mean_step > 60 * max_minutes
 
 
+def projected_last_step(iteration: int, steps_done: int, loop_seconds: float, seconds_left: float) -> int:
+    """The step a loop under a wall-clock budget will end at (:func:`past_budget`'s rule),
+    projected at step ``iteration`` from the ``steps_done`` >= 1 steps it took ``loop_seconds``
+    to make: as many more steps of their mean time as fit in ``seconds_left``."""
+    return iteration + max(0, math.floor(seconds_left / (loop_seconds / steps_done)))
+
+
 @contextlib.contextmanager
 def timed() -> Iterator[dict[str, float]]:
     """A dict that, once the block has run, holds its :meth:`Stopwatch.total`."""
@@ -52,4 +61,4 @@ def timed() -> Iterator[dict[str, float]]:
     cost.update(clock.total())
 
 
-__all__ = ["Stopwatch", "past_budget", "timed"]
+__all__ = ["Stopwatch", "past_budget", "projected_last_step", "timed"]

@@ -186,6 +186,19 @@ def lr_multiplier(iteration: int, boost: float = 1.0, boost_steps: int = 0, fina
                                                         / (final_step - 1 - boost_steps)))
 
 
+def anneal(cfg: Config, anneal_end: int) -> tuple[float, int]:
+    """The anneal's (final multiple f, last step E) for :func:`lr_multiplier`: the config's
+    E, or, when it leaves E to the run (``proto_lr_final_step`` 0), the run's last step
+    ``anneal_end`` once the driver has fixed it; until then no anneal (f = 1)."""
+    end = cfg.proto_lr_final_step or anneal_end
+    return (cfg.proto_lr_final, end) if end else (1.0, 0)
+
+
+def anneals_to_the_end(cfg: Config) -> bool:
+    """Whether the config anneals to the run's last step, which the driver must fix."""
+    return cfg.proto_lr_final < 1 and cfg.proto_lr_final_step == 0
+
+
 # ------------------------------------------------------------------------- run state
 
 @dataclass
@@ -201,12 +214,13 @@ class RunState:
     hvp_lr: float
     generator: torch.Generator
     inner_outcomes: list[Outcome] = field(default_factory=list)  # since the last lr adaptation
+    anneal_end: int = 0  # the anneal's last step when the config leaves it to the run; 0: not fixed yet
 
     def to_dict(self) -> dict[str, Any]:
         return {"iteration": self.iteration, "support": self.support, "optimiser": self.optimiser,
                 "ema": self.ema, "pool": self.pool.state_dict(), "inner_lr": self.inner_lr,
                 "hvp_lr": self.hvp_lr, "generator": self.generator.get_state(),
-                "inner_outcomes": [int(o) for o in self.inner_outcomes]}
+                "inner_outcomes": [int(o) for o in self.inner_outcomes], "anneal_end": self.anneal_end}
 
     def load_dict(self, d: dict[str, Any], where: str = "checkpoint") -> None:
         self.iteration = int(d["iteration"])
@@ -215,6 +229,7 @@ class RunState:
         self.inner_lr, self.hvp_lr = float(d["inner_lr"]), float(d["hvp_lr"])
         self.generator.set_state(d["generator"])
         self.inner_outcomes = [Outcome(o) for o in d["inner_outcomes"]]
+        self.anneal_end = int(d["anneal_end"])
 
 
 # ---------------------------------------------------------------------- the main loop
@@ -292,7 +307,7 @@ class Distiller:
         check_finite(result, state.iteration + 1)
 
         lr_scale = lr_multiplier(state.iteration, cfg.proto_lr_boost, cfg.proto_lr_boost_steps,  # AdaBelief + EMA
-                                 cfg.proto_lr_final, cfg.proto_lr_final_step)
+                                 *anneal(cfg, state.anneal_end))
         support, optimiser = self.adabelief.step(state.support, result.grads, state.optimiser,
                                                  {"x": lr_scale, "y": lr_scale})
         if not cfg.learn_labels:

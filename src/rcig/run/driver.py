@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 from rcig import parallel
 from rcig.algorithm.memory import NEVER, OVER, DataShape, choose_chunk_rows, refusal, report_line, shortfall_warning
 from rcig.algorithm.meta import BatchSplit
-from rcig.algorithm.outer import Distiller, RunState, start_images
+from rcig.algorithm.outer import Distiller, RunState, anneals_to_the_end, start_images
 from rcig.config import AUTO, Config, default_preset_name, from_dict, load_preset
 from rcig.errors import RcigError, out_of_memory
 from rcig.models import distillation_network
 from rcig.parallel import Team
 from rcig.run.folder import NoFolder, RunFolder, finished_state
 from rcig.run.interrupts import GRACE_SECONDS, Abandon, Interrupted, Stopper, stop_on_signals
-from rcig.timing import past_budget, timed
+from rcig.timing import past_budget, projected_last_step, timed
 
 if TYPE_CHECKING:
     from rcig.io import DistilledSet
@@ -307,6 +307,8 @@ def run_loop(distiller: Distiller, state: RunState, run: Run, folder: RunFolder,
     if parallel.step_control(team, state.iteration, parallel.checksum(state.support), stopper.requested(),
                              False).interrupted:  # a signal during the setup: its checkpoint is on disk
         raise interrupted(stopper, folder, f"at iteration {state.iteration}, its checkpoint saved")
+    if anneals_to_the_end(cfg) and not state.anneal_end and loop.max_minutes is None:
+        state.anneal_end = max(cfg.steps, cfg.proto_lr_boost_steps + 1)  # a run of a step count ends at it
     total = None if cfg.steps == UNTIL_BUDGET else cfg.steps  # a budgeted run: a count, no percentage
     deadline = loop.began + 60 * loop.max_minutes if loop.max_minutes is not None else None
     bar = Progress(total, f"rcig {run.identity['dataset']} ipc={run.ipc}", "step", enabled=loop.progress,
@@ -324,6 +326,14 @@ def run_loop(distiller: Distiller, state: RunState, run: Run, folder: RunFolder,
                 folder.save_set(distilled_set(state, distiller, run), f"checkpoints/iter_{state.iteration}.safetensors")
             if loop.evaluate and state.iteration % loop.eval_every == 0:
                 log_evaluation(loop.evaluate, state, distiller, folder, stopper, team, bar)
+            if anneals_to_the_end(cfg) and not state.anneal_end and state.iteration - first_step >= PROJECTION_STEPS:
+                now = time.perf_counter()
+                state.anneal_end = parallel.from_leader(lambda: budget_end(
+                    cfg, state.iteration, state.iteration - first_step, now - started,
+                    60 * loop.max_minutes - (now - loop.began)), team)
+                if team.leader and loop.progress:
+                    bar.write(f"rcig: the support's learning rate anneals to {cfg.proto_lr_final:g} x proto_lr by "
+                              f"step {state.anneal_end}, where the budget is projected to end")
             out_of_time = past_budget(loop.max_minutes, loop.began, started, time.perf_counter(),
                                       state.iteration - first_step)
             stop = parallel.step_control(team, state.iteration, parallel.checksum(state.support),
@@ -336,6 +346,18 @@ def run_loop(distiller: Distiller, state: RunState, run: Run, folder: RunFolder,
                 raise interrupted(stopper, folder, f"after iteration {state.iteration}, its checkpoint saved")
             if stop.out_of_time:
                 break
+
+
+# Steps a budgeted run makes before it projects its last step from their mean time.
+PROJECTION_STEPS = 10
+
+
+def budget_end(cfg: Config, iteration: int, steps_done: int, loop_seconds: float, seconds_left: float) -> int:
+    """The last step of a budgeted run, projected after step ``iteration`` from the
+    ``steps_done`` steps its loop made in ``loop_seconds`` (:func:`rcig.timing.projected_last_step`);
+    at most ``steps``, after the boost's end (the anneal follows the boost) and after this step."""
+    end = projected_last_step(iteration, steps_done, loop_seconds, seconds_left)
+    return max(min(end, cfg.steps), cfg.proto_lr_boost_steps + 1, iteration + 1)
 
 
 @contextmanager
@@ -375,8 +397,8 @@ def check_checkpoint(distiller: Distiller, stored: dict[str, Any], where: str) -
     scratch = distiller.new_state(blank=True)
     template = {k: v for k, v in scratch.to_dict().items() if k != "pool"}
     validate.checkpoint_like({**template, "pool": {}, "inner_outcomes": [0]}, {**stored, "pool": {}}, where)
-    if stored["iteration"] < 0 or stored["inner_lr"] <= 0 or stored["hvp_lr"] <= 0:
-        raise RcigError(f"{where} is not a checkpoint of this run (negative iteration or learning rate)")
+    if stored["iteration"] < 0 or stored["inner_lr"] <= 0 or stored["hvp_lr"] <= 0 or stored["anneal_end"] < 0:
+        raise RcigError(f"{where} is not a checkpoint of this run (negative iteration, learning rate or anneal end)")
     scratch.load_dict(stored, where)  # the pool's own checks
 
 
