@@ -27,7 +27,9 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   (``rcig distill --out RUN_DIR`` of the same dataset, ipc and preset, e.g. one grown over
   several sittings with ``--resume``): its log gives the steps, the cost and the curve, its
   ``distilled.safetensors`` is the set, and a ``distilled.eval.json`` beside it (``rcig eval
-  --json``) becomes ``eval_<ipc>_distilled``. A run of another config is refused.
+  --json``) becomes ``eval_<ipc>_distilled``. A run of another config is refused. A run of
+  another seed than ``--seed`` becomes ``seed_<ipc>_<seed>`` instead (its scores, steps and
+  cost): the report gives each seed's scores and the mean over the seeds beside the table's set.
 * ``full_train``: the same ConvNet and protocol trained on all 60,000 training images
   (batch 256, ``--full-train-steps`` steps): a reference point for the protocol's short
   training, not a ceiling (2,000 steps are about 8.5 epochs; the ConvNet does better with
@@ -71,7 +73,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASET = "fashion_mnist"
 PRESET = "fast"  # the CPU recipe (docs/algorithm.md); the paper's is depth_3_no_flip
 METHODS = ("random", "herding", "dm", "distilled")  # evaluation order: baselines need no distillation
-RUN_FIELDS = ("steps", "wall_s", "cpu_s", "budget_minutes", "curve", "recorded")  # a distill_<ipc> piece's, in a report row
+RUN_FIELDS = ("seed", "steps", "wall_s", "cpu_s", "budget_minutes", "curve", "recorded")  # a distill_<ipc> piece's, in a report row
 SECTION = "results"  # the tables' markers in BENCHMARKS.md and README.md
 PAPER = {1: 79.8, 10: 88.5}  # RCIG on Fashion-MNIST in the paper (ConvNet, GPU), the README's last column
 
@@ -141,7 +143,8 @@ class Bench:
 
     def run_record(self, ipc: int, out: Path, **extra) -> dict:
         progress = read_progress(out / "log.jsonl")
-        return {"ipc": ipc, "preset": self.args.preset, "steps": progress.steps, "wall_s": round(progress.wall_seconds, 1),
+        seed = json.loads((out / "run.json").read_text()).get("seed", self.args.seed)
+        return {"ipc": ipc, "preset": self.args.preset, "seed": seed, "steps": progress.steps, "wall_s": round(progress.wall_seconds, 1),
                 "cpu_s": round(progress.cpu_seconds, 1), **extra, "run_dir": str(out),
                 "curve": read_curve(out / "log.jsonl")}
 
@@ -159,9 +162,18 @@ class Bench:
         if differences := preset_differences(made["config"], self.args.preset, ipc):
             raise SystemExit(f"benchmarks: --adopt {ipc}={run}: not the {self.args.preset} preset's run "
                              f"({', '.join(differences)})")
+        scores = run / "distilled.eval.json"
+        seed = made.get("seed", 0)
+        if seed != self.args.seed:  # another seed of the same recipe: its spread, not the table's set
+            if not scores.exists():
+                raise SystemExit(f"benchmarks: --adopt {ipc}={run}: a run of seed {seed} (not --seed "
+                                 f"{self.args.seed}) is reported by its scores, and it has no distilled.eval.json")
+            self.record(f"seed_{ipc}_{seed}", {**self.run_record(ipc, run, budget_minutes=None, adopted=True),
+                                               "scores": json.loads(scores.read_text()),
+                                               "recorded": provenance()})
+            return
         self.record(f"distill_{ipc}", {**self.run_record(ipc, run, budget_minutes=None, adopted=True),
                                        "recorded": provenance()})
-        scores = run / "distilled.eval.json"
         if scores.exists():
             self.record(f"eval_{ipc}_distilled", {**json.loads(scores.read_text()), "recorded": provenance()})
 
@@ -184,9 +196,17 @@ class Bench:
                     "ipc": int(ipc), "preset": row.get("preset"), **{field: row.get(field) for field in RUN_FIELDS},
                     "run_dir": adopted or str(self.own_run_dir(int(ipc), row.get("preset"))),
                     **({"adopted": True} if adopted else {})})
+            for seed, piece in (row.get("seeds") or {}).items():
+                keep(f"seed_{ipc}_{seed}", piece)
         for name in ("full_train", "speed", "solvers"):
             keep(name, results.get(name))
         return written
+
+    def seeds(self, ipc: int) -> dict:
+        """The other seeds' runs of the ipc (``--adopt`` of a run whose seed is not ``--seed``),
+        by seed."""
+        found = {int(path.stem.rsplit("_", 1)[1]): path.stem for path in self.pieces.glob(f"seed_{ipc}_*.json")}
+        return {str(seed): self.done(found[seed]) for seed in sorted(found)}
 
     def set_file(self, ipc: int, method: str) -> Path:
         if method == "distilled":
@@ -268,7 +288,8 @@ class Bench:
             run = self.done(f"distill_{ipc}") or {}
             row.update(preset=run.get("preset", "depth_3_no_flip") if run else None,
                        **{field: run.get(field) for field in RUN_FIELDS},
-                       adopted_from=run.get("run_dir") if run.get("adopted") else None)
+                       adopted_from=run.get("run_dir") if run.get("adopted") else None,
+                       seeds=self.seeds(ipc) or None)
             out[DATASET][str(ipc)] = row
         out["full_train"] = self.done("full_train")
         # a stopped speed piece leaves the cases it finished in speed.json: report those
@@ -514,11 +535,7 @@ def write_markdown(results: dict, path: Path, args, figures: list[tuple[str, str
     for ipc, row in results[DATASET].items():
         run = {"recorded": row.get("recorded")}
         for setting, label in (("no_aug", "no aug"), ("aug", "aug")):
-            wall = f"{row['wall_s'] / 60:.0f} min" if row.get("wall_s") else "-"
-            if row.get("cpu_s") and math.isfinite(row["cpu_s"]):  # NaN: logs without CPU times
-                wall += f" ({row['cpu_s'] / 60:.0f} CPU min)"
-            if row.get("wall_s"):
-                wall += sources.cite(run)
+            wall = minutes(row) + (sources.cite(run) if row.get("wall_s") else "")
             lines.append(f"| {ipc} | {label} | {cell(row['distilled'], setting)} | {cell(row['random'], setting)} | "
                          f"{cell(row['herding'], setting)} | {cell(row.get('dm'), setting)} | {row.get('preset') or '-'} | "
                          f"{row.get('steps') or '-'} | "
@@ -538,6 +555,18 @@ def write_markdown(results: dict, path: Path, args, figures: list[tuple[str, str
             if (row.get("distilled") or {}).get("made_with")]
     if made:
         lines += ["", "How the distilled sets were made and scored:", "", *made]
+    spread = [(ipc, row) for ipc, row in results[DATASET].items() if row.get("seeds")]
+    if spread:
+        lines += ["", "Seeds of the distillation (the same preset and budget, another `--seed`; every set scored "
+                      "by the protocol's networks 0, 1, ...):", "",
+                  "| ipc | seed | no aug | aug | steps | distillation time |", "| --- " * 6 + "|"]
+        for ipc, row in spread:
+            for run, scores in seed_runs(row):
+                which = " (the table's set)" if run is row else ""
+                lines.append(f"| {ipc} | {run.get('seed')}{which} | "
+                             f"{fmt(scores, 'no_aug')} | {fmt(scores, 'aug')} | {run.get('steps') or '-'} | "
+                             f"{minutes(run)}{sources.cite(run)} |")
+            lines.append(f"| {ipc} | the seeds' means | {seed_mean(row, 'no_aug')} | {seed_mean(row, 'aug')} | | |")
     adopted = [ipc for ipc, row in results[DATASET].items() if row.get("adopted_from")]
     if adopted:
         lines += ["", f"Distillations at {' and '.join(adopted)} ipc: runs made outside this script and adopted "
@@ -579,6 +608,30 @@ def write_markdown(results: dict, path: Path, args, figures: list[tuple[str, str
     write_section(path, "\n".join(lines), SECTION)
 
 
+def seed_runs(row: dict) -> list[tuple[dict, dict | None]]:
+    """A report row's distillations, the table's first, then its other seeds': (the run's
+    record: seed, steps, time, stamp; its scores)."""
+    return [(row, row.get("distilled")), *((run, run["scores"]) for run in (row.get("seeds") or {}).values())]
+
+
+def seed_mean(row: dict, setting: str) -> str:
+    """The mean over a row's seeds of each seed's mean score, and how far apart they are."""
+    means = [100 * scores[setting]["mean"] for _, scores in seed_runs(row) if scores and setting in scores]
+    if len(means) < 2:
+        return "-"
+    return f"{sum(means) / len(means):.2f} (seeds {max(means) - min(means):.2f} apart)"
+
+
+def minutes(run: dict) -> str:
+    """A distillation's wall time, and its CPU time where the log has it: "118 min (116 CPU min)"."""
+    if not run.get("wall_s"):
+        return "-"
+    text = f"{run['wall_s'] / 60:.0f} min"
+    if run.get("cpu_s") and math.isfinite(run["cpu_s"]):  # NaN: logs without CPU times
+        text += f" ({run['cpu_s'] / 60:.0f} CPU min)"
+    return text
+
+
 def summary(score: dict | None) -> str:
     """A set's scores as the README gives them: "no aug / aug (networks)", one decimal,
     ± the spread over several networks; each setting's count when they differ."""
@@ -609,14 +662,17 @@ def write_readme(results: dict, path: Path) -> None:
     for ipc, row in rows.items():
         if not row.get("distilled"):
             continue
-        made = f"`{row.get('preset')}`, {row.get('steps')} steps"
-        if row.get("wall_s"):
-            made += f", {row['wall_s'] / 60:.0f} min"
-            if row.get("cpu_s") and math.isfinite(row["cpu_s"]):
-                made += f" ({row['cpu_s'] / 60:.0f} CPU min)"
+        made = f"`{row.get('preset')}`" + (f", seed {row['seed']}" if row.get("seed") is not None else "") + \
+            f", {row.get('steps')} steps" + (f", {minutes(row)}" if row.get("wall_s") else "")
         cells = [ipc, made, summary(row["distilled"]), summary(row.get("random")), summary(row.get("herding")),
                  *([summary(row.get("dm"))] if dm else []), f"{PAPER.get(int(ipc), '')}"]
         lines.append("| " + " | ".join(cells) + " |")
+    for ipc, row in rows.items():
+        if row.get("distilled") and row.get("seeds"):
+            others = "; ".join(f"seed {run.get('seed')}, {run.get('steps')} steps: {summary(scores)}"
+                               for run, scores in seed_runs(row)[1:])
+            lines += ["", f"Other seeds at {ipc} ipc, the same preset and budget: {others}; the seeds' means "
+                          f"{seed_mean(row, 'no_aug')} / {seed_mean(row, 'aug')}."]
     write_section(path, "\n".join(lines), SECTION)
 
 
@@ -657,7 +713,8 @@ def main(argv=None) -> None:
     parser.add_argument("--redo", nargs="*", default=[], help="piece names to run again, e.g. eval_1_random")
     parser.add_argument("--adopt", action="append", default=[], metavar="IPC=RUN_DIR", type=adoption,
                         help="take distill_<IPC> (and its distilled.eval.json) from an rcig distill --out folder "
-                             "of the same preset instead of distilling; repeatable")
+                             "of the same preset instead of distilling; a run of another seed than --seed is "
+                             "reported beside it as a further seed (its distilled.eval.json needed); repeatable")
     parser.add_argument("--restore", nargs="?", const=str(ROOT / "benchmarks" / "results.json"), metavar="RESULTS",
                         help="first cache the pieces a results.json holds (default benchmarks/results.json) "
                              "where --work lacks them")

@@ -235,7 +235,7 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
                                    '{"iter": 2, "outer_loss": 0.9, "seconds": 20.0, "cpu_seconds": 19.0}\n')
     (run / "distilled.safetensors").write_bytes(b"set")
     (run / "distilled.eval.json").write_text(json.dumps({"no_aug": score(0.76), "aug": score(0.74), "init": "reference"}))
-    args = bench.argparse.Namespace(work=str(tmp_path / "work"), redo=[], preset="fast", ipcs=[1])
+    args = bench.argparse.Namespace(work=str(tmp_path / "work"), redo=[], preset="fast", ipcs=[1], seed=0)
     b = bench.Bench(args)
     b.adopt(1, run)
     piece = b.done("distill_1")
@@ -270,8 +270,50 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
             bench.main(["--adopt", bad, "--only", "report", "--work", str(tmp_path / "w")])
 
 
+def test_a_run_of_another_seed_is_reported_beside_the_tables_set_with_the_seeds_mean(bench, tmp_path):
+    from rcig.config import load_preset
+
+    config = load_preset("fast", image_size=28, channels=1).to_dict()
+    args = bench.argparse.Namespace(work=str(tmp_path / "work"), redo=[], preset="fast", ipcs=[1], seed=0)
+    b = bench.Bench(args)
+    for seed, accs in ((0, (0.76, 0.78)), (1, (0.79, 0.79))):
+        run = tmp_path / f"run{seed}"
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"dataset": "fashion_mnist", "ipc": 1, "seed": seed, "config": config}))
+        (run / "log.jsonl").write_text('{"iter": 1, "outer_loss": 1.0, "seconds": 60.0}\n'
+                                       f'{{"iter": {40 + seed}, "outer_loss": 0.9, "seconds": 120.0}}\n')
+        (run / "distilled.safetensors").write_bytes(b"set")
+        if seed == 1:  # a further seed is reported by its scores: none yet, refused
+            with pytest.raises(SystemExit, match="a run of seed 1 .* has no distilled.eval.json"):
+                b.adopt(1, run)
+        (run / "distilled.eval.json").write_text(json.dumps({"no_aug": score(*accs), "aug": score(0.7)}))
+        b.adopt(1, run)
+    assert b.done("distill_1")["seed"] == 0 and b.done("seed_1_1")["steps"] == 41
+    assert b.done("eval_1_distilled")["no_aug"] == score(0.76, 0.78)  # the seed-0 run's set stays the table's
+    res = b.results()
+    assert list(res["fashion_mnist"]["1"]["seeds"]) == ["1"]
+    path = tmp_path / "B.md"
+    bench.write_markdown(res, path, args)
+    text = path.read_text()
+    assert "| 1 | 0 (the table's set) | 77.00 ± 1.00 (2) | 70.00 (1) | 40 | 3 min [1] |" in text
+    assert "| 1 | 1 | 79.00 ± 1.00 (2) | 70.00 (1) | 41 | 3 min [1] |" in text
+    assert "| 1 | the seeds' means | 78.00 (seeds 2.00 apart) | 70.00 (seeds 0.00 apart) | | |" in text
+    readme = tmp_path / "R.md"
+    readme.write_text("<!-- results -->\n<!-- /results -->\n")
+    bench.write_readme(res, readme)
+    text = readme.read_text()
+    assert "| 1 | `fast`, seed 0, 40 steps, 3 min |" in text
+    assert "Other seeds at 1 ipc, the same preset and budget: seed 1, 41 steps: 79.0 ± 1.0 / 70.0 (2 / 1 networks)" \
+        not in text  # counts differ per setting: each setting says its own
+    assert "seed 1, 41 steps: 79.0 ± 1.0 (2) / 70.0 (1); the seeds' means 78.00 (seeds 2.00 apart) / " \
+           "70.00 (seeds 0.00 apart)." in text
+    fresh = bench.Bench(bench.argparse.Namespace(**{**vars(args), "work": str(tmp_path / "again")}))
+    assert "seed_1_1" in fresh.restore(json.loads(json.dumps(res)))
+    assert fresh.results()["fashion_mnist"] == res["fashion_mnist"]
+
+
 def test_restore_rebuilds_the_pieces_a_report_came_from_and_keeps_cached_ones(bench, tmp_path):
-    args = bench.argparse.Namespace(work=str(tmp_path / "a"), redo=[], preset="fast", ipcs=[1, 10])
+    args = bench.argparse.Namespace(work=str(tmp_path / "a"), redo=[], preset="fast", ipcs=[1, 10], seed=0)
     measured = bench.Bench(args)
     measured.record("eval_1_distilled", {"no_aug": score(0.76), "aug": score(0.74), "init": "reference"})
     measured.record("eval_10_random", {"no_aug": score(0.71)})
