@@ -3,13 +3,17 @@
     python benchmarks/memory_model.py fit [benchmarks/memory.json]   # constants refitted, each row's
                                                                      # estimate vs its measured peak
     python benchmarks/memory_model.py table                          # docs/memory.md's table
+    python benchmarks/memory_model.py paper [benchmarks/memory.json] # BENCHMARKS' measured presets
 
 ``fit`` refits :class:`rcig.algorithm.memory.Fit` (least squares on the step's own memory,
 :func:`rcig.algorithm.memory.fit`) and prints, for every row, the measured peak and the
 estimate with the module's constants and with the refitted ones; put the refitted values in
 ``rcig/algorithm/memory.py`` when they are better on every row. ``table``: the paper's six
 presets at their ipc on the real datasets' sizes, one graph and chunked, on a CPU and on
-GPUs of common sizes.
+GPUs of common sizes. ``paper``: the rows of memory.json that ran one of those settings (its
+data's size, the full pool), measured peak beside the estimate, and the seconds of the step
+projected to the preset's solver iterations where the row cut them
+(``--set n_inner_steps=1 --set n_hinv_steps=1``: the peak is one product's, not the count's).
 """
 
 from __future__ import annotations
@@ -79,12 +83,56 @@ def table() -> list[str]:
     return lines
 
 
+def projected_seconds(row: dict) -> float:
+    """The seconds of a memory.json row's step with its preset's solver iterations: each solve's
+    part grows by its one-iteration time per iteration the row cut (an upper bound: a solve's
+    set-up is counted with every iteration; 129 s against 118 s measured for CIFAR-10 at 10 ipc
+    in chunks of 32)."""
+    from rcig.config import load_preset
+
+    cfg = load_preset(row["preset"], row["image_size"], row["channels"])
+    seconds = row["seconds_per_step"]
+    for key, part in (("n_inner_steps", "inner_solve"), ("n_hinv_steps", "hinv")):
+        ran = row["overrides"].get(key, getattr(cfg, key))
+        seconds += row["parts"][part] / ran * (getattr(cfg, key) - ran)
+    return seconds
+
+
+def paper_rows(rows: list[dict]) -> list[str]:
+    """BENCHMARKS' table of the paper's settings measured (markdown lines): for each setting of
+    :data:`SETTINGS` the last row of ``rows`` that ran it (its preset, ipc and data's size, the
+    full pool): the chunks taken, the peak beside the estimate, and the step's seconds."""
+    from rcig.algorithm.memory import FIT, DataShape, estimate
+    from rcig.config import load_preset
+
+    lines = ["| preset | data | ipc | support rows | target | one graph (estimate) | chunk_rows | peak RSS | "
+             "before the step | estimate (error) | s/step as run | s/step projected |", "| --- " * 12 + "|"]
+    for name, data, values, ipc in SETTINGS:
+        cfg = load_preset(name, values[1], values[0])
+        ran = [r for r in rows if (r["preset"], r["ipc"]) == (name, ipc) and r["pool_members"] == cfg.pool_size
+               and (r["channels"], r["image_size"], r["classes"], r["train_images"], r["test_images"]) == values]
+        if not ran:
+            continue
+        row = ran[-1]
+        whole = estimate(cfg, DataShape(*values), ipc, None, "cpu").gb
+        peak = row["peak_rss_mb"] * 2 ** 20 / 1e9
+        est = row_estimate(row, FIT).gb
+        cut = ", ".join(f"{k} {v}" for k, v in row["overrides"].items())
+        lines.append(f"| {name} | {data} | {ipc} | {row['support_rows']:,} | {row['target_batch']:,} | {whole:.1f} GB | "
+                     f"{row['chunk_rows'] or 'none'} | {peak:.2f} GB | {row['rss_before_step_mb'] * 2 ** 20 / 1e9:.2f} GB | "
+                     f"{est:.2f} GB ({est / peak - 1:+.0%}) | {row['seconds_per_step']:.0f}{f' ({cut})' if cut else ''} | "
+                     f"{projected_seconds(row):.0f} |")
+    return lines
+
+
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["fit"]:
         show_fit(Path(argv[1]) if len(argv) > 1 else HERE / "memory.json")
     elif argv[:1] == ["table"]:
         print("\n".join(table()))
+    elif argv[:1] == ["paper"]:
+        print("\n".join(paper_rows(json.loads(Path(argv[1] if len(argv) > 1 else HERE / "memory.json").read_text()))))
     else:
         sys.exit(__doc__)
 

@@ -24,3 +24,20 @@ def test_rows_with_and_without_chunks(benchmark_script, tmp_path):
         assert row["estimate_gb"] == pytest.approx(sum(row["estimate_parts_gb"].values())) and row["available_gb"] == 0.5
         assert row["peak_rss_mb"] >= row["rss_before_step_mb"] > 0 and row["seconds_per_step"] > 0
         assert row["overrides"]["width"] == 4 and set(row["parts"]) >= {"inner_solve", "direct", "hinv", "implicit"}
+
+
+def test_the_paper_table_takes_each_settings_last_full_row_and_projects_the_cut_solves(benchmark_script):
+    model = benchmark_script("memory_model")
+    row = {"preset": "depth_3", "shape": "cifar10", "ipc": 50, "channels": 3, "image_size": 32, "classes": 10,
+           "train_images": 50_000, "test_images": 10_000, "pool_members": 30, "chunk_rows": 512,
+           "overrides": {"n_inner_steps": 1, "n_hinv_steps": 1}, "support_rows": 1000, "target_batch": 1024,
+           "seconds_per_step": 100.0, "parts": {"inner_solve": 3.0, "hinv": 2.0}, "peak_rss_mb": 8 * 1024,
+           "rss_before_step_mb": 2048}
+    # the preset's 20 iterations per solve: 19 more of each
+    assert model.projected_seconds(row) == pytest.approx(100 + 19 * 3 + 19 * 2)
+    assert model.projected_seconds({**row, "overrides": {}}) == 100  # nothing cut: as measured
+    rows = [{**row, "peak_rss_mb": 1}, row, {**row, "pool_members": 1}, {**row, "train_images": 512},
+            {**row, "preset": "depth_5"}]
+    lines = model.paper_rows(rows)
+    assert len(lines) == 3 and lines[2].startswith("| depth_3 | CIFAR-10 | 50 | 1,000 | 1,024 |")
+    assert "| 512 | 8.59 GB | 2.15 GB |" in lines[2] and lines[2].endswith("| 100 (n_inner_steps 1, n_hinv_steps 1) | 195 |")
