@@ -1,16 +1,21 @@
-"""The memory estimate against benchmarks/memory.json, its refit, and the presets' table.
+"""The memory estimate against the measured steps, its refit, and the presets' tables.
 
     python benchmarks/memory_model.py fit [benchmarks/memory.json]   # constants refitted, each row's
                                                                      # estimate vs its measured peak
     python benchmarks/memory_model.py table                          # docs/memory.md's table
-    python benchmarks/memory_model.py paper [benchmarks/memory.json] # BENCHMARKS' measured presets
+    python benchmarks/memory_model.py paper                          # BENCHMARKS' paper settings, measured
+
+Two files of ``benchmarks/memory.py`` rows: ``memory.json``, the steps the constants are
+fitted to (depths 3 to 5 on 28 and 32 px, mostly small data), and ``memory_paper.json``, the
+paper's large settings on their datasets' sizes, which check the fit where it extrapolates
+(larger images, supports and data) and are not fitted to.
 
 ``fit`` refits :class:`rcig.algorithm.memory.Fit` (least squares on the step's own memory,
 :func:`rcig.algorithm.memory.fit`) and prints, for every row, the measured peak and the
 estimate with the module's constants and with the refitted ones; put the refitted values in
 ``rcig/algorithm/memory.py`` when they are better on every row. ``table``: the paper's six
 presets at their ipc on the real datasets' sizes, one graph and chunked, on a CPU and on
-GPUs of common sizes. ``paper``: the rows of memory.json that ran one of those settings (its
+GPUs of common sizes. ``paper``: the rows of both files that ran one of those settings (its
 data's size, the full pool), measured peak beside the estimate, and the seconds of the step
 projected to the preset's solver iterations where the row cut them
 (``--set n_inner_steps=1 --set n_hinv_steps=1``: the peak is one product's, not the count's).
@@ -23,6 +28,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+FITTED, PAPER = HERE / "memory.json", HERE / "memory_paper.json"  # the module docstring's two files
 GPUS = (8, 12, 16, 24, 40, 80)  # GB
 # (preset, dataset, data shape: channels, image size, classes, training images, test images, ipc)
 SETTINGS = [("depth_3", "CIFAR-10", (3, 32, 10, 50_000, 10_000), 50),
@@ -35,7 +41,7 @@ SETTINGS = [("depth_3", "CIFAR-10", (3, 32, 10, 50_000, 10_000), 50),
 
 
 def row_estimate(row: dict, fit):
-    """The estimate of a memory.json row's run (its data, pool and chunk size) under ``fit``."""
+    """The estimate of a measured row's run (its data, pool and chunk size) under ``fit``."""
     from rcig.algorithm.memory import DataShape, estimate
     from rcig.config import load_preset
 
@@ -84,7 +90,7 @@ def table() -> list[str]:
 
 
 def projected_seconds(row: dict) -> float:
-    """The seconds of a memory.json row's step with its preset's solver iterations: each solve's
+    """The seconds of a measured row's step with its preset's solver iterations: each solve's
     part grows by its one-iteration time per iteration the row cut (an upper bound: a solve's
     set-up is counted with every iteration; 129 s against 118 s measured for CIFAR-10 at 10 ipc
     in chunks of 32)."""
@@ -98,6 +104,17 @@ def projected_seconds(row: dict) -> float:
     return seconds
 
 
+def setting_row(rows: list[dict], preset: str, values: tuple, ipc: int) -> dict | None:
+    """The last of ``rows`` that ran a setting of :data:`SETTINGS` (its preset and ipc, its data's
+    shape and size, the preset's full pool), or None."""
+    from rcig.config import load_preset
+
+    pool = load_preset(preset, values[1], values[0]).pool_size
+    ran = [r for r in rows if (r["preset"], r["ipc"], r["pool_members"]) == (preset, ipc, pool)
+           and (r["channels"], r["image_size"], r["classes"], r["train_images"], r["test_images"]) == values]
+    return ran[-1] if ran else None
+
+
 def paper_rows(rows: list[dict]) -> list[str]:
     """BENCHMARKS' table of the paper's settings measured (markdown lines): for each setting of
     :data:`SETTINGS` the last row of ``rows`` that ran it (its preset, ipc and data's size, the
@@ -106,21 +123,20 @@ def paper_rows(rows: list[dict]) -> list[str]:
     from rcig.config import load_preset
 
     lines = ["| preset | data | ipc | support rows | target | one graph (estimate) | chunk_rows | peak RSS | "
-             "before the step | estimate (error) | s/step as run | s/step projected |", "| --- " * 12 + "|"]
+             "before the step | estimate (error) | solver iterations | s/step as run | s/step, the preset's "
+             "iterations |", "| --- " * 13 + "|"]
     for name, data, values, ipc in SETTINGS:
-        cfg = load_preset(name, values[1], values[0])
-        ran = [r for r in rows if (r["preset"], r["ipc"]) == (name, ipc) and r["pool_members"] == cfg.pool_size
-               and (r["channels"], r["image_size"], r["classes"], r["train_images"], r["test_images"]) == values]
-        if not ran:
+        row = setting_row(rows, name, values, ipc)
+        if row is None:
             continue
-        row = ran[-1]
+        cfg = load_preset(name, values[1], values[0])
         whole = estimate(cfg, DataShape(*values), ipc, None, "cpu").gb
         peak = row["peak_rss_mb"] * 2 ** 20 / 1e9
         est = row_estimate(row, FIT).gb
-        cut = ", ".join(f"{k} {v}" for k, v in row["overrides"].items())
+        iterations = row["overrides"].get("n_inner_steps", cfg.n_inner_steps)
         lines.append(f"| {name} | {data} | {ipc} | {row['support_rows']:,} | {row['target_batch']:,} | {whole:.1f} GB | "
                      f"{row['chunk_rows'] or 'none'} | {peak:.2f} GB | {row['rss_before_step_mb'] * 2 ** 20 / 1e9:.2f} GB | "
-                     f"{est:.2f} GB ({est / peak - 1:+.0%}) | {row['seconds_per_step']:.0f}{f' ({cut})' if cut else ''} | "
+                     f"{est:.2f} GB ({est / peak - 1:+.0%}) | {iterations} | {row['seconds_per_step']:.0f} | "
                      f"{projected_seconds(row):.0f} |")
     return lines
 
@@ -128,11 +144,11 @@ def paper_rows(rows: list[dict]) -> list[str]:
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["fit"]:
-        show_fit(Path(argv[1]) if len(argv) > 1 else HERE / "memory.json")
+        show_fit(Path(argv[1]) if len(argv) > 1 else FITTED)
     elif argv[:1] == ["table"]:
         print("\n".join(table()))
     elif argv[:1] == ["paper"]:
-        print("\n".join(paper_rows(json.loads(Path(argv[1] if len(argv) > 1 else HERE / "memory.json").read_text()))))
+        print("\n".join(paper_rows([row for path in (FITTED, PAPER) for row in json.loads(path.read_text())])))
     else:
         sys.exit(__doc__)
 

@@ -40,4 +40,4 @@ def test_the_paper_table_takes_each_settings_last_full_row_and_projects_the_cut_
             {**row, "preset": "depth_5"}]
     lines = model.paper_rows(rows)
     assert len(lines) == 3 and lines[2].startswith("| depth_3 | CIFAR-10 | 50 | 1,000 | 1,024 |")
-    assert "| 512 | 8.59 GB | 2.15 GB |" in lines[2] and lines[2].endswith("| 100 (n_inner_steps 1, n_hinv_steps 1) | 195 |")
+    assert "| 512 | 8.59 GB | 2.15 GB |" in lines[2] and lines[2].endswith("| 1 | 100 | 195 |")

@@ -54,8 +54,10 @@ at most 200 rows instead put CIFAR-100 at 10 ipc (2,000 rows) 49% over its measu
 C = 1 (theta0 beside the graphs), F, K and G are counted from the code, not fitted (G = 4 is
 within 10% of the no-grad forwards measured there). Larger images, larger supports and
 datasets enter through ``a``, ``P``, ``D``, ``L``, the row counts and the data: an
-extrapolation until ``benchmarks/memory.py`` measures them and :func:`fit`
-(``benchmarks/memory_model.py fit``) refits.
+extrapolation, checked (not fitted) on the paper's settings at their datasets' sizes in the
+chunks a 16 GB machine takes (``benchmarks/memory_paper.json``: CIFAR-10 and CIFAR-100 at 50
+ipc, Tiny-ImageNet at 1 and 10, ImageNette at 1 and 10; within -1% to +20% of each peak, the
+largest error Tiny-ImageNet's chunks of 64 rows at depth 4).
 
 A run's peak on a CPU is the larger of ``total`` and ``prepare``; the chunk size sets only
 ``total`` and is chosen after the data is prepared, so from ``total`` alone. ``prepare`` is
