@@ -37,6 +37,13 @@ def results(aug_only_10: dict) -> dict:
     }
 
 
+def report(bench, res: dict, tmp_path, args=None) -> str:
+    """The results section ``write_markdown`` writes for ``res``."""
+    path = tmp_path / "B.md"
+    bench.write_markdown(res, path, args)
+    return path.read_text()
+
+
 def test_report_replaces_only_the_marked_block(bench, tmp_path):
     path = tmp_path / "B.md"
     path.write_text("# title\n\nintro\n\n<!-- results -->\nold table\n<!-- /results -->\n\nnotes stay\n")
@@ -134,12 +141,10 @@ def test_redoing_a_distillation_redoes_its_eval(bench, tmp_path, monkeypatch):
 
 
 def test_report_shows_the_solver_comparison_when_it_was_run(bench, tmp_path):
-    path = tmp_path / "B.md"
     res = results({"aug": score(0.8)})
     res["solvers"] = {"summary": [{"ipc": 1, "solver": "cg", "iterations": 5, "networks": 2, "delta_err": 7.1e-05,
                                    "v_err": 0.2, "cos_x": 0.99914, "cos_y": 0.999976}]}
-    bench.write_markdown(res, path, None)
-    assert "| 1 | cg | 5 | 7.1e-05 | 0.2 | 0.9991 | 0.99998 | 2 |" in path.read_text()
+    assert "| 1 | cg | 5 | 7.1e-05 | 0.2 | 0.9991 | 0.99998 | 2 |" in report(bench, res, tmp_path)
 
 
 def test_speed_cases_name_a_shape_an_ipc_and_a_valid_config_variant(bench):
@@ -246,9 +251,7 @@ def test_an_adopted_run_gives_the_steps_cost_curve_set_and_eval_and_another_conf
     b.check_preset(1)  # the adopted piece is this preset's
     res = b.results()
     res["fashion_mnist"]["1"]["random"] = {"no_aug": score(0.49), "aug": score(0.5)}  # no init: torch's
-    path = tmp_path / "B.md"
-    bench.write_markdown(res, path, args)
-    text = path.read_text()
+    text = report(bench, res, tmp_path, args)
     assert "| 1 | no aug | 76.00 (1) [1] | 49.00 (1) | not run | not run | fast | 2 | 4 min (3 CPU min) [1] |" in text
     assert "Distillations at 1 ipc: runs made outside this script and adopted (--adopt)" in text
     assert "torch's initialisation of the protocol's networks (the others with the reference's): random at 1 ipc." in text
@@ -292,9 +295,7 @@ def test_a_run_of_another_seed_is_reported_beside_the_tables_set_with_the_seeds_
     assert b.done("eval_1_distilled")["no_aug"] == score(0.76, 0.78)  # the seed-0 run's set stays the table's
     res = b.results()
     assert list(res["fashion_mnist"]["1"]["seeds"]) == ["1"]
-    path = tmp_path / "B.md"
-    bench.write_markdown(res, path, args)
-    text = path.read_text()
+    text = report(bench, res, tmp_path, args)
     assert "| 1 | 0 (the table's set) | 77.00 ± 1.00 (2) | 70.00 (1) | 40 | 3 min [1] |" in text
     assert "| 1 | 1 | 79.00 ± 1.00 (2) | 70.00 (1) | 41 | 3 min [1] |" in text
     assert "| 1 | the seeds' means | 78.00 (seeds 2.00 apart) | 70.00 (seeds 0.00 apart) | | |" in text
@@ -350,9 +351,7 @@ def test_each_figure_cites_the_date_machine_and_commit_of_its_piece(bench, tmp_p
     older = {"date": "2025-12-31", "machine": "other, 8 cores", "commit": "0000000"}
     b.record("eval_1_distilled", {"no_aug": score(0.76), "aug": score(0.74), "recorded": older})
     res = b.results()
-    path = tmp_path / "B.md"
-    bench.write_markdown(res, path, args)
-    text = path.read_text()
+    text = report(bench, res, tmp_path, args)
     assert "| 1 | no aug | 76.00 (1) [1] | 50.00 (1) [2] | not run |" in text  # cited in order of appearance
     assert "* [1] 2025-12-31, other, 8 cores, commit 0000000\n* [2] 2026-01-02, cpu, 2 cores, commit abc1234\n" in text
     stamp = bench.Sources()  # one mark per stamp, however many figures share it
