@@ -40,12 +40,23 @@ SETTINGS = [("depth_3", "CIFAR-10", (3, 32, 10, 50_000, 10_000), 50),
             ("depth_5", "ImageNette", (3, 128, 10, 9_469, 3_925), 10)]
 
 
+def gb(mib: float) -> float:
+    """A row's MiB (as the rows record RSS) in GB (as the estimate and the tables give it)."""
+    return mib * 2 ** 20 / 1e9
+
+
+def preset_config(name: str, values: tuple):
+    """The config of preset ``name`` on a setting's data shape (``values`` as in :data:`SETTINGS`)."""
+    from rcig.config import load_preset
+
+    return load_preset(name, values[1], values[0])
+
+
 def row_estimate(row: dict, fit):
     """The estimate of a measured row's run (its data, pool and chunk size) under ``fit``."""
     from rcig.algorithm.memory import DataShape, estimate
-    from rcig.config import load_preset
 
-    cfg = load_preset(row["preset"], row["image_size"], row["channels"]).replace(
+    cfg = preset_config(row["preset"], (row["channels"], row["image_size"])).replace(
         **{**row["overrides"], "chunk_rows": row["chunk_rows"]})
     shape = DataShape(row["channels"], row["image_size"], row["classes"], row["train_images"], row["test_images"])
     return estimate(cfg, shape, row["ipc"], row["chunk_rows"], "cpu", row["pool_members"], fit)
@@ -60,7 +71,7 @@ def show_fit(path: Path) -> None:
     print("| shape | ipc | target | chunk_rows | peak GB | estimate GB (error) | refitted (error) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        peak = row["peak_rss_mb"] * 2 ** 20 / 1e9
+        peak = gb(row["peak_rss_mb"])
         now, new = row_estimate(row, FIT).gb, row_estimate(row, refit).gb
         print(f"| {row['shape']} | {row['ipc']} | {row['target_batch']} | {row['chunk_rows']} | {peak:.2f} | "
               f"{now:.2f} ({now / peak - 1:+.0%}) | {new:.2f} ({new / peak - 1:+.0%}) |")
@@ -71,13 +82,12 @@ def table() -> list[str]:
     on a CPU, in chunks of one row (the least it can need) on a GPU, and what a GPU of each
     size would run (the choice of chunk_rows "auto" for that much free memory)."""
     from rcig.algorithm.memory import FITS, DataShape, choose_chunk_rows, estimate
-    from rcig.config import load_preset
 
     lines = ["| preset | data | ipc | one graph, GPU | one graph, CPU | least (1-row chunks), GPU | "
              + " | ".join(f"{g} GB GPU" for g in GPUS) + " |", "| --- " * (6 + len(GPUS)) + "|"]
     for name, data, values, ipc in SETTINGS:
         shape = DataShape(*values)
-        cfg = load_preset(name, shape.image_size, shape.channels)
+        cfg = preset_config(name, values)
         gb = [estimate(cfg, shape, ipc, k, device).gb for k, device in ((None, "cuda"), (None, "cpu"), (1, "cuda"))]
         cells = []
         for size in GPUS:
@@ -89,14 +99,11 @@ def table() -> list[str]:
     return lines
 
 
-def projected_seconds(row: dict) -> float:
+def projected_seconds(row: dict, cfg) -> float:
     """The seconds of a measured row's step with its preset's solver iterations: each solve's
     part grows by its one-iteration time per iteration the row cut (an upper bound: a solve's
     set-up is counted with every iteration; 129 s against 118 s measured for CIFAR-10 at 10 ipc
-    in chunks of 32)."""
-    from rcig.config import load_preset
-
-    cfg = load_preset(row["preset"], row["image_size"], row["channels"])
+    in chunks of 32). ``cfg``: the row's preset on its data."""
     seconds = row["seconds_per_step"]
     for key, part in (("n_inner_steps", "inner_solve"), ("n_hinv_steps", "hinv")):
         ran = row["overrides"].get(key, getattr(cfg, key))
@@ -104,12 +111,9 @@ def projected_seconds(row: dict) -> float:
     return seconds
 
 
-def setting_row(rows: list[dict], preset: str, values: tuple, ipc: int) -> dict | None:
+def setting_row(rows: list[dict], preset: str, values: tuple, ipc: int, pool: int) -> dict | None:
     """The last of ``rows`` that ran a setting of :data:`SETTINGS` (its preset and ipc, its data's
-    shape and size, the preset's full pool), or None."""
-    from rcig.config import load_preset
-
-    pool = load_preset(preset, values[1], values[0]).pool_size
+    shape and size, the preset's full pool of ``pool`` members), or None."""
     ran = [r for r in rows if (r["preset"], r["ipc"], r["pool_members"]) == (preset, ipc, pool)
            and (r["channels"], r["image_size"], r["classes"], r["train_images"], r["test_images"]) == values]
     return ran[-1] if ran else None
@@ -120,24 +124,23 @@ def paper_rows(rows: list[dict]) -> list[str]:
     :data:`SETTINGS` the last row of ``rows`` that ran it (its preset, ipc and data's size, the
     full pool): the chunks taken, the peak beside the estimate, and the step's seconds."""
     from rcig.algorithm.memory import FIT, DataShape, estimate
-    from rcig.config import load_preset
 
     lines = ["| preset | data | ipc | support rows | target | one graph (estimate) | chunk_rows | peak RSS | "
              "before the step | estimate (error) | solver iterations | s/step as run | s/step, the preset's "
              "iterations |", "| --- " * 13 + "|"]
     for name, data, values, ipc in SETTINGS:
-        row = setting_row(rows, name, values, ipc)
+        cfg = preset_config(name, values)
+        row = setting_row(rows, name, values, ipc, cfg.pool_size)
         if row is None:
             continue
-        cfg = load_preset(name, values[1], values[0])
         whole = estimate(cfg, DataShape(*values), ipc, None, "cpu").gb
-        peak = row["peak_rss_mb"] * 2 ** 20 / 1e9
+        peak = gb(row["peak_rss_mb"])
         est = row_estimate(row, FIT).gb
         iterations = row["overrides"].get("n_inner_steps", cfg.n_inner_steps)
         lines.append(f"| {name} | {data} | {ipc} | {row['support_rows']:,} | {row['target_batch']:,} | {whole:.1f} GB | "
-                     f"{row['chunk_rows'] or 'none'} | {peak:.2f} GB | {row['rss_before_step_mb'] * 2 ** 20 / 1e9:.2f} GB | "
+                     f"{row['chunk_rows'] or 'none'} | {peak:.2f} GB | {gb(row['rss_before_step_mb']):.2f} GB | "
                      f"{est:.2f} GB ({est / peak - 1:+.0%}) | {iterations} | {row['seconds_per_step']:.0f} | "
-                     f"{projected_seconds(row):.0f} |")
+                     f"{projected_seconds(row, cfg):.0f} |")
     return lines
 
 

@@ -139,11 +139,12 @@ class Bench:
             rcig("distill", "--dataset", DATASET, "--ipc", str(ipc), "--steps", str(self.args.max_steps),
                  "--max-minutes", f"{budget:.2f}", "--eval-every", str(self.args.eval_every), "--no-eval",
                  "--out", str(out), *resume)
-        return self.run_record(ipc, out, budget_minutes=self.args.minutes)
+        made = json.loads((out / "run.json").read_text())
+        return self.run_record(ipc, out, made["seed"], budget_minutes=self.args.minutes)
 
-    def run_record(self, ipc: int, out: Path, **extra) -> dict:
+    def run_record(self, ipc: int, out: Path, seed: int, **extra) -> dict:
+        """The piece of the run in ``out`` (``seed``: its run.json's): steps, cost, curve."""
         progress = read_progress(out / "log.jsonl")
-        seed = json.loads((out / "run.json").read_text()).get("seed", self.args.seed)
         return {"ipc": ipc, "preset": self.args.preset, "seed": seed, "steps": progress.steps, "wall_s": round(progress.wall_seconds, 1),
                 "cpu_s": round(progress.cpu_seconds, 1), **extra, "run_dir": str(out),
                 "curve": read_curve(out / "log.jsonl")}
@@ -163,16 +164,16 @@ class Bench:
             raise SystemExit(f"benchmarks: --adopt {ipc}={run}: not the {self.args.preset} preset's run "
                              f"({', '.join(differences)})")
         scores = run / "distilled.eval.json"
-        seed = made.get("seed", 0)
+        seed = made["seed"]
         if seed != self.args.seed:  # another seed of the same recipe: its spread, not the table's set
             if not scores.exists():
                 raise SystemExit(f"benchmarks: --adopt {ipc}={run}: a run of seed {seed} (not --seed "
                                  f"{self.args.seed}) is reported by its scores, and it has no distilled.eval.json")
-            self.record(f"seed_{ipc}_{seed}", {**self.run_record(ipc, run, budget_minutes=None, adopted=True),
+            self.record(f"seed_{ipc}_{seed}", {**self.run_record(ipc, run, seed, budget_minutes=None, adopted=True),
                                                "scores": json.loads(scores.read_text()),
                                                "recorded": provenance()})
             return
-        self.record(f"distill_{ipc}", {**self.run_record(ipc, run, budget_minutes=None, adopted=True),
+        self.record(f"distill_{ipc}", {**self.run_record(ipc, run, seed, budget_minutes=None, adopted=True),
                                        "recorded": provenance()})
         if scores.exists():
             self.record(f"eval_{ipc}_distilled", {**json.loads(scores.read_text()), "recorded": provenance()})
@@ -243,14 +244,15 @@ class Bench:
         """An eval of one setting (``--settings aug``) replaces that setting only: the other
         setting's scores stay from the piece's previous record, if it has them and its networks
         started from the same initialisation (a piece has one ``init``; a piece without one
-        used torch's)."""
+        used torch's), with the stamp of when they were recorded (the report cites it)."""
         previous = self.done(name) or {}
         others = [s for s in ("no_aug", "aug") if s not in fresh and s in previous]
         if others and previous.get("init", "torch") != fresh.get("init", "torch"):
             print(f"[{name}] dropped the cached {' and '.join(others)} scores: their networks used the "
                   f"{previous.get('init', 'torch')} init, this eval's the {fresh.get('init', 'torch')} one", flush=True)
             return fresh
-        return {**fresh, **{s: previous[s] for s in others}}
+        kept = {s: {**previous[s], **({"recorded": when} if (when := stamp(previous, s)) else {})} for s in others}
+        return {**fresh, **kept}
 
     def full_train(self) -> dict:
         # every training image is a "support" of 6,000 per class; the protocol then uses
@@ -326,6 +328,12 @@ def provenance() -> dict:
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     return {"date": m["date"], "machine": f"{m['cpu']}, {m['cores']} cores", "commit": commit}
+
+
+def stamp(piece: dict, setting: str) -> dict | None:
+    """When a piece's scores of one setting were recorded: the setting's own stamp when it was
+    kept from an earlier eval of the piece (one setting scored again), else the piece's."""
+    return piece[setting].get("recorded") or piece.get("recorded")
 
 
 class Sources:
@@ -528,7 +536,7 @@ def write_markdown(results: dict, path: Path, args, figures: list[tuple[str, str
 
     def cell(piece: dict | None, setting: str) -> str:
         text = fmt(piece, setting)
-        return text if text == "not run" else text + sources.cite(piece)
+        return text if text == "not run" else text + sources.cite({"recorded": stamp(piece, setting)})
 
     lines = ["| ipc | setting | distilled (RCIG) | random real | herding | DM | preset | steps | distillation time |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -34,8 +34,9 @@ def test_the_paper_table_takes_each_settings_last_full_row_and_projects_the_cut_
            "seconds_per_step": 100.0, "parts": {"inner_solve": 3.0, "hinv": 2.0}, "peak_rss_mb": 8 * 1024,
            "rss_before_step_mb": 2048}
     # the preset's 20 iterations per solve: 19 more of each
-    assert model.projected_seconds(row) == pytest.approx(100 + 19 * 3 + 19 * 2)
-    assert model.projected_seconds({**row, "overrides": {}}) == 100  # nothing cut: as measured
+    cfg = model.preset_config("depth_3", (3, 32))
+    assert model.projected_seconds(row, cfg) == pytest.approx(100 + 19 * 3 + 19 * 2)
+    assert model.projected_seconds({**row, "overrides": {}}, cfg) == 100  # nothing cut: as measured
     rows = [{**row, "peak_rss_mb": 1}, row, {**row, "pool_members": 1}, {**row, "train_images": 512},
             {**row, "preset": "depth_5"}]
     lines = model.paper_rows(rows)

@@ -108,6 +108,21 @@ def test_a_one_setting_eval_keeps_the_other_settings_cached_scores(bench, tmp_pa
     assert b.keep_other_setting("eval_10_random", {"aug": score(0.7)}) == {"aug": score(0.7)}
 
 
+def test_a_kept_setting_keeps_the_date_it_was_scored_and_the_report_cites_it(bench, tmp_path):
+    b = bench.Bench(bench.argparse.Namespace(work=str(tmp_path), redo=[]))
+    then = {"date": "2026-01-01", "machine": "old", "commit": "aaaaaaa"}
+    b.record("eval_10_herding", {"aug": score(0.71), "recorded": then})
+    piece = {**b.keep_other_setting("eval_10_herding", {"no_aug": score(0.69)}),
+             "recorded": {"date": "2026-02-02", "machine": "new", "commit": "bbbbbbb"}}
+    assert piece["aug"]["recorded"] == then and "recorded" not in piece["no_aug"]
+    res = results({"aug": score(0.8)})
+    res["fashion_mnist"]["10"]["herding"] = piece
+    text = report(bench, res, tmp_path)
+    rows = [line for line in text.splitlines() if line.startswith("| 10 |")]
+    assert "| 69.00 (1) [1] |" in rows[0] and "| 71.00 (1) [2] |" in rows[1]
+    assert "[1] 2026-02-02, new, commit bbbbbbb" in text and "[2] 2026-01-01, old, commit aaaaaaa" in text
+
+
 def test_a_one_setting_eval_drops_the_other_setting_scored_under_another_init(bench, tmp_path):
     b = bench.Bench(bench.argparse.Namespace(work=str(tmp_path), redo=[]))
     b.record("eval_10_random", {"no_aug": score(0.71), "aug": score(0.73)})  # no init: torch's
