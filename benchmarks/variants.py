@@ -217,7 +217,13 @@ def budget_key(minutes: float) -> str:
 
 
 class DistillFailed(Exception):
-    """``rcig distill`` stopped with an ``rcig: error`` (exit status 2), e.g. it diverged."""
+    """``rcig distill`` stopped with an ``rcig: error`` (exit status 2): the variant diverged
+    (its result: recorded, the variant is skipped from then on), or something outside the variant
+    went wrong (the run's folder in use, a full disk, a bad ``--set``), which stops the sweep."""
+
+    @property
+    def diverged(self) -> bool:
+        return "diverged at iteration" in str(self)
 
 
 def rcig(*args: str, threads: int = 1) -> None:
@@ -288,6 +294,9 @@ class Sweep:
             try:
                 progress = self.distil_to(name, 60 * minutes)
             except DistillFailed as failed:
+                if not failed.diverged:
+                    raise SweepError(f"[{name}] {failed} (not a result of the variant: mend it and run the "
+                                     "sweep again)") from None
                 self.save(name, {**piece, "error": str(failed)})
                 print(f"[{name}] {failed}; recorded, skipped from now on", flush=True)
                 return

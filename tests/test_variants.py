@@ -29,8 +29,9 @@ class FakeRcig:
     seconds per step) and writes the "set" as text naming its step; ``eval`` scores a set
     ``0.5 + step / 100``. ``fail_eval_at``: the eval of that step dies (a killed sweep)."""
 
-    def __init__(self, tuning=5.0, per_step=2.0, fail_eval_at=None):
+    def __init__(self, tuning=5.0, per_step=2.0, fail_eval_at=None, distill_error=None):
         self.tuning, self.per_step, self.fail_eval_at = tuning, per_step, fail_eval_at
+        self.distill_error = distill_error  # every distill stops with this rcig: error
         self.calls = []
 
     def __call__(self, command, *args, threads=1):
@@ -43,6 +44,8 @@ class FakeRcig:
             self.eval(args)
 
     def distill(self, args):
+        if self.distill_error:
+            raise self.variants.DistillFailed(f"rcig: error: {self.distill_error}")
         out, steps = Path(value(args, "--out")), int(value(args, "--steps"))
         log = out / "log.jsonl"
         records = [json.loads(line) for line in log.read_text().splitlines()] if "--resume" in args else []
@@ -158,6 +161,26 @@ def test_a_killed_sweep_goes_on_without_redoing_scored_points(variants, tmp_path
     with pytest.raises(SystemExit) as stop:  # a cache made with other overrides is refused
         variants.main(argv(tmp_path, "--variants", "tb256", "--points", "0.1", "--set", "width=8"))
     assert stop.value.code == 2
+
+
+def test_a_diverged_variant_is_recorded_and_another_error_stops_the_sweep(variants, tmp_path, monkeypatch, capsys):
+    fake = FakeRcig(distill_error="/w/faithful is in use by another rcig process (pid 7)")
+    fake.variants = variants
+    monkeypatch.setattr(variants, "rcig", fake)
+    args = argv(tmp_path, "--variants", "faithful", "--points", "0.5", "--only", "run")
+    with pytest.raises(SystemExit) as stop:
+        variants.main(args)
+    assert stop.value.code == 2 and "in use by another rcig process" in capsys.readouterr().err
+    assert "error" not in json.loads((tmp_path / "work" / "faithful.json").read_text())  # not the variant's fault
+    fake.distill_error = None
+    variants.main(args)  # run again once mended: it is measured
+    assert "0.5" in json.loads((tmp_path / "work" / "faithful.json").read_text())["points"]
+    fake.distill_error = "diverged at iteration 3: the outer loss is not finite"
+    variants.main(argv(tmp_path, "--variants", "lr10x", "--points", "0.5", "--only", "run"))
+    assert json.loads((tmp_path / "work" / "lr10x.json").read_text())["error"].endswith("the outer loss is not finite")
+    fake.calls = []
+    variants.main(argv(tmp_path, "--variants", "lr10x", "--points", "0.5", "--only", "run"))
+    assert fake.runs("distill") == []  # a diverged variant is skipped from then on
 
 
 def test_report_json_table_and_figure(variants, tmp_path, monkeypatch):
