@@ -227,10 +227,3 @@ def test_bad_dm_arguments_are_one_line_errors(argv, message, tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("rcig: error:"), (code, err)
     assert message in lines[0]
     assert not (tmp_path / "x.safetensors").exists()
-
-
-def test_eval_compare_offers_the_selections_not_dm(tmp_path, capsys):
-    out = tmp_path / "r.safetensors"
-    assert run(["baseline", "--ipc", "1", "--out", out], capsys)[0] == 0
-    code, _, err = run(["eval", out, "--compare", "dm", "--models", "1"], capsys)
-    assert code == 2 and "unknown baseline 'dm'" in err

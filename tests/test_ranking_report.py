@@ -92,6 +92,30 @@ def test_single_arch_json_keeps_its_shape_and_bad_lists_are_one_line(random_file
         one_line_error(*run(["eval", random_file, *argv, *TINY_EVAL], capsys)[::2], message)
 
 
+def test_sets_files_are_compared_with_the_same_networks_as_the_set(random_file, tmp_path, capsys):
+    """``--compare random,dm.safetensors,...``: a set file scores in the table exactly what it
+    scores alone with the same seeds; each is named by its method, else by its file."""
+    dm, other, bigger = tmp_path / "dm.safetensors", tmp_path / "r1.safetensors", tmp_path / "r2.safetensors"
+    assert run(["baseline", "--dataset", "digits", "--ipc", "1", "--method", "dm", "--steps", "2", "--out", dm],
+               capsys)[0] == 0
+    assert run(["baseline", "--dataset", "digits", "--ipc", "1", "--seed", "1", "--out", other], capsys)[0] == 0
+    assert run(["baseline", "--dataset", "digits", "--ipc", "2", "--out", bigger], capsys)[0] == 0
+    out_json, alone = tmp_path / "e.json", tmp_path / "dm.json"
+    code, out, err = run(["eval", random_file, "--compare", f"random,{dm},{other}", *TINY_EVAL, "--json", out_json],
+                         capsys)
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    assert list(report["compare"]) == ["random", "dm", "r1"] and list(report["ranking"]) == ["random", "dm", "r1"]
+    assert "DD-Ranking against dm: IOR" in out
+    assert run(["eval", dm, *TINY_EVAL, "--json", alone], capsys)[0] == 0
+    scored_alone = json.loads(alone.read_text())
+    assert report["compare"]["dm"]["conv"] == {s: scored_alone[s] for s in ("no_aug", "aug")}
+    assert report["compare"]["r1"] != report["compare"]["random"]  # another seed's images
+    for item, message in (("dm", "unknown baseline 'dm'"), (tmp_path / "none.safetensors", "no such set file"),
+                          (bigger, "holds 20 images, ")):
+        one_line_error(*run(["eval", random_file, "--compare", item, *TINY_EVAL], capsys)[::2], message)
+
+
 # ------------------------------------------------------------------------------- report
 
 @pytest.fixture

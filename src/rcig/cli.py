@@ -401,14 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("eval", "score a set with the paper's protocol: train fresh networks on it alone, test them",
                 "rcig eval runs/digits_ipc1/distilled.safetensors",
                 "rcig eval set.safetensors --compare random,herding --json scores.json",
+                "rcig eval set.safetensors --compare random,herding,dm.safetensors   # DM's set beside",
                 "rcig eval set.safetensors --arch conv,resnet18 --models 3",
                 func=cmd_eval)
     p.add_argument("file", metavar="FILE", help="a set (.safetensors or .npz) written by rcig or `rcig import`")
     p.add_argument("--models", type=positive_int, default=5, metavar="N", help="networks per setting")
     p.add_argument("--arch", metavar="A[,B...]", help="architectures, comma-separated, from conv, conv_bn, "
                    "resnet18, vgg11, alexnet: one table, rows architectures (default: the file's)")
-    p.add_argument("--compare", metavar="random[,herding]", help="also score baselines of the same size with the "
-                   "same protocol and seeds, and report DD-Ranking's IOR and ARS")
+    p.add_argument("--compare", metavar="random,herding,FILE", help="also score baselines of the same size with the "
+                   "same protocol and networks' seeds, and report DD-Ranking's IOR and ARS against each: random "
+                   "real images, herding's, or sets' files (e.g. DM's, from rcig baseline --method dm)")
     p.add_argument("--steps", type=positive_int, metavar="N",
                    help="training steps (default: 1000 for <= 10 images, else 2000)")
     p.add_argument("--test-limit", type=positive_int, metavar="K", help="first K test images only (quick checks)")

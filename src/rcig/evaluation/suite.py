@@ -47,6 +47,47 @@ def parse_list(text: str | None, known, what: str) -> tuple[str, ...]:
     return items
 
 
+def compared_sets(text: str | None, selections) -> tuple[str, ...]:
+    """``--compare``'s items ("random,herding,dm.safetensors"): each a name of ``selections`` or
+    a set file (.safetensors or .npz) that exists; None or "" -> ()."""
+    items = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    for item in items:
+        if item not in selections and not (item.endswith((".safetensors", ".npz")) and Path(item).is_file()):
+            what = "no such set file" if item.endswith((".safetensors", ".npz")) else "unknown baseline"
+            raise RcigError(f"{what} '{item}'; --compare takes {', '.join(selections)} or sets' files "
+                            "(.safetensors or .npz, e.g. from rcig baseline --method dm)")
+    if len(set(items)) != len(items):
+        raise RcigError(f"baseline listed twice in '{text}'")
+    return items
+
+
+def compared_file(path: str, ds, prepared, where: str, taken) -> tuple[str, tuple]:
+    """A set file of ``--compare``: (its name in the tables, (images, labels)). It must be a set
+    of the same dataset, classes, images and size as the scored set ``ds`` (``where``), made
+    with the same flip trick. Its name: its method ("dm"), else (a name of ``taken``) its file's
+    stem, else its folder and stem ("seed1/distilled")."""
+    from rcig import validate
+    from rcig.io import load
+
+    other = load(path)
+    meta, theirs = ds.meta, other.meta
+    if theirs.get("dataset") != meta["dataset"]:
+        raise RcigError(f"--compare {path} is a set of {theirs.get('dataset') or 'an unknown dataset'}, "
+                        f"{where} of {meta['dataset']}")
+    validate.set_fits_dataset(other.images, other.labels, theirs, prepared, path)
+    if len(other.images) != len(ds.images):
+        raise RcigError(f"--compare {path} holds {len(other.images)} images, {where} {len(ds.images)}: "
+                        "compare sets of the same size")
+    if bool(theirs.get("flip")) != bool(meta.get("flip")):
+        raise RcigError(f"--compare {path} and {where} differ in the flip trick (one is scored with each image "
+                        "and its mirror image): score them apart")
+    file = Path(path).resolve()
+    names = [n for n in (theirs.get("method"), file.stem, f"{file.parent.name}/{file.stem}") if n and n not in taken]
+    if not names:
+        raise RcigError(f"--compare {path}: a set of that name is compared already; rename the file")
+    return names[0], (other.images, other.labels)
+
+
 def arch_settings(base: ProtocolSettings, name: str) -> ProtocolSettings:
     return replace(base, **ARCH_PROTOCOLS[name])
 
@@ -205,8 +246,9 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     Arguments left as None take the protocol's defaults (:class:`ProtocolSettings`) or, for
     arch/depth/width/augmentations, the set's own protocol (``width`` scores a set distilled
     with a narrower network on the paper's width-128 ConvNet). ``arch`` may list several
-    architectures ("conv,resnet18"); ``compare`` ("random[,herding]") also scores baselines of
-    the same size with the same protocol and seeds, with DD-Ranking's IOR and ARS;
+    architectures ("conv,resnet18"); ``compare`` ("random,herding,dm.safetensors") also scores
+    baselines of the same size, made here or read from set files (:func:`compared_file`), with
+    the same protocol and seeds, with DD-Ranking's IOR and ARS against each;
     ``settings`` is "both", "no_aug" or "aug". One architecture and no baseline: the result is
     ``{"no_aug", "aug", "dataset", ...}``; otherwise it adds ``"archs"`` / ``"compare"`` /
     ``"ranking"``. ``json_out`` (checked before any work) receives the result as JSON. Under a
@@ -238,7 +280,7 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
         prepared = prepare(meta["dataset"], data_dir)
     validate.set_fits_dataset(ds.images, ds.labels, meta, prepared, where)
     archs = parse_list(arch, ARCH_PROTOCOLS, "architecture") or ((meta.get("protocol") or {}).get("arch", "conv"),)
-    baselines = parse_list(compare, SELECTIONS, "baseline")
+    baselines = compared_sets(compare, SELECTIONS)
     base = protocol_settings(meta, models=models, steps=steps, seed=seed, test_limit=test_limit, settings=settings,
                              init=init, width=width)
     channels, size = ds.images.shape[1], ds.images.shape[2]
@@ -249,8 +291,13 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
     if baselines and len(ds.images) % k:
         raise RcigError(f"--compare needs the same number of images per class; {where} has {len(ds.images)} for "
                         f"{k} classes")
-    for name in baselines:
-        supports[name] = baseline_support(prepared, name, len(ds.images) // k, base.seed)
+    for item in baselines:
+        if item in SELECTIONS:
+            supports[item] = baseline_support(prepared, item, len(ds.images) // k, base.seed)
+        else:
+            name, support = compared_file(item, ds, prepared, where, supports)
+            supports[name] = support
+    baselines = tuple(name for name in supports if name != "distilled")
     started = time.perf_counter()
     grid = score_grid(supports, archs, base, prepared.test_images(), prepared.y_test, flip=bool(meta.get("flip")),
                       progress=progress, team=team, book=book)
