@@ -519,7 +519,9 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--models", type=positive_int, default=1, help="protocol networks per setting and point (default 1)")
     parser.add_argument("--settings", choices=("both", "aug", "no_aug"), default="both")
     parser.add_argument("--threads", type=positive_int, default=1, help="OMP_NUM_THREADS of the rcig runs (default 1)")
-    parser.add_argument("--chunk", type=positive_int, default=10, help="at most this many outer steps per rcig call")
+    parser.add_argument("--chunk", type=positive_int, default=200,
+                        help="at most this many outer steps per rcig call (each call starts rcig again: a few "
+                        "seconds of wall time, not counted in the budget; default 200)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra config override for every variant (quick checks), repeatable")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "variants"))
