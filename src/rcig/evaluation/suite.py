@@ -307,6 +307,8 @@ def evaluate(distilled: DistilledSet | str | os.PathLike, *, models: int | None 
         from rcig.parallel import TeamError  # every rank raises it; the leader alone says it
 
         lo, hi = float(ds.images.min()), float(ds.images.max())
+        if book is not None and team.leader:  # the verdict is final: nothing for a run again to go on from
+            book.close()
         raise TeamError(f"{where}: every network trained on it diverged (the loss became NaN or infinite; its "
                         f"images range from {lo:.3g} to {hi:.3g}), so it has no score")
     ranking = {b: {a: ranking_scores(grid["distilled"][a], grid[b][a]) for a in archs} for b in baselines}
