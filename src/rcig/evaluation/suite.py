@@ -36,28 +36,32 @@ ARCH_PROTOCOLS = {
 }
 
 
+def split_list(text: str | None, what: str) -> tuple[str, ...]:
+    """"a,b" -> ("a", "b"), none listed twice; None or "" -> ()."""
+    items = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    if len(set(items)) != len(items):
+        raise RcigError(f"{what} listed twice in '{text}'")
+    return items
+
+
 def parse_list(text: str | None, known, what: str) -> tuple[str, ...]:
     """"a,b" -> ("a", "b"), each checked against ``known``; None or "" -> ()."""
-    items = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    items = split_list(text, what)
     unknown = [p for p in items if p not in known]
     if unknown:
         raise RcigError(f"unknown {what} '{unknown[0]}'; choose from {', '.join(known)}")
-    if len(set(items)) != len(items):
-        raise RcigError(f"{what} listed twice in '{text}'")
     return items
 
 
 def compared_sets(text: str | None, selections) -> tuple[str, ...]:
     """``--compare``'s items ("random,herding,dm.safetensors"): each a name of ``selections`` or
     a set file (.safetensors or .npz) that exists; None or "" -> ()."""
-    items = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    items = split_list(text, "baseline")
     for item in items:
         if item not in selections and not (item.endswith((".safetensors", ".npz")) and Path(item).is_file()):
             what = "no such set file" if item.endswith((".safetensors", ".npz")) else "unknown baseline"
             raise RcigError(f"{what} '{item}'; --compare takes {', '.join(selections)} or sets' files "
                             "(.safetensors or .npz, e.g. from rcig baseline --method dm)")
-    if len(set(items)) != len(items):
-        raise RcigError(f"baseline listed twice in '{text}'")
     return items
 
 
