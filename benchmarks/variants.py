@@ -113,7 +113,7 @@ BASES = {"faithful": {}, "tb256_cg5": FAST, "fast_herding_lr3x": FAST_1IPC}  # t
 ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
          "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
          "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_w32", "fast_w48", "fast_tb128", "fast_pool4",
-         "fast_cg3", "fast_ema995", "fast_anneal")
+         "fast_cg3", "fast_ema995", "fast_anneal", "fast_w32_tb1024", "fast_w32_online300")
 ANNEAL_STEP = 870  # fast_anneal's default end of the anneal: about 120 CPU minutes of fast at 1 ipc
 
 
@@ -150,6 +150,8 @@ def variant_overrides(boost_steps: int, anneal_step: int = ANNEAL_STEP) -> dict[
         "fast_cg3": {**FAST_1IPC, "n_inner_steps": 3, "n_hinv_steps": 3},
         "fast_ema995": {**FAST_1IPC, "ema_decay": 0.995},
         "fast_anneal": {**FAST_1IPC, "proto_lr_final": 0.1, "proto_lr_final_step": anneal_step},
+        "fast_w32_tb1024": {**FAST_1IPC, "width": 32, "target_batch_size": 1024},
+        "fast_w32_online300": {**FAST_1IPC, "width": 32, "max_online_steps": 300},
     }
     return {name: table[name] for name in ORDER}
 
