@@ -411,10 +411,13 @@ def networks(pieces: dict) -> str:
 
 
 def change(overrides: dict) -> str:
-    """A variant's overrides as the largest of ``BASES`` it contains plus the fields it changes
-    on top ("fast_herding_lr3x + width=64"): with ``rcig distill ... --set``, its command."""
-    name, base = max(((n, b) for n, b in BASES.items() if b.items() <= overrides.items()), key=lambda nb: len(nb[1]))
-    extra = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items() if k not in base)
+    """A variant's overrides as the one of ``BASES`` it shares most settings with (among those
+    whose every field it sets) plus the fields it sets otherwise ("fast_herding_lr3x + width=64"):
+    with ``rcig distill ... --set``, its command."""
+    name, base = max(((n, b) for n, b in BASES.items() if b.keys() <= overrides.keys()),
+                     key=lambda nb: len(nb[1].items() & overrides.items()))
+    extra = ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in overrides.items()
+                      if k not in base or base[k] != v)
     return f"{name} + {extra}" if extra else name
 
 

@@ -94,6 +94,12 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
         {"proto_lr_final": 0.1, "proto_lr_final_step": 500}
     assert variants.variant_overrides(7)["fast_anneal"]["proto_lr_final_step"] == variants.ANNEAL_STEP
     assert variants.parse_variants("cg5, faithful") == ["faithful", "cg5"]  # run in ORDER's order
+    # the report's "change": the closest base and what the variant sets otherwise, a base's value changed too
+    table = variants.variant_overrides(7)
+    assert variants.change(table["fast_w32_tb1024"]) == "fast_herding_lr3x + target_batch_size=1024, width=32"
+    assert variants.change(table["fast_w64"]) == "fast_herding_lr3x + width=64"
+    assert variants.change(table["tb256"]) == "faithful + target_batch_size=256"
+    assert variants.change(table["tb256_cg5"]) == "tb256_cg5"
     assert variants.parse_baselines("herding,random") == ["random", "herding"] and variants.parse_baselines("none") == []
     for bad in (["--variants", "faithful,lr5x"], ["--points", "5,x"], ["--points", "0,5"], ["--chunk", "0"],
                 ["--baselines", "kmeans"], ["--anneal-step", "300", "--only", "report"]):
