@@ -212,6 +212,36 @@ def test_rcig_baseline_dm_goes_on_after_a_kill_and_refuses_another_runs_progress
     assert load(out).meta["dm"]["iterations"] == 4
 
 
+def test_rcig_baseline_dm_keeps_its_progress_on_a_stop_signal(tmp_path, capsys, monkeypatch):
+    """SIGTERM (a scheduler's preemption) mid-run: the iteration in flight ends, the progress is
+    kept at once (not a minute later), the exit status is 143, and the same command goes on."""
+    import os
+    import signal
+
+    import rcig.evaluation.dm as dm_module
+
+    straight = tmp_path / "straight.safetensors"
+    assert run(["baseline", "--method", "dm", "--steps", "5", "--out", straight], capsys)[0] == 0
+    out = tmp_path / "dm.safetensors"
+    real_step, calls = dm_module.dm_step, []
+
+    def signalled_in_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args)
+
+    monkeypatch.setattr(dm_module, "dm_step", signalled_in_the_third)
+    code, _, err = run(["baseline", "--method", "dm", "--steps", "5", "--out", out], capsys)
+    partial = tmp_path / "dm.safetensors.partial.pt"
+    assert code == 143 and "stopped by SIGTERM at iteration 3" in err and str(partial) in err
+    assert partial.exists() and not out.exists()
+    monkeypatch.setattr(dm_module, "dm_step", real_step)
+    code, said, err = run(["baseline", "--method", "dm", "--steps", "5", "--out", out], capsys)
+    assert code == 0 and "iteration 3" in err and "5 iterations" in said
+    assert torch.equal(load(out).images, load(straight).images) and not partial.exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "random", "--steps", "3"], "apply to --method dm"),
     (["--method", "herding", "--max-minutes", "1"], "apply to --method dm"),

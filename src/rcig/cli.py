@@ -389,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, metavar="N", help="dm: iterations (default: 20000, the paper's)")
     p.add_argument("--max-minutes", type=positive_minutes, metavar="MIN",
                    help="dm: wall-clock budget, data loading included: no iteration starts that would end past it "
-                   "(at least one runs). dm keeps its progress in OUT.partial.pt about once a minute: the same "
+                   "(at least one runs). dm keeps its progress in OUT.partial.pt about once a minute and on Ctrl-C or "
+                   "SIGTERM (after the iteration in flight): the same "
                    "command run again after a kill goes on from there, with the budget that is left")
     p.add_argument("--seed", type=seed_int, default=0, metavar="SEED", help="random seed")
     p.add_argument("--out", metavar="FILE", help=f"output file, .safetensors or .npz (default: "

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -138,11 +139,14 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
     ``keep_beside`` (DM only; the set's output path): go on from the :class:`DMFile` beside
     it if an earlier call left one (its time and cost counted in, the budget too), and, when
     ``keeps``, keep the progress there about once a minute (the caller removes it once the
-    set is written)."""
+    set is written) and on a stop signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1: a scheduler's
+    preemption), after the iteration in flight: then
+    :class:`rcig.run.interrupts.Interrupted` says where the progress is and how to go on."""
     from rcig import parallel, validate
     from rcig.data import prepare
     from rcig.errors import RcigError
     from rcig.io import make_set
+    from rcig.run.interrupts import Interrupted, stop_on_signals
     from rcig.timing import Stopwatch
 
     clock, began = Stopwatch(), time.perf_counter()
@@ -175,8 +179,15 @@ def baseline_set(spec: str, ipc: int, *, method: str, seed: int, data_dir: str |
                           f"{before['seconds'] / 60:.1f} min spent", file=sys.stderr)
             if keeps:
                 going_on["keep"] = lambda p: kept.save(p, before["cpu_seconds"] + clock.total()["cpu_seconds"])
-        result = dm(prepared, ipc, seed, settings, max_minutes=max_minutes, began=began, progress=progress, device=on,
-                    **going_on)
+        with contextlib.ExitStack() as stack:
+            if "keep" in going_on:  # a stop signal keeps the progress after the iteration in flight
+                stopper = stack.enter_context(stop_on_signals(may_abandon=False, announce=progress))
+                going_on["stop"] = stopper.requested
+            result = dm(prepared, ipc, seed, settings, max_minutes=max_minutes, began=began, progress=progress,
+                        device=on, **going_on)
+        if result.stopped:
+            raise Interrupted(stopper.signum, f"stopped by {stopper.name} at iteration {result.iterations}; "
+                              f"its progress is in {kept.path}: the same command run again goes on from there")
         images, labels = result.images, result.labels
         # iterations done (and asked for), the budget, the last loss, the hyperparameters
         extra["dm"] = {**settings._asdict(), "iterations": result.iterations, "max_iterations": settings.iterations,

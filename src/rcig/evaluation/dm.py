@@ -73,6 +73,7 @@ class DMResult(NamedTuple):
     labels: torch.Tensor    # (C * ipc, C) centred one-hot
     iterations: int         # steps taken (the budget may stop before DMSettings.iterations)
     losses: list[float]     # L(S) before each step
+    stopped: bool = False   # ended early because ``stop`` asked (the images are then not a finished set)
 
 
 class DMProgress(NamedTuple):
@@ -139,7 +140,7 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
                           began: float | None = None, progress: bool = False,
                           device: torch.device = torch.device("cpu"), start: DMProgress | None = None,
                           keep: Callable[[DMProgress], None] | None = None, keep_every: float | None = None,
-                          ) -> DMResult:
+                          stop: Callable[[], bool] | None = None) -> DMResult:
     """DM's synthetic set grown from ``images`` (C * ipc, ch, H, W), class-ordered, with hard
     ``labels`` (C * ipc, C), on the training images of ``prepared`` (a rcig.data.Prepared).
 
@@ -151,7 +152,9 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
     ``start``: go on from a run's :class:`DMProgress` (``images`` then only give the shapes),
     its seconds counted against the budget; the result is the uninterrupted run's. ``keep``
     receives the progress after a step at most every ``keep_every`` wall seconds (None:
-    ``KEEP_EVERY``; 0: after every step), for the caller to store.
+    ``KEEP_EVERY``; 0: after every step), for the caller to store. ``stop``, asked after each
+    step: when it says True, the progress goes to ``keep`` at once and the run ends there, its
+    result marked ``stopped``.
     """
     from rcig.data.sampling import class_members
     from rcig.progress import Progress
@@ -182,9 +185,12 @@ def distribution_matching(prepared, images: torch.Tensor, labels: torch.Tensor, 
             losses.append(loss)
             bar.update(1, loss=f"{loss:.4g}")
             now = time.perf_counter()
-            if keep is not None and now - last_kept >= (KEEP_EVERY if keep_every is None else keep_every):
+            stopped = stop is not None and stop()
+            if keep is not None and (stopped or now - last_kept >= (KEEP_EVERY if keep_every is None else keep_every)):
                 keep(DMProgress(state, generator.get_state(), losses, now - began))
                 last_kept = now
+            if stopped:
+                return DMResult(state.images.detach(), labels.to(device), state.iteration, losses, stopped=True)
             if past_budget(max_minutes, began, loop_started, now, state.iteration - first):
                 break
     return DMResult(state.images.detach(), labels.to(device), state.iteration, losses)
