@@ -79,10 +79,17 @@ PAPER = {1: 79.8, 10: 88.5}  # RCIG on Fashion-MNIST in the paper (ConvNet, GPU)
 
 
 def rcig(*args: str) -> None:
-    """Run the ``rcig`` command line in a child process (its output goes to ours)."""
+    """Run the ``rcig`` command line in a child process (its output goes to ours). One that
+    fails or is stopped by a signal ends the benchmark with one line and its exit status (128 +
+    the signal's number); the pieces done stand, and the same command goes on from them."""
     command = [sys.executable, "-m", "rcig.cli", *args]
     print("$ rcig " + " ".join(args), flush=True)
-    subprocess.run(command, check=True)
+    code = subprocess.run(command).returncode
+    if code != 0:
+        status = 128 - code if code < 0 else code  # subprocess gives -N for a child ended by signal N
+        print(f"benchmarks: rcig {args[0]} ended with exit status {status}; the pieces done stand, and the same "
+              "command goes on from them", file=sys.stderr)
+        raise SystemExit(status)
 
 
 class Bench:

@@ -66,6 +66,17 @@ def test_report_replaces_only_the_marked_block(bench, tmp_path):
     assert "Full training set (all images, the protocol's short training; not a ceiling): no aug not run, aug not run" in text
 
 
+def test_a_failed_or_signalled_rcig_ends_the_benchmark_with_one_line_and_its_status(bench, monkeypatch, capsys):
+    import subprocess
+
+    for code, status in ((2, 2), (-15, 143)):  # an rcig error; a child ended by SIGTERM
+        monkeypatch.setattr(bench.subprocess, "run", lambda command, code=code: subprocess.CompletedProcess(command, code))
+        with pytest.raises(SystemExit) as stop:
+            bench.rcig("baseline", "--method", "dm")
+        assert stop.value.code == status
+        assert f"rcig baseline ended with exit status {status}" in capsys.readouterr().err
+
+
 def test_the_dm_set_gets_the_distillations_budget_and_its_piece_its_cost(bench, tmp_path, monkeypatch):
     from rcig.evaluation.baselines import baseline_set
     from rcig.io import save
