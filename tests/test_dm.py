@@ -184,22 +184,32 @@ def test_a_run_gone_on_from_its_progress_is_the_run_never_stopped(digits):
     assert torch.equal(went_on.images, whole.images) and went_on.losses == whole.losses and went_on.iterations == 6
 
 
+def step_doing(step, at: int, act):
+    """``step`` (DM's) calling ``act()`` first at its ``at``-th call (an exception stops it there)."""
+    calls = []
+
+    def stepping(*args):
+        calls.append(1)
+        if len(calls) == at:
+            act()
+        return step(*args)
+
+    return stepping
+
+
 def test_rcig_baseline_dm_goes_on_after_a_kill_and_refuses_another_runs_progress(tmp_path, capsys, monkeypatch):
     import rcig.evaluation.dm as dm_module
 
     straight = tmp_path / "straight.safetensors"
     assert run(["baseline", "--method", "dm", "--steps", "4", "--out", straight], capsys)[0] == 0
     out = tmp_path / "dm.safetensors"
-    real_step, calls = dm_module.dm_step, []
+    real_step = dm_module.dm_step
 
-    def dies_at_the_third(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # a signal: the process ends, its progress file stays
-        return real_step(*args)
+    def die():
+        raise KeyboardInterrupt  # a signal: the process ends, its progress file stays
 
     monkeypatch.setattr(dm_module, "KEEP_EVERY", 0.0)
-    monkeypatch.setattr(dm_module, "dm_step", dies_at_the_third)
+    monkeypatch.setattr(dm_module, "dm_step", step_doing(real_step, 3, die))
     assert run(["baseline", "--method", "dm", "--steps", "4", "--out", out], capsys)[0] != 0
     partial = tmp_path / "dm.safetensors.partial.pt"
     assert partial.exists() and not out.exists()
@@ -223,15 +233,8 @@ def test_rcig_baseline_dm_keeps_its_progress_on_a_stop_signal(tmp_path, capsys, 
     straight = tmp_path / "straight.safetensors"
     assert run(["baseline", "--method", "dm", "--steps", "5", "--out", straight], capsys)[0] == 0
     out = tmp_path / "dm.safetensors"
-    real_step, calls = dm_module.dm_step, []
-
-    def signalled_in_the_third(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_step(*args)
-
-    monkeypatch.setattr(dm_module, "dm_step", signalled_in_the_third)
+    real_step = dm_module.dm_step
+    monkeypatch.setattr(dm_module, "dm_step", step_doing(real_step, 3, lambda: os.kill(os.getpid(), signal.SIGTERM)))
     code, _, err = run(["baseline", "--method", "dm", "--steps", "5", "--out", out], capsys)
     partial = tmp_path / "dm.safetensors.partial.pt"
     assert code == 143 and "stopped by SIGTERM at iteration 3" in err and str(partial) in err
