@@ -97,7 +97,8 @@ def test_variant_names_points_and_overrides_are_validated(variants, tmp_path, ca
     # the report's "change": the closest base and what the variant sets otherwise, a base's value changed too
     table = variants.variant_overrides(7)
     assert variants.change(table["fast_w32_tb1024"]) == "fast_herding_lr3x + target_batch_size=1024, width=32"
-    assert variants.change(table["fast_w64"]) == "fast_herding_lr3x + width=64"
+    assert variants.change(table["fast_w64"]) == "fast"  # --preset fast: its variants read as its --set
+    assert variants.change(table["fast_w64_l2x4"]) == "fast + l2_rate=0.002"
     assert variants.change(table["tb256"]) == "faithful + target_batch_size=256"
     assert variants.change(table["tb256_cg5"]) == "tb256_cg5"
     assert variants.parse_baselines("herding,random") == ["random", "herding"] and variants.parse_baselines("none") == []
