@@ -235,7 +235,7 @@ def test_a_second_screen_reports_in_its_own_section(variants, tmp_path, monkeypa
     assert text.startswith("# Benchmarks\n\n<!-- variants -->\nfirst\n<!-- /variants -->\n\n## levers\n")
     rows = text.split("<!-- levers -->")[1].split("<!-- /levers -->")[0].strip().splitlines()
     assert [r.split(" | ")[:2] for r in rows[2:4]] == [["| fast_herding_lr3x", "fast_herding_lr3x"],
-                                                        ["| fast_w64", "fast_herding_lr3x + width=64"]]
+                                                        ["| fast_w64", "fast"]]  # the preset itself
     assert rows[2].split(" | ")[2].endswith("/ - (15)") and results["models"] == "1-2"
     with pytest.raises(SystemExit):
         variants.main(argv(tmp_path, "--section", "no such", "--only", "report"))
