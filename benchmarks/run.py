@@ -42,13 +42,14 @@ benchmark resumes where it stopped; delete a file, or pass ``--redo``, to run it
   method's scores side by side) and ``benchmarks/accuracy_vs_step.png`` (for runs scored
   along the way, ``--eval-every``) and the
   tables of ``BENCHMARKS.md`` and the results table of ``README.md`` (each between its
-  ``<!-- results -->`` markers); the distilled sets and their scores are copied to
-  ``distilled/``.
+  ``<!-- results -->`` markers); the distilled sets and the DM sets, with their scores, are
+  copied to ``distilled/``.
 
 Every piece this script measures or adopts is stamped with when, where and at which commit
 it was recorded (``"recorded": {"date", "machine", "commit"}``); the report marks each figure
 with its stamp. ``--restore`` keeps the stamps of the pieces it restores, so a report rewritten
-on a fresh clone cites the machines and commits the figures came from::
+on a fresh clone cites the machines and commits the figures came from, and it takes the DM sets
+shipped in ``distilled/`` as this work's, so ``--more-networks`` scores the set the report shows::
 
     python benchmarks/run.py --work W --restore --only report
 """
@@ -187,7 +188,9 @@ class Bench:
 
     def restore(self, results: dict) -> list[str]:
         """Cache each piece that ``results`` (a report's ``results.json``) holds and ``--work``
-        lacks; the inverse of :meth:`results`. Returns the names of the pieces written."""
+        lacks, the inverse of :meth:`results`, and copy in each scored DM set shipped in
+        distilled/ (making one again would cost its budget and give another set). Returns the
+        names of the pieces and sets written."""
         written = []
 
         def keep(name: str, piece: dict | None) -> None:
@@ -198,6 +201,11 @@ class Bench:
         for ipc, row in results.get(DATASET, {}).items():
             for method in METHODS:
                 keep(f"eval_{ipc}_{method}", row.get(method))
+            # the DM set that was scored, so more networks score the same set, not a new one
+            shipped, path = SHIPPED / f"{DATASET}_dm_ipc{ipc}.safetensors", self.set_path(int(ipc), "dm")
+            if row.get("dm") and shipped.exists() and not path.exists():
+                shutil.copyfile(shipped, path)
+                written.append(path.name)
             if row.get("steps") is not None:
                 adopted = row.get("adopted_from")
                 keep(f"distill_{ipc}", {
@@ -216,11 +224,16 @@ class Bench:
         found = {int(path.stem.rsplit("_", 1)[1]): path.stem for path in self.pieces.glob(f"seed_{ipc}_*.json")}
         return {str(seed): self.done(found[seed]) for seed in sorted(found)}
 
-    def set_file(self, ipc: int, method: str) -> Path:
+    def set_path(self, ipc: int, method: str) -> Path:
+        """Where the ipc's set of ``method`` is (or will be)."""
         if method == "distilled":
             return self.run_dir(ipc) / "distilled.safetensors"
-        path = self.work / f"{DATASET}_{method}_ipc{ipc}.safetensors"
-        if not path.exists():  # DM: the distillation's budget, per ipc
+        return self.work / f"{DATASET}_{method}_ipc{ipc}.safetensors"
+
+    def set_file(self, ipc: int, method: str) -> Path:
+        """:meth:`set_path`, a baseline's set made first if it is not there."""
+        path = self.set_path(ipc, method)
+        if method != "distilled" and not path.exists():  # DM: the distillation's budget, per ipc
             budget = ["--max-minutes", str(self.args.minutes)] if method == "dm" else []
             rcig("baseline", "--dataset", DATASET, "--ipc", str(ipc), "--method", method,
                  "--seed", str(self.args.seed), "--out", str(path), *budget)
@@ -466,16 +479,21 @@ FIGURES = [("methods.png", "every method's score at each ipc, without and with a
            ("accuracy_vs_step.png", "accuracy with augmentation against outer steps", plot_curves)]
 
 
+SHIPPED = ROOT / "distilled"  # the sets the report ships, each beside its scores (NAME.eval.json)
+
+
 def ship_sets(bench: Bench, results: dict) -> None:
-    """Copy each evaluated distilled set and its scores to distilled/."""
-    target = ROOT / "distilled"
+    """Copy each evaluated distilled set, and each evaluated DM set (the peer's, whose making
+    costs the distillation's budget), to distilled/ with its scores."""
     for ipc, row in results[DATASET].items():
-        source = bench.run_dir(int(ipc)) / "distilled.safetensors"
-        if row.get("distilled") and source.exists():
-            target.mkdir(exist_ok=True)
-            shutil.copyfile(source, target / f"{DATASET}_ipc{ipc}.safetensors")
-            scores = {**row["distilled"], "file": f"{DATASET}_ipc{ipc}.safetensors"}  # relative to distilled/
-            (target / f"{DATASET}_ipc{ipc}.eval.json").write_text(json.dumps(scores, indent=2) + "\n")
+        shipped = {"distilled": (bench.run_dir(int(ipc)) / "distilled.safetensors", f"{DATASET}_ipc{ipc}"),
+                   "dm": (bench.work / f"{DATASET}_dm_ipc{ipc}.safetensors", f"{DATASET}_dm_ipc{ipc}")}
+        for method, (source, name) in shipped.items():
+            if row.get(method) and source.exists():
+                SHIPPED.mkdir(exist_ok=True)
+                shutil.copyfile(source, SHIPPED / f"{name}.safetensors")
+                scores = {**row[method], "file": f"{name}.safetensors"}  # relative to distilled/
+                (SHIPPED / f"{name}.eval.json").write_text(json.dumps(scores, indent=2) + "\n")
 
 
 def preset_differences(config: dict, preset: str, ipc: int) -> list[str]:
@@ -732,7 +750,7 @@ def main(argv=None) -> None:
                              "reported beside it as a further seed (its distilled.eval.json needed); repeatable")
     parser.add_argument("--restore", nargs="?", const=str(ROOT / "benchmarks" / "results.json"), metavar="RESULTS",
                         help="first cache the pieces a results.json holds (default benchmarks/results.json) "
-                             "where --work lacks them")
+                             "where --work lacks them, and the DM sets shipped in distilled/")
     parser.add_argument("--more-networks", action="store_true",
                         help="eval pieces: train --models MORE networks and pool them with the cached "
                              "ones (seeds continue after the cached networks'); implies re-running them")

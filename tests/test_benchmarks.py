@@ -95,6 +95,30 @@ def test_the_dm_set_gets_the_distillations_budget_and_its_piece_its_cost(bench, 
     assert cost["iterations"] == 1 and cost["max_minutes"] is None and cost["cpu_seconds"] > 0 and cost["seconds"] > 0
 
 
+def test_the_scored_dm_set_is_shipped_and_a_restored_benchmark_scores_that_set_again(bench, tmp_path, monkeypatch):
+    shipped = tmp_path / "distilled"
+    monkeypatch.setattr(bench, "SHIPPED", shipped)
+    calls = []
+    monkeypatch.setattr(bench, "rcig", lambda *args: calls.append(args))
+    args = bench.argparse.Namespace(work=str(tmp_path / "made"), redo=[], minutes=45.0, seed=0, ipcs=[10], preset="fast")
+    made = bench.Bench(args)
+    made.set_path(10, "dm").write_bytes(b"the DM set")  # as rcig baseline left it
+    made.record("eval_10_dm", {"aug": score(0.8)})
+    bench.ship_sets(made, made.results())
+    assert (shipped / "fashion_mnist_dm_ipc10.safetensors").read_bytes() == b"the DM set"
+    assert json.loads((shipped / "fashion_mnist_dm_ipc10.eval.json").read_text())["file"] == \
+        "fashion_mnist_dm_ipc10.safetensors"
+    assert not (shipped / "fashion_mnist_ipc10.safetensors").exists()  # no distilled set was made
+
+    fresh = bench.Bench(bench.argparse.Namespace(**{**vars(args), "work": str(tmp_path / "fresh")}))
+    assert "fashion_mnist_dm_ipc10.safetensors" in fresh.restore(json.loads(json.dumps(made.results())))
+    assert fresh.set_file(10, "dm").read_bytes() == b"the DM set" and calls == []  # not made again
+    other = bench.Bench(bench.argparse.Namespace(**{**vars(args), "work": str(tmp_path / "other")}))
+    other.restore({"fashion_mnist": {"10": {"dm": None}}})  # no scored DM set in the report: none taken
+    other.set_file(10, "dm")
+    assert len(calls) == 1 and "--method dm" in " ".join(calls[0])
+
+
 def test_progress_reads_steps_and_seconds_of_outer_steps_only(bench, tmp_path):
     log = tmp_path / "log.jsonl"
     log.write_text('{"iter": 0, "init": {"method": "herding", "seconds": 7.5, "cpu_seconds": 9.0}}\n'
