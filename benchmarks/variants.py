@@ -8,7 +8,7 @@ until each budget of ``--points`` CPU minutes, where its EMA set is copied and s
     OMP_NUM_THREADS=1 nohup python benchmarks/variants.py --points 5,10,20,40 &   # the sweep
     python benchmarks/variants.py --variants faithful,cg5 --points 5              # a subset
     python benchmarks/variants.py --only report                                   # outputs from the cache
-    python benchmarks/variants.py --section levers --work W2 --variants fast_herding_lr3x,fast_w64 \
+    python benchmarks/variants.py --section levers --work W2 --variants fast_herding_lr3x,fast_w64 \\
         --points 20 --models 2 --settings no_aug --baselines none                 # another screen, own section
 
 The variants (``B`` = ``--boost-steps``, ``A`` = ``--anneal-step``):
@@ -111,17 +111,24 @@ AUG = ["crop", "rotate", "translate", "cutout"]
 BASELINES = ("random", "herding")  # rcig baseline --method, same size and seed, same protocol
 BASELINE_NAMES = {"random": "random real", "herding": "herding"}
 SECTION = "variants"  # the report's default section of BENCHMARKS.md and name of its JSON and figure
-# the order variants run in (and are reported in): the most telling first
 FAST = SPEED_VARIANTS["fast"]  # tb256 + cg5
 # --preset fast at 1 ipc on the paper's width (--set width=128): the base of the fast_* screen
 FAST_1IPC = {**FAST, "init": "herding", "proto_lr_boost": 3, "proto_lr_boost_steps": 300}
 FAST_W64 = {**FAST_1IPC, "width": 64}  # --preset fast at 1 ipc, as distilled (scored at width 128 here too)
 BASES = {"faithful": {}, "tb256_cg5": FAST, "fast_herding_lr3x": FAST_1IPC, "fast": FAST_W64}  # the report's "change" column starts here
-ORDER = ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
-         "aug_rep", "torch_init", "tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
-         "fast_herding_lr3x", "fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_w32", "fast_w48", "fast_tb128", "fast_pool4",
-         "fast_cg3", "fast_ema995", "fast_anneal", "fast_w32_tb1024", "fast_w32_online300",
-         "fast_w64_cg10", "fast_w64_l2x4", "fast_w64_l2d4")
+# the variants by screen, each screen's changes on top of an earlier screen's winner, the most
+# telling first; ORDER is the order variants run in (and are reported in)
+SCREENS = {
+    "paper": ("faithful", "tb256", "cg5", "lr3x", "aug", "lr10x", "tb512", "direct", "fixed_labels", "nonlinear",
+              "aug_rep", "torch_init"),  # one change each to the paper's preset
+    "cheap step": ("tb256_cg5", "fast_aug", "fast_aug4", "fast_herding", "fast_lr3x",
+                   "fast_herding_lr3x"),  # on tb256 + cg5: what the cheaper step needs
+    "recipe": ("fast_boost900", "fast_lr10x", "fast_w64", "fast_w96", "fast_w32", "fast_w48", "fast_tb128",
+               "fast_pool4", "fast_cg3", "fast_ema995", "fast_anneal", "fast_w32_tb1024",
+               "fast_w32_online300"),  # on fast_herding_lr3x: the steps' cost, width and schedule
+    "objective": ("fast_w64_cg10", "fast_w64_l2x4", "fast_w64_l2d4"),  # on --preset fast: what a step fits
+}
+ORDER = tuple(name for names in SCREENS.values() for name in names)
 ANNEAL_STEP = 870  # fast_anneal's default end of the anneal: about 120 CPU minutes of fast at 1 ipc
 
 
@@ -522,7 +529,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", type=parse_variants, default=list(ORDER), help="comma-separated, from: " + ", ".join(ORDER))
+    parser.add_argument("--variants", type=parse_variants, default=list(ORDER), help="comma-separated, from: " + "; ".join(f"{screen}: {', '.join(names)}" for screen, names in SCREENS.items()))
     parser.add_argument("--points", type=parse_points, default=[5.0, 10.0, 20.0, 40.0], help="CPU-minute budgets to score at (default 5,10,20,40)")
     parser.add_argument("--boost-steps", type=positive_int, default=100,
                         help="lr3x/lr10x: outer steps over which the boost decays to the paper's rate (default 100)")
