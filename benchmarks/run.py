@@ -250,6 +250,9 @@ class Bench:
         # networks seed, seed + 1, ...), so the merged scores are those of one larger eval
         first_seed = networks_done(cached, settings) if self.args.more_networks else 0
         json_out = self.work / f"{name}.json"
+        # an earlier eval's output, already in the piece: this eval writes its own (a killed
+        # eval's networks stay in json_out's .partial, which rcig eval goes on from)
+        json_out.unlink(missing_ok=True)
         rcig("eval", str(path), "--models", str(self.args.models), "--settings", self.args.settings,
              "--seed", str(first_seed), "--json", str(json_out))
         fresh = json.loads(json_out.read_text())

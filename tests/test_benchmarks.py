@@ -218,7 +218,9 @@ def test_more_networks_continues_the_seeds_and_pools_the_scores(bench, tmp_path,
         seed, models = int(args[args.index("--seed") + 1]), int(args[args.index("--models") + 1])
         accs = [0.5 + (seed + i) / 100 for i in range(models)]
         out = {"aug": {"mean": sum(accs) / len(accs), "std": 0.0, "accs": accs}, "models": models}
-        Path(args[args.index("--json") + 1]).write_text(bench.json.dumps(out))
+        json_out = Path(args[args.index("--json") + 1])
+        assert not json_out.exists(), "rcig eval refuses to replace its --json"
+        json_out.write_text(bench.json.dumps(out))
 
     monkeypatch.setattr(bench, "rcig", fake_rcig)
     (tmp_path / "fashion_mnist_random_ipc10.safetensors").write_bytes(b"")
