@@ -489,9 +489,8 @@ def ship_sets(bench: Bench, results: dict) -> None:
     """Copy each evaluated distilled set, and each evaluated DM set (the peer's, whose making
     costs the distillation's budget), to distilled/ with its scores."""
     for ipc, row in results[DATASET].items():
-        shipped = {"distilled": (bench.run_dir(int(ipc)) / "distilled.safetensors", f"{DATASET}_ipc{ipc}"),
-                   "dm": (bench.work / f"{DATASET}_dm_ipc{ipc}.safetensors", f"{DATASET}_dm_ipc{ipc}")}
-        for method, (source, name) in shipped.items():
+        for method, name in (("distilled", f"{DATASET}_ipc{ipc}"), ("dm", f"{DATASET}_dm_ipc{ipc}")):
+            source = bench.set_path(int(ipc), method)
             if row.get(method) and source.exists():
                 SHIPPED.mkdir(exist_ok=True)
                 shutil.copyfile(source, SHIPPED / f"{name}.safetensors")
